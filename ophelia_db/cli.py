@@ -1,0 +1,257 @@
+"""The ``ophelia-db`` command line: parse, call one library function, render, exit.
+
+This module owns the typer application and the one place where library
+errors become ``error: ...`` on stderr plus their exit code. It holds no
+SQL and no Alembic calls.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from ophelia_db import local, runner
+from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.fleet import Fleet, load_fleet
+from ophelia_db.render import (
+    emit_json,
+    render_history,
+    render_run,
+    render_status,
+    render_sync,
+    result_line,
+)
+
+app = typer.Typer(
+    name="ophelia-db",
+    help="One Alembic revision chain across a fleet of PostgreSQL databases.",
+    no_args_is_help=True,
+    # A traceback must never print a password held in a local variable.
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+local_app = typer.Typer(help="Manage the embedded local PostgreSQL cluster.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+FleetOpt = Annotated[
+    Path | None, typer.Option("--fleet", help="Fleet file (default: $OPHELIA_FLEET, then ./fleet.toml).")
+]
+InstanceOpt = Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every instance of the fleet, hub first.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Instances carrying this tag (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn expected library errors into one stderr line and their exit code."""
+    try:
+        yield
+    except OpheliaError as exc:
+        _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise typer.Exit(ExitCode.SIGINT) from None
+
+
+def _fleet(path: Path | None) -> Fleet:
+    return load_fleet(path)
+
+
+@app.command()
+def status(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    tag: TagOpt = None,
+    json_: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 unless every instance is at head.")] = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Show which instances are up to date, behind, unversioned, ahead or unreachable.
+
+    Example: ophelia-db status --check
+    """
+    with _errors():
+        loaded = _fleet(fleet)
+        targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
+        report = runner.status(loaded, targets)
+    if json_:
+        emit_json(report.as_record())
+    else:
+        render_status(report)
+    raise typer.Exit(report.exit_code(check=check))
+
+
+@app.command()
+def upgrade(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    tag: TagOpt = None,
+    to: Annotated[str, typer.Option("--to", help="Target revision (default head).")] = "head",
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Upgrade the selected instances (the hub first with --all), each in its own lock.
+
+    Example: ophelia-db upgrade --all
+    """
+    live = not json_ and not sys.stdout.isatty()
+
+    def progress(result: runner.InstanceResult) -> None:
+        if live:
+            sys.stderr.write(result_line(result) + "\n")
+
+    with _errors():
+        loaded = _fleet(fleet)
+        targets = loaded.select(instance or (), all_=all_, tags=tag or ())
+        skipped: list[str] = []
+        if all_:
+            targets, skipped = runner.skip_inactive(loaded, targets)
+        report = runner.upgrade(loaded, targets, to=to, jobs=jobs, dry_run=dry_run, on_result=progress)
+    if json_:
+        emit_json(report.as_record())
+    else:
+        if skipped:
+            sys.stderr.write(f"skipped (archived or suspended in the hub): {', '.join(skipped)}\n")
+        render_run(report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def downgrade(
+    instance: Annotated[str, typer.Option("--instance", "-i", help="The one instance to downgrade.")],
+    to: Annotated[str, typer.Option("--to", help="Revision to go down to (or 'base').")],
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Revert one instance down to a revision, removing the reverted history rows.
+
+    Example: ophelia-db downgrade --instance corte --to 0003
+    """
+    with _errors():
+        loaded = _fleet(fleet)
+        target = loaded.select([instance])[0]
+        report = runner.downgrade(loaded, target, to=to)
+    if json_:
+        emit_json(report.as_record())
+    else:
+        render_run(report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def history(
+    instance: Annotated[str, typer.Option("--instance", "-i", help="Instance name.")],
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """List an instance's applied revisions (with checksums and timings) and pending ones.
+
+    Example: ophelia-db history --instance corte
+    """
+    with _errors():
+        loaded = _fleet(fleet)
+        report = runner.history(loaded.select([instance])[0])
+    if json_:
+        emit_json(report.as_record())
+    else:
+        render_history(report)
+
+
+@app.command()
+def sql(
+    instance: Annotated[str, typer.Option("--instance", "-i", help="Instance name.")],
+    from_: Annotated[str | None, typer.Option("--from", help="Start revision (default: the instance's current).")] = None,
+    to: Annotated[str, typer.Option("--to", help="Last revision (default head).")] = "head",
+    fleet: FleetOpt = None,
+) -> None:
+    """Print the offline SQL (with register_migration calls) to paste by hand.
+
+    Example: ophelia-db sql --instance corte > corte.sql
+    """
+    with _errors():
+        loaded = _fleet(fleet)
+        target = loaded.get(instance)
+        text = runner.offline_sql(target, start=from_, to=to, from_database=from_ is None)
+    sys.stdout.write(text)
+
+
+@app.command()
+def sync(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Re-read each instance's version and push it to the hub registry.
+
+    Example: ophelia-db sync --all
+    """
+    with _errors():
+        loaded = _fleet(fleet)
+        targets = loaded.select(instance or (), all_=all_)
+        report = runner.sync(loaded, targets)
+    if json_:
+        emit_json(report.as_record())
+    else:
+        render_sync(report)
+    raise typer.Exit(report.exit_code)
+
+
+@local_app.command("start")
+def local_start(fleet: FleetOpt = None) -> None:
+    """Start the embedded cluster (creating it and the fleet's databases if needed).
+
+    Example: ophelia-db local start
+    """
+    with _errors():
+        message = local.start(_fleet(fleet))
+    sys.stdout.write(message + "\n")
+
+
+@local_app.command("stop")
+def local_stop(fleet: FleetOpt = None) -> None:
+    """Stop the embedded cluster."""
+    with _errors():
+        message = local.stop(_fleet(fleet))
+    sys.stdout.write(message + "\n")
+
+
+@local_app.command("status")
+def local_status(fleet: FleetOpt = None) -> None:
+    """Say whether the embedded cluster exists and runs, and where."""
+    with _errors():
+        message, running = local.describe(_fleet(fleet))
+    sys.stdout.write(message + "\n")
+    raise typer.Exit(0 if running else 1)
+
+
+@local_app.command("destroy")
+def local_destroy(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Stop the embedded cluster and delete its data."""
+    with _errors():
+        loaded = _fleet(fleet)
+        if not yes and not typer.confirm("Delete the embedded cluster and all its data?"):
+            raise ConfigError("not confirmed; nothing deleted")
+        message = local.destroy(loaded)
+    sys.stdout.write(message + "\n")
+
+
+def main() -> None:
+    """Entry point of the ``ophelia-db`` script."""
+    app()

@@ -1,0 +1,369 @@
+"""The library façade: one function per command, over a whole fleet selection.
+
+This module owns orchestration: reading every selected instance's state in
+parallel threads (one round trip each, no Alembic), deciding which
+instances need work, fanning the work out to worker processes, reporting
+each finished instance to the hub, and returning result objects. It never
+prints and never exits; ``cli.py`` renders what it returns.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import replace
+import multiprocessing
+import time
+
+from ophelia_db.chain import Chain, ChainSpec
+from ophelia_db.connections import connect, describe_error
+from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.fleet import Fleet, Target
+from ophelia_db.hub import HubReporter, RegistryUpdate, registry_statuses
+from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate
+from ophelia_db.mirror import InstanceState, classify, read_state
+from ophelia_db.results import (
+    HistoryEntry,
+    HistoryReport,
+    InstanceResult,
+    InstanceStatus,
+    RunReport,
+    StatusReport,
+    SyncReport,
+)
+
+ProgressCallback = Callable[[InstanceResult], None]
+_STATUS_THREADS = 16
+
+
+def _probe(target: Target) -> InstanceState | OpheliaError:
+    try:
+        with connect(target, autocommit=True) as conn:
+            return read_state(conn)
+    except OpheliaError as error:
+        return error
+
+
+def probe_all(targets: list[Target], threads: int = _STATUS_THREADS) -> dict[str, InstanceState | OpheliaError]:
+    """Read every target's state concurrently; failures come back as values."""
+    if len(targets) <= 1:
+        return {t.name: _probe(t) for t in targets}
+    with ThreadPoolExecutor(max_workers=min(threads, len(targets))) as pool:
+        return dict(zip((t.name for t in targets), pool.map(_probe, targets), strict=True))
+
+
+def _status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceStatus:
+    if isinstance(state, OpheliaError):
+        kind = "unreachable" if state.exit_code == ExitCode.UNREACHABLE else "error"
+        return InstanceStatus(name=target.name, role=target.role, state=kind, error=state.message)
+    verdict = classify(state, chain)
+    name = verdict.state
+    if state.locked and name not in REFUSED_STATES:
+        name = "locked" if name != "up-to-date" else name
+    return InstanceStatus(
+        name=target.name,
+        role=target.role,
+        state=name,
+        current=state.revision,
+        pending=verdict.pending,
+        migrations_count=state.migrations_count if state.has_mirror else None,
+        updated_at=state.updated_at,
+        error=verdict.problem,
+    )
+
+
+def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> StatusReport:
+    """Tell where each selected instance stands against the chain's head."""
+    chain = chain or chain_for(ChainSpec.default())
+    states = probe_all(targets)
+    registry = registry_statuses(fleet.hub) if any(t.role == "instance" for t in targets) else None
+    rows = []
+    for target in targets:
+        row = _status_of(target, states[target.name], chain)
+        lifecycle = (registry or {}).get(target.name)
+        if lifecycle and lifecycle != "active":
+            row = replace(row, registry_status=lifecycle)
+        rows.append(row)
+    return StatusReport(head=chain.head, instances=tuple(rows))
+
+
+def skip_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], list[str]]:
+    """Drop archived and suspended instances (per the hub registry) from an ``--all`` run."""
+    registry = registry_statuses(fleet.hub)
+    if not registry:
+        return targets, []
+    kept, skipped = [], []
+    for target in targets:
+        if target.role == "instance" and registry.get(target.name) in ("archived", "suspended"):
+            skipped.append(target.name)
+        else:
+            kept.append(target)
+    return kept, skipped
+
+
+@contextmanager
+def _workers(jobs: int, count: int) -> Iterator[ProcessPoolExecutor | None]:
+    if jobs <= 1 or count <= 1:
+        yield None
+        return
+    # forkserver: workers start from a clean, single-threaded process, and
+    # import Alembic once each instead of once per instance.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ophelia_db.migrate", "alembic.command", "sqlalchemy"])
+    with ProcessPoolExecutor(max_workers=min(jobs, count), mp_context=context) as pool:
+        yield pool
+
+
+def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
+    known = result.result not in ("unreachable", "skipped")
+    return RegistryUpdate(
+        target=target,
+        run_status=result.result,
+        version_known=known,
+        schema_version=result.to_revision,
+        schema_updated_at=result.updated_at,
+        migrations_count=result.migrations_count,
+        error=result.error,
+    )
+
+
+def upgrade(
+    fleet: Fleet,
+    targets: list[Target],
+    *,
+    to: str = "head",
+    jobs: int | None = None,
+    dry_run: bool = False,
+    chain: Chain | None = None,
+    on_result: ProgressCallback | None = None,
+) -> RunReport:
+    """Upgrade the selected instances to ``to``: hub first, then the rest in parallel."""
+    chain = chain or chain_for(ChainSpec.default())
+    goal = chain.resolve(to)
+    run_id = uuid.uuid4().hex[:12]
+    jobs = jobs or fleet.defaults.jobs
+    results: dict[str, InstanceResult] = {}
+    reporter = None if dry_run else HubReporter(fleet.hub)
+
+    def finish(target: Target, result: InstanceResult) -> None:
+        results[target.name] = result
+        if reporter is not None and result.result != "skipped":
+            reporter.report(_registry_update(result, target))
+        if on_result:
+            on_result(result)
+
+    hub = [t for t in targets if t.role == "hub"]
+    others = [t for t in targets if t.role != "hub"]
+    try:
+        if hub:
+            _run_batch(hub, chain, goal, 1, dry_run, finish)
+            if not results[hub[0].name].succeeded:
+                for target in others:
+                    finish(target, _skipped(target, f"the hub {hub[0].name} failed; fix it first"))
+                others = []
+        _run_batch(others, chain, goal, jobs, dry_run, finish)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    ordered = tuple(sorted(results.values(), key=lambda r: (r.role != "hub", r.name)))
+    return RunReport(
+        run_id=run_id,
+        target=to,
+        instances=ordered,
+        hub_report="ok" if reporter is None else reporter.state,
+        hub_error=None if reporter is None else reporter.error,
+    )
+
+
+def _skipped(target: Target, why: str) -> InstanceResult:
+    return InstanceResult(
+        name=target.name, role=target.role, result="skipped", exit_code=ExitCode.MIXED, error=why
+    )
+
+
+def _run_batch(
+    targets: list[Target],
+    chain: Chain,
+    goal: str | None,
+    jobs: int,
+    dry_run: bool,
+    finish: Callable[[Target, InstanceResult], None],
+) -> None:
+    if not targets:
+        return
+    states = probe_all(targets)
+    work: list[Target] = []
+    for target in targets:
+        outcome = _triage(target, states[target.name], chain, goal, dry_run)
+        if outcome is None:
+            work.append(target)
+        else:
+            finish(target, outcome)
+    with _workers(jobs, len(work)) as pool:
+        if pool is None:
+            for target in work:
+                finish(target, migrate(target, chain.spec, goal))
+            return
+        futures: dict[Future[InstanceResult], Target] = {
+            pool.submit(migrate, target, chain.spec, goal): target for target in work
+        }
+        for future in as_completed(futures):
+            target = futures[future]
+            finish(target, future.result())
+
+
+def _triage(
+    target: Target, state: InstanceState | OpheliaError, chain: Chain, goal: str | None, dry_run: bool
+) -> InstanceResult | None:
+    """Settle an instance without a lock when its first look says so; ``None`` means migrate."""
+    started = time.monotonic()
+    if isinstance(state, OpheliaError):
+        return failure(target, state, started)
+    verdict = classify(state, chain, goal)
+    known = {
+        "from_revision": state.revision,
+        "to_revision": state.revision,
+        "migrations_count": state.migrations_count,
+        "updated_at": state.updated_at,
+    }
+    if verdict.state in REFUSED_STATES:
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="refused",
+            exit_code=ExitCode.INTEGRITY,
+            error=f"{target.name}: {verdict.problem}; nothing was changed",
+            **known,
+        )
+    if dry_run:
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="planned" if verdict.pending else "noop",
+            applied=verdict.pending,
+            **{**known, "to_revision": verdict.pending[-1] if verdict.pending else state.revision},
+        )
+    if not verdict.pending and not state.locked:
+        return InstanceResult(name=target.name, role=target.role, result="noop", **known)
+    return None
+
+
+def downgrade(fleet: Fleet, target: Target, *, to: str, chain: Chain | None = None) -> RunReport:
+    """Move one instance down to revision ``to``, removing the reverted history rows."""
+    chain = chain or chain_for(ChainSpec.default())
+    goal = chain.resolve(to)
+    reporter = HubReporter(fleet.hub)
+    result = migrate(target, chain.spec, goal, downgrade=True)
+    reporter.report(_registry_update(result, target))
+    reporter.close()
+    return RunReport(
+        run_id=uuid.uuid4().hex[:12],
+        target=to,
+        instances=(result,),
+        hub_report=reporter.state,
+        hub_error=reporter.error,
+    )
+
+
+def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> SyncReport:
+    """Re-read each instance's version and push it to the hub registry."""
+    chain = chain or chain_for(ChainSpec.default())
+    states = probe_all(targets)
+    reporter = HubReporter(fleet.hub)
+    rows = []
+    for target in targets:
+        state = states[target.name]
+        row = _status_of(target, state, chain)
+        rows.append(row)
+        if isinstance(state, OpheliaError):
+            update = RegistryUpdate(target=target, run_status="unreachable", version_known=False, error=state.message)
+        else:
+            update = RegistryUpdate(
+                target=target,
+                run_status="sync",
+                version_known=True,
+                schema_version=state.revision,
+                schema_updated_at=state.updated_at,
+                migrations_count=state.migrations_count,
+                error=row.error,
+            )
+        reporter.report(update)
+    reporter.close()
+    return SyncReport(instances=tuple(rows), hub_report=reporter.state, hub_error=reporter.error)
+
+
+_HISTORY_SQL = """SELECT version, name, applied_at, checksum, execution_time_ms, applied_by
+FROM public.schema_migrations ORDER BY id"""
+
+
+def history(target: Target, *, chain: Chain | None = None) -> HistoryReport:
+    """List an instance's applied revisions (from its mirror) and the pending ones."""
+    chain = chain or chain_for(ChainSpec.default())
+    with connect(target, autocommit=True) as conn:
+        state = read_state(conn)
+        rows = conn.execute(_HISTORY_SQL).fetchall() if state.has_mirror else []
+    entries = []
+    recorded = set()
+    for version, name, applied_at, checksum, ms, by in rows:
+        recorded.add(version)
+        if not chain.knows(version):
+            entry_state = "unknown"
+        elif checksum and chain.get(version).checksum != checksum:
+            entry_state = "checksum-mismatch"
+        else:
+            entry_state = "applied"
+        entries.append(HistoryEntry(version, name, entry_state, applied_at, checksum, ms, by))
+    verdict = classify(state, chain)
+    for version in verdict.pending:
+        if version not in recorded:
+            entries.append(HistoryEntry(version, chain.get(version).name, "pending"))
+    return HistoryReport(name=target.name, current=state.revision, head=chain.head, entries=tuple(entries))
+
+
+def offline_sql(
+    target: Target | None,
+    *,
+    start: str | None = None,
+    to: str = "head",
+    chain: Chain | None = None,
+    from_database: bool = True,
+) -> str:
+    """Render the SQL that moves an instance from ``start`` (default: its current revision) to ``to``."""
+    from alembic import command
+
+    from ophelia_db.mirror import MirrorHook
+
+    chain = chain or chain_for(ChainSpec.default())
+    goal = chain.resolve(to)
+    if start is None and target is not None and from_database:
+        state = _probe(target)
+        if isinstance(state, OpheliaError):
+            raise state
+        start = state.revision
+    elif start is not None:
+        start = chain.resolve(start)
+    if goal is None:
+        raise ConfigError("offline SQL goes up the chain; --to base makes no sense here")
+    if start is not None and not chain.is_after(goal, start):
+        return f"-- {target.name if target else 'instance'} is already at {start}: nothing to apply\n"
+    buffer = io.StringIO()
+    config = chain.spec.config()
+    config.attributes["output_buffer"] = buffer
+    config.attributes["on_version_apply"] = MirrorHook(
+        chain=chain, instance_id=target.name if target else None
+    )
+    revision_range = f"{start}:{goal}" if start else goal
+    command.upgrade(config, revision_range, sql=True)
+    return buffer.getvalue()
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One redacted line for an unexpected database error."""
+    return describe_error(exc)
+
+
+def names(targets: Iterable[Target]) -> list[str]:
+    return [t.name for t in targets]

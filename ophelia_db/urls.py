@@ -1,0 +1,110 @@
+"""Connection URLs as users write them, and how they are shown.
+
+This module owns reading a libpq URL (``postgresql://user:pass@host:5432/db``,
+``postgres://``, ``postgresql+psycopg://``, ``?host=/socket`` forms, or a
+``key=value`` conninfo string) without connecting: whether it carries a
+password, the masked form shown to people, and whether it points at a
+transaction-mode pooler, which migrations must never use.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+_SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9]+)?://", re.IGNORECASE)
+TRANSACTION_POOLER_PORT = 6543
+
+
+@dataclass(frozen=True)
+class UrlParts:
+    user: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    dbname: str | None
+    params: dict[str, str]
+
+
+def normalise(url: str) -> str:
+    """Return a libpq-compatible URL: the tool, not the user, picks the driver."""
+    return _SCHEME.sub("postgresql://", url.strip(), count=1)
+
+
+def parse(url: str) -> UrlParts:
+    """Split a URL or conninfo string into its parts (no validation of values)."""
+    text = url.strip()
+    if not _SCHEME.match(text):
+        return _parse_conninfo(text)
+    split = urlsplit(normalise(text))
+    params = {key: values[-1] for key, values in parse_qs(split.query).items()}
+    try:
+        port = split.port
+    except ValueError:
+        port = None
+    host = unquote(split.hostname) if split.hostname else None
+    if "host" in params:
+        host = params.pop("host")
+    if "port" in params and params["port"].isdigit():
+        port = int(params.pop("port"))
+    password = unquote(split.password) if split.password is not None else params.get("password")
+    return UrlParts(
+        user=unquote(split.username) if split.username else params.get("user"),
+        password=password,
+        host=host,
+        port=port,
+        dbname=unquote(split.path.lstrip("/")) or params.get("dbname"),
+        params=params,
+    )
+
+
+def _parse_conninfo(text: str) -> UrlParts:
+    pairs: dict[str, str] = {}
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    for word in words:
+        key, _, value = word.partition("=")
+        pairs[key.strip()] = value
+    port = pairs.get("port", "")
+    return UrlParts(
+        user=pairs.get("user"),
+        password=pairs.get("password"),
+        host=pairs.get("host"),
+        port=int(port) if port.isdigit() else None,
+        dbname=pairs.get("dbname"),
+        params=pairs,
+    )
+
+
+def url_has_password(url: str) -> bool:
+    """Tell whether the URL carries a password (in userinfo or as a parameter)."""
+    return bool(parse(url).password)
+
+
+def describe_url(url: str) -> str:
+    """Show a URL as ``postgresql://user:***@host:port/db``, never with its password."""
+    parts = parse(url)
+    user = parts.user or ""
+    secret = ":***" if parts.password else ""
+    userinfo = f"{user}{secret}@" if user or secret else ""
+    host = parts.host or "localhost"
+    if host.startswith("/"):
+        where = f"/{parts.dbname or ''}?host={host}"
+        return f"postgresql://{userinfo}{where}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{userinfo}{host}{port}/{parts.dbname or ''}"
+
+
+def transaction_pooler_reason(url: str) -> str | None:
+    """Return why this URL is a transaction-mode pooler, or ``None`` if it is not."""
+    parts = parse(url)
+    if parts.port != TRANSACTION_POOLER_PORT:
+        return None
+    host = (parts.host or "").lower()
+    if host.endswith("pooler.supabase.com"):
+        return f"{host}:{TRANSACTION_POOLER_PORT} is Supabase's transaction-mode pooler"
+    return f"port {TRANSACTION_POOLER_PORT} is the transaction-mode pooler port"
