@@ -49,7 +49,7 @@ class ChainSpec:
 
     @classmethod
     def default(cls) -> ChainSpec:
-        """The project's chain, unless ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` say otherwise."""
+        """The project's chain, or the one ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` name."""
         ini = Path(os.environ.get("OPHELIA_ALEMBIC_INI") or PROJECT_ROOT / "alembic.ini")
         return cls(alembic_ini=ini.resolve(), version_locations=os.environ.get("OPHELIA_VERSION_LOCATIONS"))
 

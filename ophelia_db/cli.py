@@ -41,7 +41,9 @@ app.add_typer(local_app, name="local")
 FleetOpt = Annotated[
     Path | None, typer.Option("--fleet", help="Fleet file (default: $OPHELIA_FLEET, then ./fleet.toml).")
 ]
-InstanceOpt = Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")]
+InstanceOpt = Annotated[
+    list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance of the fleet, hub first.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Instances carrying this tag (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
@@ -98,7 +100,9 @@ def upgrade(
     all_: AllOpt = False,
     tag: TagOpt = None,
     to: Annotated[str, typer.Option("--to", help="Target revision (default head).")] = "head",
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
@@ -111,7 +115,8 @@ def upgrade(
 
     def progress(result: runner.InstanceResult) -> None:
         if live:
-            sys.stderr.write(result_line(result) + "\n")
+            sys.stdout.write(result_line(result) + "\n")
+            sys.stdout.flush()
 
     with _errors():
         loaded = _fleet(fleet)
@@ -125,7 +130,7 @@ def upgrade(
     else:
         if skipped:
             sys.stderr.write(f"skipped (archived or suspended in the hub): {', '.join(skipped)}\n")
-        render_run(report)
+        render_run(report, streamed=live)
     raise typer.Exit(report.exit_code)
 
 
@@ -173,7 +178,9 @@ def history(
 @app.command()
 def sql(
     instance: Annotated[str, typer.Option("--instance", "-i", help="Instance name.")],
-    from_: Annotated[str | None, typer.Option("--from", help="Start revision (default: the instance's current).")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start revision (default: the instance's current).")
+    ] = None,
     to: Annotated[str, typer.Option("--to", help="Last revision (default head).")] = "head",
     fleet: FleetOpt = None,
 ) -> None:

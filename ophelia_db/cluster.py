@@ -273,9 +273,7 @@ class LocalCluster:
     def _initdb(self) -> None:
         if self.base_dir != self.state_dir:
             self._prepare_dir(self.base_dir)
-            (self.state_dir / _LOCATION_FILE).write_text(
-                json.dumps({"base_dir": str(self.base_dir)}) + "\n"
-            )
+            (self.state_dir / _LOCATION_FILE).write_text(json.dumps({"base_dir": str(self.base_dir)}) + "\n")
         initdb = [self._bin("initdb"), "-D", str(self.data_dir), *_INITDB_OPTIONS]
         for locale in ("C.UTF-8", "C"):
             if self.data_dir.exists():
@@ -382,9 +380,7 @@ class LocalCluster:
                 for name in wanted:
                     if name in existing:
                         continue
-                    statement = sql.SQL("CREATE DATABASE {} OWNER postgres").format(
-                        sql.Identifier(name)
-                    )
+                    statement = sql.SQL("CREATE DATABASE {} OWNER postgres").format(sql.Identifier(name))
                     try:
                         conn.execute(statement)
                     except psycopg.errors.DuplicateDatabase:

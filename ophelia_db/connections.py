@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -120,11 +120,9 @@ def migration_lock(target: Target) -> Iterator[None]:
         try:
             yield
         finally:
-            try:
+            # Closing the session below releases the lock anyway.
+            with suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-            except psycopg.Error:
-                # Closing the session below releases the lock anyway.
-                pass
     finally:
         conn.close()
 
@@ -165,7 +163,9 @@ def lock_holder(conn: Connection) -> str:
         return "another session (it has just released it)"
     pid, app, user, addr, since = row
     where = f" from {addr}" if addr else ""
-    return f"pid {pid} ({app or 'unknown application'}, user {user}{where}, since {since:%Y-%m-%d %H:%M:%S%z})"
+    return (
+        f"pid {pid} ({app or 'unknown application'}, user {user}{where}, since {since:%Y-%m-%d %H:%M:%S%z})"
+    )
 
 
 def is_locked(conn: Connection) -> bool:

@@ -232,9 +232,7 @@ def find_fleet_file(path: str | os.PathLike[str] | None = None) -> Path:
     return resolved
 
 
-def load_fleet(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
-) -> Fleet:
+def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Fleet:
     """Read, validate and resolve a fleet file (see DESIGN.md §2)."""
     fleet_path = find_fleet_file(path)
     text = fleet_path.read_text(encoding="utf-8")
@@ -243,9 +241,7 @@ def load_fleet(
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{fleet_path}: invalid TOML: {exc}") from None
-    source = type(
-        "FleetFileAt", (FleetFile,), {"model_config": SettingsConfigDict(toml_file=fleet_path)}
-    )
+    source = type("FleetFileAt", (FleetFile,), {"model_config": SettingsConfigDict(toml_file=fleet_path)})
     try:
         parsed: FleetFile = source()
     except ValidationError as exc:
@@ -305,7 +301,7 @@ def _target(
 ) -> Target:
     where = "[hub]" if role == "hub" else f"[instances.{name}]"
     if (spec.url is None) == (spec.url_env is None):
-        raise ConfigError(f"{path}: {where} needs exactly one of url_env = \"VAR\" or url = \"...\"")
+        raise ConfigError(f'{path}: {where} needs exactly one of url_env = "VAR" or url = "..."')
     overrides = {
         key: getattr(spec, key)
         for key in ("lock_wait", "lock_timeout", "statement_timeout", "connect_timeout")

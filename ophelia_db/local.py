@@ -18,9 +18,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def cluster_of(fleet: Fleet) -> LocalCluster:
     if fleet.local is None:
-        raise ConfigError(
-            f"{fleet.path} has no [local] table, so there is no embedded cluster to manage"
-        )
+        raise ConfigError(f"{fleet.path} has no [local] table, so there is no embedded cluster to manage")
     return LocalCluster(fleet.local.state_dir, fleet.local.port)
 
 
@@ -57,7 +55,10 @@ def describe(fleet: Fleet) -> tuple[str, bool]:
         return f"no embedded cluster yet in {status.state_dir}; run `ophelia-db local start`", False
     running = f"running (pid {status.pid})" if status.running else "stopped"
     version = f"PostgreSQL {status.version}, " if status.version else ""
-    return f"embedded cluster {running}: {version}127.0.0.1:{status.port}, data {status.data_dir}", status.running
+    return (
+        f"embedded cluster {running}: {version}127.0.0.1:{status.port}, data {status.data_dir}",
+        status.running,
+    )
 
 
 def destroy(fleet: Fleet) -> str:

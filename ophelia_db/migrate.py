@@ -123,8 +123,9 @@ def _migrate_locked(
 
 
 def _run_alembic(target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook) -> None:
-    from alembic import command
     from sqlalchemy import event
+
+    from alembic import command
 
     engine = engine_for(target)
     try:

@@ -113,9 +113,7 @@ def _read_partial_state(conn: Any) -> tuple[Any, ...]:
         if has_mirror
         else "NULL::text, NULL::timestamptz, NULL::json"
     )
-    return conn.execute(
-        f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}"
-    ).fetchone()
+    return conn.execute(f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}").fetchone()
 
 
 def classify(state: InstanceState, chain: Chain, target: str | None = None) -> Verdict:
@@ -195,12 +193,14 @@ VALUES (%(version)s, %(name)s, %(checksum)s, %(ms)s, %(by)s, now())
 ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
   execution_time_ms = EXCLUDED.execution_time_ms, applied_by = EXCLUDED.applied_by,
   applied_at = EXCLUDED.applied_at"""
-_BACKFILL_ROW = """INSERT INTO public.schema_migrations (version, name, checksum, execution_time_ms, applied_by)
+_BACKFILL_ROW = """INSERT INTO public.schema_migrations
+  (version, name, checksum, execution_time_ms, applied_by)
 VALUES (%(version)s, %(name)s, %(checksum)s, %(ms)s, %(by)s) ON CONFLICT (version) DO NOTHING"""
 _SET_CURRENT = """INSERT INTO public.schema_version (id, current_version, updated_at, instance_id)
 VALUES (1, %(version)s, now(), %(instance)s)
 ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version,
-  updated_at = EXCLUDED.updated_at, instance_id = COALESCE(EXCLUDED.instance_id, schema_version.instance_id)"""
+  updated_at = EXCLUDED.updated_at,
+  instance_id = COALESCE(EXCLUDED.instance_id, schema_version.instance_id)"""
 
 
 @dataclass
@@ -292,9 +292,8 @@ class MirrorHook:
         for earlier in self.chain.applied_through(revision):
             rev = self.chain.get(earlier)
             args = ", ".join(sql_literal(v) for v in (rev.id, rev.name, rev.checksum))
-            guard = "" if earlier == revision else (
-                f"IF NOT EXISTS (SELECT 1 FROM public.schema_migrations WHERE version = {sql_literal(rev.id)}) THEN "
-            )
+            recorded = f"SELECT 1 FROM public.schema_migrations WHERE version = {sql_literal(rev.id)}"
+            guard = "" if earlier == revision else f"IF NOT EXISTS ({recorded}) THEN "
             end = "" if earlier == revision else " END IF;"
             calls.append(
                 f"  {guard}PERFORM public.register_migration({args}, NULL, {sql_literal(self.by)});{end}"

@@ -77,7 +77,9 @@ def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
         extra = f" [{row.registry_status}]" if row.registry_status else ""
         pending = f" pending={','.join(row.pending)}" if row.pending else ""
         error = f" error={row.error}" if row.error else ""
-        stream.write(f"{row.name} {row.role} {row.state}{extra} current={row.current or '-'}{pending}{error}\n")
+        stream.write(
+            f"{row.name} {row.role} {row.state}{extra} current={row.current or '-'}{pending}{error}\n"
+        )
 
 
 def result_line(result: InstanceResult) -> str:
@@ -89,7 +91,10 @@ def result_line(result: InstanceResult) -> str:
     return f"{result.name} {result.result} {moved}{applied} {result.duration_ms}ms{error}"
 
 
-def render_run(report: RunReport, stream: TextIO | None = None, err: TextIO | None = None) -> None:
+def render_run(
+    report: RunReport, stream: TextIO | None = None, err: TextIO | None = None, *, streamed: bool = False
+) -> None:
+    """Show a run; ``streamed`` means each instance's line was already printed as it finished."""
     stream = stream or sys.stdout
     err = err or sys.stderr
     if _is_tty(stream):
@@ -108,7 +113,7 @@ def render_run(report: RunReport, stream: TextIO | None = None, err: TextIO | No
                 row.error or "",
             )
         _console(stream).print(table)
-    else:
+    elif not streamed:
         for row in report.instances:
             stream.write(result_line(row) + "\n")
     counts: dict[str, int] = {}

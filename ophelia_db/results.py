@@ -173,9 +173,7 @@ class SyncReport:
     def exit_code(self) -> int:
         if self.hub_report != "ok":
             return ExitCode.UNREACHABLE if self.hub_report == "failed" else ExitCode.MIXED
-        codes = [
-            ExitCode.UNREACHABLE if i.state == "unreachable" else ExitCode.OK for i in self.instances
-        ]
+        codes = [ExitCode.UNREACHABLE if i.state == "unreachable" else ExitCode.OK for i in self.instances]
         return combine_exit_codes(codes)
 
 

@@ -10,13 +10,13 @@ prints and never exits; ``cli.py`` renders what it returns.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import replace
-import multiprocessing
-import time
 
 from ophelia_db.chain import Chain, ChainSpec
 from ophelia_db.connections import connect, describe_error
@@ -47,7 +47,9 @@ def _probe(target: Target) -> InstanceState | OpheliaError:
         return error
 
 
-def probe_all(targets: list[Target], threads: int = _STATUS_THREADS) -> dict[str, InstanceState | OpheliaError]:
+def probe_all(
+    targets: list[Target], threads: int = _STATUS_THREADS
+) -> dict[str, InstanceState | OpheliaError]:
     """Read every target's state concurrently; failures come back as values."""
     if len(targets) <= 1:
         return {t.name: _probe(t) for t in targets}
@@ -279,7 +281,9 @@ def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> 
         row = _status_of(target, state, chain)
         rows.append(row)
         if isinstance(state, OpheliaError):
-            update = RegistryUpdate(target=target, run_status="unreachable", version_known=False, error=state.message)
+            update = RegistryUpdate(
+                target=target, run_status="unreachable", version_known=False, error=state.message
+            )
         else:
             update = RegistryUpdate(
                 target=target,
@@ -333,7 +337,6 @@ def offline_sql(
 ) -> str:
     """Render the SQL that moves an instance from ``start`` (default: its current revision) to ``to``."""
     from alembic import command
-
     from ophelia_db.mirror import MirrorHook
 
     chain = chain or chain_for(ChainSpec.default())

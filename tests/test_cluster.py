@@ -98,9 +98,7 @@ def test_state_dir_postgres_cannot_reach_uses_fallback() -> None:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def test_find_bin_dir_names_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_find_bin_dir_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("OPHELIA_PG_BIN", str(tmp_path))
     with pytest.raises(ClusterError) as caught:
         find_bin_dir()
@@ -121,9 +119,7 @@ def test_password_authentication_on_loopback(pg_cluster: LocalCluster) -> None:
     password = "p@ss:w/rd#%?&1"
     with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as conn:
         conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
         )
     base = f"127.0.0.1:{pg_cluster.port}/postgres"
     try:
