@@ -9,8 +9,11 @@ to a database.
 
 from __future__ import annotations
 
+import ast
+import configparser
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -75,29 +78,15 @@ class Chain:
 
     @classmethod
     def load(cls, spec: ChainSpec | None = None) -> Chain:
-        """Read the script directory and compute every checksum once."""
-        from alembic.script import ScriptDirectory
+        """Read the revision files and compute every checksum once.
 
+        A linear chain (the normal case) is read with ``ast``, without
+        importing Alembic, which keeps ``status`` and no-op runs fast; any
+        other shape goes through Alembic's ``ScriptDirectory``.
+        """
         spec = spec or ChainSpec.default()
-        script_dir = ScriptDirectory.from_config(spec.config())
-        heads = script_dir.get_heads()
-        if len(heads) > 1:
-            raise IntegrityRefusal(
-                f"the revision chain has {len(heads)} heads ({', '.join(sorted(heads))}); "
-                "merge them (alembic merge heads) before running"
-            )
-        ordered = list(reversed(list(script_dir.walk_revisions("base", "heads"))))
-        revisions = [
-            Revision(
-                id=script.revision,
-                name=(script.doc or script.revision).strip().splitlines()[0][:255],
-                path=Path(script.path),
-                checksum=file_checksum(Path(script.path)),
-                down_revision=_single(script.down_revision),
-            )
-            for script in ordered
-        ]
-        return cls(spec, revisions)
+        revisions = _read_linear(spec)
+        return cls(spec, revisions if revisions is not None else _read_with_alembic(spec))
 
     @cached_property
     def head(self) -> str | None:
@@ -147,3 +136,103 @@ def _single(down: str | tuple[str, ...] | list[str] | None) -> str | None:
     if down is None or isinstance(down, str):
         return down
     return down[0] if down else None
+
+
+def _read_with_alembic(spec: ChainSpec) -> list[Revision]:
+    from alembic.script import ScriptDirectory
+
+    script_dir = ScriptDirectory.from_config(spec.config())
+    heads = script_dir.get_heads()
+    if len(heads) > 1:
+        raise _many_heads(heads)
+    ordered = list(reversed(list(script_dir.walk_revisions("base", "heads"))))
+    return [
+        _revision(script.revision, script.doc, Path(script.path), _single(script.down_revision))
+        for script in ordered
+    ]
+
+
+def _many_heads(heads: Iterable[str]) -> IntegrityRefusal:
+    heads = sorted(heads)
+    return IntegrityRefusal(
+        f"the revision chain has {len(heads)} heads ({', '.join(heads)}); "
+        "merge them (alembic merge heads) before running"
+    )
+
+
+def _revision(rev_id: str, doc: str | None, path: Path, down: str | None) -> Revision:
+    name = (doc or rev_id).strip().splitlines()[0][:255] if (doc or rev_id).strip() else rev_id
+    return Revision(id=rev_id, name=name, path=path, checksum=file_checksum(path), down_revision=down)
+
+
+def _version_dirs(spec: ChainSpec) -> list[Path]:
+    parser = configparser.ConfigParser(defaults={"here": str(spec.alembic_ini.parent)})
+    parser.read(spec.alembic_ini, encoding="utf-8")
+    if not parser.has_section("alembic"):
+        raise ConfigError(f"{spec.alembic_ini} has no [alembic] section")
+    section = parser["alembic"]
+    locations = spec.version_locations or section.get("version_locations")
+    if not locations:
+        return [Path(section.get("script_location", "alembic")) / "versions"]
+    separator = {"os": os.pathsep, "space": " ", "newline": "\n", ";": ";", ":": ":", ",": ","}.get(
+        section.get("path_separator", "space"), " "
+    )
+    parts = locations.split(separator) if separator != " " else locations.split()
+    return [Path(part.strip()) for part in parts if part.strip()]
+
+
+def _literal_assignments(tree: ast.Module) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError:
+                found[target.id] = ...
+    return found
+
+
+def _read_linear(spec: ChainSpec) -> list[Revision] | None:
+    """Read a linear chain without Alembic; ``None`` when the shape needs Alembic."""
+    by_id: dict[str, tuple[str | None, str | None, Path]] = {}
+    for directory in _version_dirs(spec):
+        if not directory.is_dir():
+            raise ConfigError(
+                f"revision directory {directory} does not exist (alembic.ini version_locations)"
+            )
+        for path in sorted(directory.glob("*.py")):
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+            values = _literal_assignments(tree)
+            rev_id, down = values.get("revision"), values.get("down_revision")
+            plain = isinstance(rev_id, str) and (down is None or isinstance(down, str))
+            if not plain or values.get("depends_on") or values.get("branch_labels"):
+                return None
+            assert isinstance(rev_id, str)
+            if rev_id in by_id:
+                raise IntegrityRefusal(f"revision id {rev_id} is used by {by_id[rev_id][2]} and {path}")
+            by_id[rev_id] = (down if isinstance(down, str) else None, ast.get_docstring(tree), path)
+    children: dict[str | None, list[str]] = {}
+    for rev_id, (down, _, _) in by_id.items():
+        children.setdefault(down, []).append(rev_id)
+    heads = [rev_id for rev_id in by_id if rev_id not in children]
+    if len(heads) > 1:
+        raise _many_heads(heads)
+    ordered, current = [], None
+    while current in children or current is None:
+        nexts = children.get(current, [])
+        if not nexts:
+            break
+        if len(nexts) > 1:
+            raise _many_heads(nexts)
+        current = nexts[0]
+        down, doc, path = by_id[current]
+        ordered.append(_revision(current, doc, path, down))
+    if len(ordered) != len(by_id):
+        return None
+    return ordered

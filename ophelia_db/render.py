@@ -84,7 +84,11 @@ def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
 
 def result_line(result: InstanceResult) -> str:
     """One plain line for a finished instance (also used for live progress)."""
-    moved = f"{result.from_revision or 'base'} -> {result.to_revision or 'base'}"
+    moved = (
+        "-"
+        if result.result in ("skipped", "unreachable") and not result.from_revision
+        else f"{result.from_revision or 'base'} -> {result.to_revision or 'base'}"
+    )
     done = result.applied or result.reverted
     applied = f" [{', '.join(done)}]" if done else ""
     error = f": {result.error}" if result.error else ""

@@ -164,7 +164,7 @@ def upgrade(
             _run_batch(hub, chain, goal, 1, dry_run, finish)
             if not results[hub[0].name].succeeded:
                 for target in others:
-                    finish(target, _skipped(target, f"the hub {hub[0].name} failed; fix it first"))
+                    finish(target, _skipped(target, f"not run: the hub ({hub[0].name}) did not upgrade; fix it first"))
                 others = []
         _run_batch(others, chain, goal, jobs, dry_run, finish)
     finally:

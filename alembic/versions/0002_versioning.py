@@ -167,6 +167,17 @@ GRANT EXECUTE ON FUNCTION public.get_schema_version()
     TO anon, authenticated, service_role;
 GRANT EXECUTE ON FUNCTION public.get_pending_migrations(text[])
     TO anon, authenticated, service_role;
+
+-- alembic_version is the runner's own bookkeeping: Supabase's default privileges would
+-- let anon rewrite it through the API, so it is closed like the mirror's write side.
+DO $$
+BEGIN
+    IF to_regclass('public.alembic_version') IS NOT NULL THEN
+        REVOKE ALL ON TABLE public.alembic_version FROM PUBLIC, anon, authenticated;
+        ALTER TABLE public.alembic_version ENABLE ROW LEVEL SECURITY;
+    END IF;
+END
+$$;
 """
 
 DROP_ALL = """
