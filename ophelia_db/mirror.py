@@ -221,6 +221,7 @@ class MirrorHook:
     durations_ms: dict[str, int] = field(default_factory=dict)
     on_step: Callable[[str, bool], None] | None = None
     _started: float = field(default_factory=time.monotonic)
+    _mirror_seen: bool = False
 
     def mark_start(self) -> None:
         """Note when a revision's transaction began, for ``execution_time_ms``."""
@@ -246,22 +247,34 @@ class MirrorHook:
         self._started = time.monotonic()
 
     def _has_mirror(self, conn: Any) -> bool:
+        # Once seen during an upgrade the mirror stays (no revision drops it
+        # going up), so the catalog is asked only until it appears.
+        if self._mirror_seen:
+            return True
         row = conn.exec_driver_sql(
             "SELECT to_regclass('public.schema_migrations') IS NOT NULL "
             "AND to_regclass('public.schema_version') IS NOT NULL"
         ).fetchone()
         return bool(row and row[0])
 
+    def _first_sight(self, conn: Any) -> bool:
+        seen_before = self._mirror_seen
+        self._mirror_seen = self._has_mirror(conn)
+        return self._mirror_seen and not seen_before
+
     def _record(self, conn: Any, revision: str, elapsed: int) -> None:
-        if not self._has_mirror(conn):
+        first = self._first_sight(conn)
+        if not self._mirror_seen:
             # The revision creating the mirror has not run yet; it backfills this one.
             return
-        for earlier in self.chain.applied_through(revision)[:-1]:
-            conn.exec_driver_sql(_BACKFILL_ROW, self._row(earlier, self.durations_ms.get(earlier)))
+        if first:
+            for earlier in self.chain.applied_through(revision)[:-1]:
+                conn.exec_driver_sql(_BACKFILL_ROW, self._row(earlier, self.durations_ms.get(earlier)))
         conn.exec_driver_sql(_UPSERT_ROW, self._row(revision, elapsed))
         conn.exec_driver_sql(_SET_CURRENT, {"version": revision, "instance": self.instance_id})
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
+        self._mirror_seen = False
         if not self._has_mirror(conn):
             return
         conn.exec_driver_sql("DELETE FROM public.schema_migrations WHERE version = %(v)s", {"v": revision})
