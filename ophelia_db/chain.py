@@ -36,11 +36,15 @@ def file_checksum(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Revision:
+    """One revision file; ``lock_timeout``/``statement_timeout`` are its own time boxes, if set."""
+
     id: str
     name: str
     path: Path
     checksum: str
     down_revision: str | None
+    lock_timeout: float | None = None
+    statement_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,13 @@ def _read_with_alembic(spec: ChainSpec) -> list[Revision]:
         raise _many_heads(heads)
     ordered = list(reversed(list(script_dir.walk_revisions("base", "heads"))))
     return [
-        _revision(script.revision, script.doc, Path(script.path), _single(script.down_revision))
+        _revision(
+            script.revision,
+            script.doc,
+            Path(script.path),
+            _single(script.down_revision),
+            {key: getattr(script.module, key, None) for key in _TIME_BOXES},
+        )
         for script in ordered
     ]
 
@@ -160,9 +170,34 @@ def _many_heads(heads: Iterable[str]) -> IntegrityRefusal:
     )
 
 
-def _revision(rev_id: str, doc: str | None, path: Path, down: str | None) -> Revision:
+_TIME_BOXES = ("lock_timeout", "statement_timeout")
+
+
+def _revision(
+    rev_id: str, doc: str | None, path: Path, down: str | None, values: dict[str, object]
+) -> Revision:
+    from ophelia_db.fleet import parse_duration
+
     name = (doc or rev_id).strip().splitlines()[0][:255] if (doc or rev_id).strip() else rev_id
-    return Revision(id=rev_id, name=name, path=path, checksum=file_checksum(path), down_revision=down)
+    boxes: dict[str, float | None] = {}
+    for key in _TIME_BOXES:
+        value = values.get(key)
+        if value is None:
+            boxes[key] = None
+            continue
+        try:
+            boxes[key] = parse_duration(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path.name}: {key} = {value!r} is not a duration: {exc}") from None
+    return Revision(
+        id=rev_id,
+        name=name,
+        path=path,
+        checksum=file_checksum(path),
+        down_revision=down,
+        lock_timeout=boxes["lock_timeout"],
+        statement_timeout=boxes["statement_timeout"],
+    )
 
 
 def _version_dirs(spec: ChainSpec) -> list[Path]:
@@ -200,7 +235,7 @@ def _literal_assignments(tree: ast.Module) -> dict[str, object]:
 
 def _read_linear(spec: ChainSpec) -> list[Revision] | None:
     """Read a linear chain without Alembic; ``None`` when the shape needs Alembic."""
-    by_id: dict[str, tuple[str | None, str | None, Path]] = {}
+    by_id: dict[str, tuple[str | None, str | None, Path, dict[str, object]]] = {}
     for directory in _version_dirs(spec):
         if not directory.is_dir():
             raise ConfigError(
@@ -216,9 +251,9 @@ def _read_linear(spec: ChainSpec) -> list[Revision] | None:
             assert isinstance(rev_id, str)
             if rev_id in by_id:
                 raise IntegrityRefusal(f"revision id {rev_id} is used by {by_id[rev_id][2]} and {path}")
-            by_id[rev_id] = (down if isinstance(down, str) else None, ast.get_docstring(tree), path)
+            by_id[rev_id] = (down if isinstance(down, str) else None, ast.get_docstring(tree), path, values)
     children: dict[str | None, list[str]] = {}
-    for rev_id, (down, _, _) in by_id.items():
+    for rev_id, (down, *_) in by_id.items():
         children.setdefault(down, []).append(rev_id)
     heads = [rev_id for rev_id in by_id if rev_id not in children]
     if len(heads) > 1:
@@ -231,8 +266,8 @@ def _read_linear(spec: ChainSpec) -> list[Revision] | None:
         if len(nexts) > 1:
             raise _many_heads(nexts)
         current = nexts[0]
-        down, doc, path = by_id[current]
-        ordered.append(_revision(current, doc, path, down))
+        down, doc, path, values = by_id[current]
+        ordered.append(_revision(current, doc, path, down, values))
     if len(ordered) != len(by_id):
         return None
     return ordered

@@ -16,15 +16,16 @@ from typing import Annotated, NoReturn
 import typer
 
 from ophelia_db import local, runner
-from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet import Fleet, load_fleet
+from ophelia_db.interrupts import exit_code_of, raising_on_signals
 from ophelia_db.render import (
     emit_json,
+    progress_display,
     render_history,
     render_run,
     render_status,
     render_sync,
-    result_line,
 )
 
 app = typer.Typer(
@@ -61,9 +62,15 @@ def _errors() -> Iterator[None]:
         yield
     except OpheliaError as exc:
         _fail(exc.message, exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        raise typer.Exit(ExitCode.SIGINT) from None
+    except KeyboardInterrupt as exc:
+        sys.stderr.write("interrupted before any change\n")
+        raise typer.Exit(exit_code_of(exc)) from None
+
+
+def _hub_warning(state: str, error: str | None) -> None:
+    """With --json the document says it too, but diagnostics belong on stderr (DESIGN §3)."""
+    if error:
+        sys.stderr.write(f"warning: hub report {state}: {error}\n")
 
 
 def _fleet(path: Path | None) -> Fleet:
@@ -103,34 +110,52 @@ def upgrade(
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing, lock nothing.")
+    ] = False,
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Run instances with this tag first; stop if one fails.")
+    ] = None,
+    max_failures: Annotated[
+        int | None, typer.Option("--max-failures", min=1, help="Stop starting instances after K failures.")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="Only shard K/N of the selection (hub excluded), for CI matrices."),
+    ] = None,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:
-    """Upgrade the selected instances (the hub first with --all), each in its own lock.
+    """Upgrade the selected instances (the hub first with --all), each under its own lock.
 
-    Example: ophelia-db upgrade --all
+    Example: ophelia-db upgrade --all --canary canary --max-failures 3
     """
-    live = not json_ and not sys.stdout.isatty()
-
-    def progress(result: runner.InstanceResult) -> None:
-        if live:
-            sys.stdout.write(result_line(result) + "\n")
-            sys.stdout.flush()
-
     with _errors():
         loaded = _fleet(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or ())
         skipped: list[str] = []
         if all_:
             targets, skipped = runner.skip_inactive(loaded, targets)
-        report = runner.upgrade(loaded, targets, to=to, jobs=jobs, dry_run=dry_run, on_result=progress)
+        if shard:
+            targets = runner.shard(targets, shard)
+        with progress_display(len(targets), enabled=not json_) as progress, raising_on_signals():
+            report = runner.upgrade(
+                loaded,
+                targets,
+                to=to,
+                jobs=jobs,
+                dry_run=dry_run,
+                canary=canary,
+                max_failures=max_failures,
+                on_start=progress.started,
+                on_result=progress.finished,
+            )
     if json_:
         emit_json(report.as_record())
     else:
         if skipped:
             sys.stderr.write(f"skipped (archived or suspended in the hub): {', '.join(skipped)}\n")
-        render_run(report, streamed=live)
+        render_run(report, streamed=progress.streamed)
     raise typer.Exit(report.exit_code)
 
 
@@ -151,6 +176,7 @@ def downgrade(
         report = runner.downgrade(loaded, target, to=to)
     if json_:
         emit_json(report.as_record())
+        _hub_warning(report.hub_report, report.hub_error)
     else:
         render_run(report)
     raise typer.Exit(report.exit_code)
@@ -212,6 +238,7 @@ def sync(
         report = runner.sync(loaded, targets)
     if json_:
         emit_json(report.as_record())
+        _hub_warning(report.hub_report, report.hub_error)
     else:
         render_sync(report)
     raise typer.Exit(report.exit_code)

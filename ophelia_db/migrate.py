@@ -23,6 +23,7 @@ from ophelia_db.connections import (
 )
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet import Target
+from ophelia_db.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.mirror import InstanceState, MirrorHook, classify, read_state
 from ophelia_db.results import InstanceResult
 
@@ -36,6 +37,8 @@ _RESULT_OF_CODE = {
     ExitCode.UNREACHABLE: "unreachable",
 }
 _chains: dict[ChainSpec, Chain] = {}
+LOCK_RETRIES = 2
+LOCK_BACKOFF_SECONDS = 0.5
 
 
 def chain_for(spec: ChainSpec) -> Chain:
@@ -62,12 +65,30 @@ def failure(target: Target, error: OpheliaError, started: float, **known: Any) -
 def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock."""
     started = time.monotonic()
+    if worker_interrupted():
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="skipped",
+            exit_code=ExitCode.SIGTERM,
+            error=f"{target.name}: not started: interrupted",
+        )
     try:
         chain = chain_for(spec)
         with migration_lock(target):
             return _migrate_locked(target, chain, goal, downgrade, started)
     except OpheliaError as error:
         return failure(target, error, started)
+    except KeyboardInterrupt as exc:
+        # Interrupted before any revision started (waiting for the lock, say).
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="skipped",
+            exit_code=exit_code_of(exc),
+            error=f"{target.name}: interrupted before any change; nothing was done",
+            duration_ms=_ms_since(started),
+        )
 
 
 def _migrate_locked(
@@ -103,10 +124,21 @@ def _migrate_locked(
             name=target.name, role=target.role, result="noop", duration_ms=_ms_since(started), **known
         )
     hook = MirrorHook(chain=chain, instance_id=target.name)
-    try:
-        _run_alembic(target, chain, goal, downgrade, hook)
-    except Exception as exc:
-        return _revision_failed(target, chain, state, planned, hook, exc, started)
+    attempt = 0
+    while True:
+        try:
+            _run_alembic(target, chain, goal, downgrade, hook, planned)
+            break
+        except KeyboardInterrupt as exc:
+            return _interrupted(target, chain, state, planned, hook, exc, started)
+        except Exception as exc:
+            if sqlstate_of(exc) == "55P03" and attempt < LOCK_RETRIES:
+                # The whole revision is retried (it was rolled back), never a part of it.
+                attempt += 1
+                time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                continue
+            blocker = _blockers(target) if sqlstate_of(exc) == "55P03" else None
+            return _revision_failed(target, chain, state, planned, hook, exc, started, blocker)
     new_revision = goal
     return InstanceResult(
         name=target.name,
@@ -122,7 +154,9 @@ def _migrate_locked(
     )
 
 
-def _run_alembic(target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook) -> None:
+def _run_alembic(
+    target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook, planned: list[str]
+) -> None:
     from sqlalchemy import event
 
     from alembic import command
@@ -134,11 +168,16 @@ def _run_alembic(target: Target, chain: Chain, goal: str | None, downgrade: bool
 
             @event.listens_for(conn, "begin")
             def _each_revision(connection: Any) -> None:
-                # Every revision gets its own time box, scoped to its transaction.
+                # Every revision gets its own time box, scoped to its transaction:
+                # the revision file's own setting, else the instance's, else the fleet's.
                 hook.mark_start()
+                done = len(hook.applied) + len(hook.reverted)
+                revision = chain.get(planned[done]) if done < len(planned) else None
+                lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
+                statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
                 connection.exec_driver_sql(
-                    f"SET LOCAL lock_timeout = {int(timeouts.lock_timeout * 1000)}; "
-                    f"SET LOCAL statement_timeout = {int(timeouts.statement_timeout * 1000)}"
+                    f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
+                    f"SET LOCAL statement_timeout = {int(statement * 1000)}"
                 )
 
             config = chain.spec.config()
@@ -173,6 +212,7 @@ def _revision_failed(
     hook: MirrorHook,
     exc: BaseException,
     started: float,
+    blocker: str | None = None,
 ) -> InstanceResult:
     done = hook.applied if hook.applied else hook.reverted
     failed_revision = planned[len(done)] if len(done) < len(planned) else planned[-1]
@@ -194,9 +234,11 @@ def _revision_failed(
     elif sqlstate_of(exc) == "55P03":
         code, result = ExitCode.LOCKED, "locked"
         message = (
-            f"{target.name}: revision {failed_revision} ({revision.path.name}) gave up waiting for "
-            f"a table lock (lock_timeout {target.timeouts.lock_timeout:g}s): {detail}; it was rolled "
-            f"back, the instance stays at {stays_at or 'base'}; retry when the database is quieter"
+            f"{target.name}: revision {failed_revision} ({revision.path.name}) could not get a table "
+            f"lock within lock_timeout {revision.lock_timeout or target.timeouts.lock_timeout:g}s "
+            f"({LOCK_RETRIES + 1} attempts): {detail}; blocked by "
+            f"{blocker or 'a session that has since finished'}. It was rolled back and the instance "
+            f"stays at {stays_at or 'base'}; retry when that session is done"
         )
     else:
         code, result = ExitCode.REVISION_FAILED, "failed"
@@ -217,6 +259,68 @@ def _revision_failed(
         exit_code=code,
         error=message,
         migrations_count=len(chain.applied_through(stays_at)),
+    )
+
+
+def _interrupted(
+    target: Target,
+    chain: Chain,
+    state: InstanceState,
+    planned: list[str],
+    hook: MirrorHook,
+    exc: BaseException,
+    started: float,
+) -> InstanceResult:
+    done = len(hook.applied) + len(hook.reverted)
+    current = planned[done] if done < len(planned) else None
+    if hook.applied:
+        stays_at: str | None = hook.applied[-1]
+    elif hook.reverted:
+        stays_at = chain.get(hook.reverted[-1]).down_revision
+    else:
+        stays_at = state.revision
+    during = f" during revision {current}, which was rolled back" if current else ""
+    return InstanceResult(
+        name=target.name,
+        role=target.role,
+        result="failed",
+        from_revision=state.revision,
+        to_revision=stays_at,
+        applied=tuple(hook.applied),
+        reverted=tuple(hook.reverted),
+        duration_ms=_ms_since(started),
+        exit_code=exit_code_of(exc),
+        error=(
+            f"{target.name}: interrupted{during}; the instance stays at {stays_at or 'base'} "
+            f"(not applied: {', '.join(planned[done:]) or 'nothing'}); run upgrade again to finish"
+        ),
+        migrations_count=len(chain.applied_through(stays_at)),
+    )
+
+
+_BLOCKERS_SQL = """
+SELECT a.pid, a.application_name, a.usename, a.state, a.xact_start
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+  AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
+              AND l.locktype = 'relation' AND l.relation >= 16384)
+ORDER BY a.xact_start LIMIT 3
+"""
+
+
+def _blockers(target: Target) -> str | None:
+    """Name the sessions holding table locks now: the likely blockers of the revision."""
+    try:
+        with connect(target, autocommit=True) as conn:
+            rows = conn.execute(_BLOCKERS_SQL).fetchall()
+    except OpheliaError:
+        return None
+    if not rows:
+        return None
+    return "; ".join(
+        f"pid {pid} ({app or 'unknown application'}, user {user}, {state}, "
+        f"in a transaction since {since:%H:%M:%S})"
+        for pid, app, user, state, since in rows
     )
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ophelia_db.results import (
@@ -22,6 +25,9 @@ from ophelia_db.results import (
     StatusReport,
     SyncReport,
 )
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet import Target
 
 _STATE_STYLE = {
     "up-to-date": "green",
@@ -160,3 +166,63 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     for entry in report.entries:
         when = entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-"
         stream.write(f"{entry.version} {entry.state} {when} {entry.name}\n")
+
+
+class RunProgress:
+    """Live progress of a run: a rich bar on a terminal, one line per instance otherwise."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = _is_tty(stream)
+        self.streamed = enabled and not self.tty
+        self.failures = 0
+        self.current: set[str] = set()
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self.total = total
+
+    def _describe(self) -> str:
+        now = ", ".join(sorted(self.current)[:4]) + (" ..." if len(self.current) > 4 else "")
+        failed = f"[red]{self.failures} failed[/red] " if self.failures else ""
+        return f"{failed}{now}"
+
+    def started(self, target: Target) -> None:
+        self.current.add(target.name)
+        if self._bar is not None:
+            self._bar.update(self._task, description=self._describe())
+
+    def finished(self, result: InstanceResult) -> None:
+        self.current.discard(result.name)
+        if result.result not in ("ok", "noop", "planned", "skipped"):
+            self.failures += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=self._describe())
+        elif self.streamed:
+            self.stream.write(result_line(result) + "\n")
+            self.stream.flush()
+
+
+@contextmanager
+def progress_display(
+    total: int, *, enabled: bool = True, stream: TextIO | None = None
+) -> Iterator[RunProgress]:
+    """Show progress while the block runs (on stderr when it is a terminal)."""
+    out = stream or sys.stdout
+    progress = RunProgress(total, out, enabled)
+    if enabled and progress.tty and total > 1:
+        bar = Progress(
+            TextColumn("upgrading"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        progress._bar = bar
+        progress._task = bar.add_task("", total=total)
+        with bar:
+            yield progress
+        return
+    yield progress

@@ -7,7 +7,7 @@ the exit code each one implies. It imports nothing but ``errors``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -131,7 +131,7 @@ class RunReport:
     instances: tuple[InstanceResult, ...]
     hub_report: str = "ok"
     hub_error: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    interrupted: int | None = None
 
     def as_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -146,6 +146,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return self.interrupted
         code = combine_exit_codes([int(i.exit_code) for i in self.instances])
         if code == ExitCode.OK and self.hub_report != "ok":
             return ExitCode.MIXED

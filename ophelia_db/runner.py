@@ -10,17 +10,19 @@ prints and never exits; ``cli.py`` renders what it returns.
 from __future__ import annotations
 
 import io
-import multiprocessing
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from ophelia_db import fanout
 from ophelia_db.chain import Chain, ChainSpec
 from ophelia_db.connections import connect, describe_error
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.fanout import Halt, skipped
 from ophelia_db.fleet import Fleet, Target
 from ophelia_db.hub import HubReporter, RegistryUpdate, registry_statuses
 from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate
@@ -106,19 +108,6 @@ def skip_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], li
     return kept, skipped
 
 
-@contextmanager
-def _workers(jobs: int, count: int) -> Iterator[ProcessPoolExecutor | None]:
-    if jobs <= 1 or count <= 1:
-        yield None
-        return
-    # forkserver: workers start from a clean, single-threaded process, and
-    # import Alembic once each instead of once per instance.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ophelia_db.migrate", "alembic.command", "sqlalchemy"])
-    with ProcessPoolExecutor(max_workers=min(jobs, count), mp_context=context) as pool:
-        yield pool
-
-
 def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
     known = result.result not in ("unreachable", "skipped")
     return RegistryUpdate(
@@ -139,16 +128,23 @@ def upgrade(
     to: str = "head",
     jobs: int | None = None,
     dry_run: bool = False,
+    canary: str | None = None,
+    max_failures: int | None = None,
     chain: Chain | None = None,
+    on_start: Callable[[Target], None] | None = None,
     on_result: ProgressCallback | None = None,
 ) -> RunReport:
-    """Upgrade the selected instances to ``to``: hub first, then the rest in parallel."""
+    """Upgrade the selected instances to ``to``: the hub first, canaries next, then the rest.
+
+    A failing hub or canary stops the run before the others are touched;
+    ``max_failures`` stops starting new instances once that many have failed.
+    """
     chain = chain or chain_for(ChainSpec.default())
     goal = chain.resolve(to)
-    run_id = uuid.uuid4().hex[:12]
     jobs = jobs or fleet.defaults.jobs
     results: dict[str, InstanceResult] = {}
     reporter = None if dry_run else HubReporter(fleet.hub)
+    halt = Halt(max_failures=max_failures)
 
     def finish(target: Target, result: InstanceResult) -> None:
         results[target.name] = result
@@ -158,41 +154,42 @@ def upgrade(
             on_result(result)
 
     hub = [t for t in targets if t.role == "hub"]
-    others = [t for t in targets if t.role != "hub"]
+    canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
+    rest = [t for t in targets if t.role != "hub" and t not in canaries]
+    waves = [(hub, 1, "the hub"), (canaries, jobs, f"canary instances tagged '{canary}'"), (rest, jobs, "")]
     try:
-        if hub:
-            _run_batch(hub, chain, goal, 1, dry_run, finish)
-            if not results[hub[0].name].succeeded:
-                for target in others:
-                    finish(target, _skipped(target, f"not run: the hub ({hub[0].name}) did not upgrade; fix it first"))
-                others = []
-        _run_batch(others, chain, goal, jobs, dry_run, finish)
+        for index, (wave, wave_jobs, label) in enumerate(waves):
+            if halt.reason:
+                for target in wave:
+                    finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+                continue
+            _run_wave(wave, chain, goal, wave_jobs, dry_run, halt, finish, on_start)
+            failed = [t.name for t in wave if not results[t.name].succeeded]
+            if label and failed and index < len(waves) - 1 and not halt.reason:
+                halt.reason = f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
     finally:
         if reporter is not None:
             reporter.close()
     ordered = tuple(sorted(results.values(), key=lambda r: (r.role != "hub", r.name)))
     return RunReport(
-        run_id=run_id,
+        run_id=uuid.uuid4().hex[:12],
         target=to,
         instances=ordered,
         hub_report="ok" if reporter is None else reporter.state,
         hub_error=None if reporter is None else reporter.error,
+        interrupted=halt.interrupted,
     )
 
 
-def _skipped(target: Target, why: str) -> InstanceResult:
-    return InstanceResult(
-        name=target.name, role=target.role, result="skipped", exit_code=ExitCode.MIXED, error=why
-    )
-
-
-def _run_batch(
+def _run_wave(
     targets: list[Target],
     chain: Chain,
     goal: str | None,
     jobs: int,
     dry_run: bool,
+    halt: Halt,
     finish: Callable[[Target, InstanceResult], None],
+    on_start: Callable[[Target], None] | None,
 ) -> None:
     if not targets:
         return
@@ -203,18 +200,9 @@ def _run_batch(
         if outcome is None:
             work.append(target)
         else:
+            halt.record(outcome)
             finish(target, outcome)
-    with _workers(jobs, len(work)) as pool:
-        if pool is None:
-            for target in work:
-                finish(target, migrate(target, chain.spec, goal))
-            return
-        futures: dict[Future[InstanceResult], Target] = {
-            pool.submit(migrate, target, chain.spec, goal): target for target in work
-        }
-        for future in as_completed(futures):
-            target = futures[future]
-            finish(target, future.result())
+    fanout.run(work, chain.spec, goal, jobs, halt, finish, on_start)
 
 
 def _triage(
@@ -370,3 +358,17 @@ def describe_exception(exc: BaseException) -> str:
 
 def names(targets: Iterable[Target]) -> list[str]:
     return [t.name for t in targets]
+
+
+def shard(targets: list[Target], spec: str) -> list[Target]:
+    """Keep the instances of shard ``K/N`` (1-based), leaving the hub out.
+
+    Membership depends only on each instance's name (a CRC32 of it), so
+    adding an instance to the fleet never moves the others between shards,
+    and N machines of a CI matrix together cover the selection exactly once.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ConfigError(f"--shard {spec!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    index, count = int(match.group(1)) - 1, int(match.group(2))
+    return [t for t in targets if t.role != "hub" and zlib.crc32(t.name.encode()) % count == index]
