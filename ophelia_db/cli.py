@@ -8,17 +8,23 @@ SQL and no Alembic calls.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from ophelia_db import local, runner
-from ophelia_db.errors import ConfigError, OpheliaError
-from ophelia_db.fleet import Fleet, load_fleet
-from ophelia_db.interrupts import exit_code_of, raising_on_signals
+from ophelia_db.cli_common import (
+    AllOpt,
+    FleetOpt,
+    InstanceOpt,
+    JsonOpt,
+    TagOpt,
+    errors,
+    fleet_at,
+    hub_warning,
+)
+from ophelia_db.errors import ConfigError
+from ophelia_db.interrupts import raising_on_signals
 from ophelia_db.render import (
     emit_json,
     progress_display,
@@ -39,43 +45,6 @@ app = typer.Typer(
 local_app = typer.Typer(help="Manage the embedded local PostgreSQL cluster.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 
-FleetOpt = Annotated[
-    Path | None, typer.Option("--fleet", help="Fleet file (default: $OPHELIA_FLEET, then ./fleet.toml).")
-]
-InstanceOpt = Annotated[
-    list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")
-]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every instance of the fleet, hub first.")]
-TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Instances carrying this tag (repeatable).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"error: {message}\n")
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn expected library errors into one stderr line and their exit code."""
-    try:
-        yield
-    except OpheliaError as exc:
-        _fail(exc.message, exc.exit_code)
-    except KeyboardInterrupt as exc:
-        sys.stderr.write("interrupted before any change\n")
-        raise typer.Exit(exit_code_of(exc)) from None
-
-
-def _hub_warning(state: str, error: str | None) -> None:
-    """With --json the document says it too, but diagnostics belong on stderr (DESIGN §3)."""
-    if error:
-        sys.stderr.write(f"warning: hub report {state}: {error}\n")
-
-
-def _fleet(path: Path | None) -> Fleet:
-    return load_fleet(path)
-
 
 @app.command()
 def status(
@@ -90,8 +59,8 @@ def status(
 
     Example: ophelia-db status --check
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
         report = runner.status(loaded, targets)
     if json_:
@@ -130,8 +99,8 @@ def upgrade(
 
     Example: ophelia-db upgrade --all --canary canary --max-failures 3
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or ())
         skipped: list[str] = []
         if all_:
@@ -170,13 +139,13 @@ def downgrade(
 
     Example: ophelia-db downgrade --instance corte --to 0003
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         target = loaded.select([instance])[0]
         report = runner.downgrade(loaded, target, to=to)
     if json_:
         emit_json(report.as_record())
-        _hub_warning(report.hub_report, report.hub_error)
+        hub_warning(report.hub_report, report.hub_error)
     else:
         render_run(report)
     raise typer.Exit(report.exit_code)
@@ -192,8 +161,8 @@ def history(
 
     Example: ophelia-db history --instance corte
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         report = runner.history(loaded.select([instance])[0])
     if json_:
         emit_json(report.as_record())
@@ -214,8 +183,8 @@ def sql(
 
     Example: ophelia-db sql --instance corte > corte.sql
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         target = loaded.get(instance)
         text = runner.offline_sql(target, start=from_, to=to, from_database=from_ is None)
     sys.stdout.write(text)
@@ -232,13 +201,13 @@ def sync(
 
     Example: ophelia-db sync --all
     """
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_)
         report = runner.sync(loaded, targets)
     if json_:
         emit_json(report.as_record())
-        _hub_warning(report.hub_report, report.hub_error)
+        hub_warning(report.hub_report, report.hub_error)
     else:
         render_sync(report)
     raise typer.Exit(report.exit_code)
@@ -250,24 +219,24 @@ def local_start(fleet: FleetOpt = None) -> None:
 
     Example: ophelia-db local start
     """
-    with _errors():
-        message = local.start(_fleet(fleet))
+    with errors():
+        message = local.start(fleet_at(fleet))
     sys.stdout.write(message + "\n")
 
 
 @local_app.command("stop")
 def local_stop(fleet: FleetOpt = None) -> None:
     """Stop the embedded cluster."""
-    with _errors():
-        message = local.stop(_fleet(fleet))
+    with errors():
+        message = local.stop(fleet_at(fleet))
     sys.stdout.write(message + "\n")
 
 
 @local_app.command("status")
 def local_status(fleet: FleetOpt = None) -> None:
     """Say whether the embedded cluster exists and runs, and where."""
-    with _errors():
-        message, running = local.describe(_fleet(fleet))
+    with errors():
+        message, running = local.describe(fleet_at(fleet))
     sys.stdout.write(message + "\n")
     raise typer.Exit(0 if running else 1)
 
@@ -278,12 +247,23 @@ def local_destroy(
     fleet: FleetOpt = None,
 ) -> None:
     """Stop the embedded cluster and delete its data."""
-    with _errors():
-        loaded = _fleet(fleet)
+    with errors():
+        loaded = fleet_at(fleet)
         if not yes and not typer.confirm("Delete the embedded cluster and all its data?"):
             raise ConfigError("not confirmed; nothing deleted")
         message = local.destroy(loaded)
     sys.stdout.write(message + "\n")
+
+
+def _register_areas() -> None:
+    # Provisioning and trust commands live in their own modules to keep this one small.
+    from ophelia_db import cli_provision, cli_trust
+
+    cli_provision.register(app)
+    cli_trust.register(app)
+
+
+_register_areas()
 
 
 def main() -> None:
