@@ -8,6 +8,7 @@ Anything that is not an ``OpheliaError`` is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 from ophelia_db.redaction import redact
@@ -85,7 +86,7 @@ class UnreachableError(OpheliaError):
     exit_code = ExitCode.UNREACHABLE
 
 
-def combine_exit_codes(codes: list[int]) -> int:
+def combine_exit_codes(codes: Sequence[int]) -> int:
     """Return a fleet run's exit code from its per-instance codes.
 
     All succeeded → 0; all failed the same way → that code; anything else → 7.

@@ -48,6 +48,16 @@ def chain_for(spec: ChainSpec) -> Chain:
     return _chains[spec]
 
 
+def state_fields(state: InstanceState) -> dict[str, Any]:
+    """The result fields an instance's state fixes when nothing moves."""
+    return {
+        "from_revision": state.revision,
+        "to_revision": state.revision,
+        "migrations_count": state.migrations_count,
+        "updated_at": state.updated_at,
+    }
+
+
 def failure(target: Target, error: OpheliaError, started: float, **known: Any) -> InstanceResult:
     """Turn an expected error into this instance's result."""
     code = error.exit_code
@@ -100,12 +110,7 @@ def _migrate_locked(
         state = read_state(probe)
     verdict = classify(state, chain, goal)
     current = state.revision
-    known = {
-        "from_revision": current,
-        "to_revision": current,
-        "migrations_count": state.migrations_count,
-        "updated_at": state.updated_at,
-    }
+    known = state_fields(state)
     if verdict.state in REFUSED_STATES:
         return _refused(target, verdict.problem or verdict.state, started, known)
     if downgrade:

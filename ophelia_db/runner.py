@@ -25,7 +25,7 @@ from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fanout import Halt, skipped
 from ophelia_db.fleet import Fleet, Target
 from ophelia_db.hub import HubReporter, RegistryUpdate, registry_statuses
-from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate
+from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate, state_fields
 from ophelia_db.mirror import InstanceState, classify, read_state
 from ophelia_db.results import (
     HistoryEntry,
@@ -213,12 +213,7 @@ def _triage(
     if isinstance(state, OpheliaError):
         return failure(target, state, started)
     verdict = classify(state, chain, goal)
-    known = {
-        "from_revision": state.revision,
-        "to_revision": state.revision,
-        "migrations_count": state.migrations_count,
-        "updated_at": state.updated_at,
-    }
+    known = state_fields(state)
     if verdict.state in REFUSED_STATES:
         return InstanceResult(
             name=target.name,
