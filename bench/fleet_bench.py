@@ -11,7 +11,8 @@ commands with their start-up included:
 - a bare Python + psycopg ``SELECT 1`` over the same databases.
 
 It prints the figures and the ratios the project targets. Peak memory is the
-largest sum of resident memory over the command's process tree, sampled.
+largest sum of proportional set size (PSS: shared pages split between the
+processes sharing them) over the command's process tree, sampled every 50 ms.
 
 Usage: python bench/fleet_bench.py [--sizes 10,50,100,200] [--jobs K]
 """
@@ -42,6 +43,18 @@ for url in sys.argv[1:]:
 """
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (forkserver workers share many) counted once overall."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _tree_rss_kb(root_pid: int) -> int:
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
@@ -55,7 +68,7 @@ def _tree_rss_kb(root_pid: int) -> int:
             continue
         pid = int(entry)
         parents[pid] = int(fields.get("PPid", "0").strip())
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+        rss[pid] = _pss_kb(pid)
     total, todo = 0, [root_pid]
     while todo:
         pid = todo.pop()

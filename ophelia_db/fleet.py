@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettin
 from ophelia_db.errors import ConfigError
 from ophelia_db.redaction import register_secret
 from ophelia_db.urls import describe_url, url_has_password
+from ophelia_db.urls import parse as parse_url
 
 SUBDOMAIN = re.compile(r"^[a-z0-9-]{1,20}$")
 COMMUNITY_TYPES = ("municipality", "intercommunality", "university", "association", "region")
@@ -240,7 +241,10 @@ def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str,
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{fleet_path}: invalid TOML: {exc}") from None
+        # tomllib (3.11) has no lineno attribute: the line is only in the message.
+        found = re.search(r"at line (\d+)", str(exc))
+        line = found.group(1) if found else max(len(text.splitlines()), 1)
+        raise ConfigError(f"{fleet_path}:{line}: invalid TOML: {exc}") from None
     source = type("FleetFileAt", (FleetFile,), {"model_config": SettingsConfigDict(toml_file=fleet_path)})
     try:
         parsed: FleetFile = source()
@@ -310,13 +314,17 @@ def _target(
     try:
         timeouts = Timeouts(**{**_timeouts_of(defaults), **overrides})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {where}: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where} {key}: {message}") from None
     url, problem = None, None
     if spec.url_env is not None:
         source = f"url_env {spec.url_env}"
         value = env.get(spec.url_env, "")
         if value:
-            register_secret(value)
+            # The password is the secret; the rest of the URL stays readable in messages.
+            register_secret(parse_url(value).password)
             url = SecretStr(value)
         else:
             problem = (

@@ -18,11 +18,12 @@ _known_secrets: set[str] = set()
 # userinfo of a URL: scheme://user:password@host — the password may hold any
 # character but '@' is taken as the last one before the host part.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>\S*?)@(?=[^@\s/:?#]*(?::\d+)?(?:[/?\s,]|$))"
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>\S*?)@"
+    r"(?=(?:\[[^\]\s@/]*\]|[^@\s/:?#\[\]]*)(?::\d+)?(?:[/?\s,]|$))"
 )
 _PARAM_SECRET = re.compile(
     r"(?P<head>\b(?:password|sslpassword|passfile|access_token|apikey|api_key|token|secret|"
-    r"service_role(?:_key)?)\s*[=:]\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,]+)",
+    r"service_role(?:_key)?)\s*[=:]\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,)]+)",
     re.IGNORECASE,
 )
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9]+)?://", re.IGNORECASE)
+# Users paste passwords unescaped: ``user:p/ss?w#rd@host``. The password runs
+# up to the '@' that is followed by a host (and port) and then the path,
+# query or end, as in redaction's URL pattern.
+_HOST = r"(?:\[[^\]\s@/]*\]|[^@\s/:?#,\[\]]*)(?::\d+)?"
+_USERINFO = re.compile(
+    rf"^(?P<scheme>[^:]+://)(?P<user>[^:/?#@\s]*):(?P<pw>.*?)@(?={_HOST}(?:,{_HOST})*(?:[/?#]|$))",
+    re.DOTALL,
+)
 TRANSACTION_POOLER_PORT = 6543
 
 
@@ -38,7 +46,7 @@ def parse(url: str) -> UrlParts:
     text = url.strip()
     if not _SCHEME.match(text):
         return _parse_conninfo(text)
-    split = urlsplit(normalise(text))
+    split = urlsplit(_escape_userinfo(normalise(text)))
     params = {key: values[-1] for key, values in parse_qs(split.query).items()}
     try:
         port = split.port
@@ -58,6 +66,17 @@ def parse(url: str) -> UrlParts:
         dbname=unquote(split.path.lstrip("/")) or params.get("dbname"),
         params=params,
     )
+
+
+def _escape_userinfo(url: str) -> str:
+    """Percent-encode the characters of a raw password that would end the userinfo."""
+    match = _USERINFO.match(url)
+    if not match:
+        return url
+    password = match.group("pw")
+    for char, code in (("/", "%2F"), ("?", "%3F"), ("#", "%23"), ("@", "%40")):
+        password = password.replace(char, code)
+    return f"{match.group('scheme')}{match.group('user')}:{password}@{url[match.end() :]}"
 
 
 def _parse_conninfo(text: str) -> UrlParts:
@@ -96,6 +115,8 @@ def describe_url(url: str) -> str:
         where = f"/{parts.dbname or ''}?host={host}"
         return f"postgresql://{userinfo}{where}"
     port = f":{parts.port}" if parts.port else ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6, as libpq writes it
     return f"postgresql://{userinfo}{host}{port}/{parts.dbname or ''}"
 
 
