@@ -133,10 +133,8 @@ def bench(cluster: LocalCluster, n: int, jobs: int, workdir: Path) -> dict[str, 
     started = time.perf_counter()
     names = ["hub"] + [name.replace("_", "-") for name in plain[1:]]
     for name in names:
-        _, code, _ = run(
-            [str(BIN / "alembic"), "-c", str(ROOT / "alembic.ini"), "-x", f"instance={name}", "upgrade", "head"],
-            plain_env,
-        )
+        alembic = [str(BIN / "alembic"), "-c", str(ROOT / "alembic.ini")]
+        _, code, _ = run([*alembic, "-x", f"instance={name}", "upgrade", "head"], plain_env)
         assert code == 0, f"plain alembic failed on {name}"
     figures["plain"] = time.perf_counter() - started
     return figures
@@ -170,7 +168,9 @@ def main() -> None:
                 f"{f['upgrade_peak_mb']:>8.0f} {1000 * f['upgrade'] / n:>8.1f}",
                 flush=True,
             )
-        print("targets: speedup >= 10x at N=100; status/sel1 <= 2x; noop/status <= 1.5x; peak < 300 MB at N=200")
+        print(
+            "targets: speedup >= 10x at N=100; status/sel1 <= 2x; noop/status <= 1.5x; peak < 300 MB at N=200"
+        )
     finally:
         cluster.destroy()
         shutil.rmtree(state, ignore_errors=True)

@@ -121,6 +121,7 @@ def upgrade(
             )
     if json_:
         emit_json(report.as_record())
+        hub_warning(report.hub_report, report.hub_error)
     else:
         if skipped:
             sys.stderr.write(f"skipped (archived or suspended in the hub): {', '.join(skipped)}\n")

@@ -67,7 +67,7 @@ def mirror_consistent(url: str) -> bool:
         return revision in (None, "0001")
     current = query(url, "SELECT current_version FROM schema_version")
     history = [v for (v,) in query(url, "SELECT version FROM schema_migrations ORDER BY id")]
-    expected = SHIPPED + ["0005"]
+    expected = [*SHIPPED, "0005"]
     return current == [(revision,)] and history == expected[: expected.index(revision) + 1]
 
 
@@ -131,7 +131,10 @@ def test_lock_timeout_retries_then_gives_up_at_previous_revision(tmp_path, fleet
 def _wait_for_sleeping(urls: list[str], deadline: float) -> None:
     while time.monotonic() < deadline:
         for url in urls:
-            rows = query(url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' AND state = 'active'")
+            rows = query(
+                url,
+                "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' AND state = 'active'",
+            )
             if rows:
                 return
         time.sleep(0.05)
