@@ -112,10 +112,10 @@ def _migrate_locked(
     current = state.revision
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return _refused(target, verdict.problem or verdict.state, started, known)
+        return refused(target, verdict.problem or verdict.state, started, known)
     if downgrade:
         if goal is not None and not chain.is_after(current, goal) and current != goal:
-            return _refused(
+            return refused(
                 target,
                 f"cannot downgrade to {goal}: the instance is at {current or 'base'}, below it",
                 started,
@@ -197,7 +197,7 @@ def _run_alembic(
         engine.dispose()
 
 
-def _refused(target: Target, problem: str, started: float, known: dict[str, Any]) -> InstanceResult:
+def refused(target: Target, problem: str, started: float, known: dict[str, Any]) -> InstanceResult:
     return InstanceResult(
         name=target.name,
         role=target.role,
@@ -222,12 +222,7 @@ def _revision_failed(
     done = hook.applied if hook.applied else hook.reverted
     failed_revision = planned[len(done)] if len(done) < len(planned) else planned[-1]
     revision = chain.get(failed_revision)
-    if hook.applied:
-        stays_at: str | None = hook.applied[-1]
-    elif hook.reverted:
-        stays_at = chain.get(hook.reverted[-1]).down_revision
-    else:
-        stays_at = state.revision
+    stays_at = _stays_at(chain, state, hook)
     detail = describe_error(exc) if sqlstate_of(exc) or is_connection_error(exc) else str(exc)
     if is_connection_error(exc):
         code, result = ExitCode.UNREACHABLE, "unreachable"
@@ -267,6 +262,15 @@ def _revision_failed(
     )
 
 
+def _stays_at(chain: Chain, state: InstanceState, hook: MirrorHook) -> str | None:
+    """The revision an instance is left at: the last step this run committed, else where it was."""
+    if hook.applied:
+        return hook.applied[-1]
+    if hook.reverted:
+        return chain.get(hook.reverted[-1]).down_revision
+    return state.revision
+
+
 def _interrupted(
     target: Target,
     chain: Chain,
@@ -278,12 +282,7 @@ def _interrupted(
 ) -> InstanceResult:
     done = len(hook.applied) + len(hook.reverted)
     current = planned[done] if done < len(planned) else None
-    if hook.applied:
-        stays_at: str | None = hook.applied[-1]
-    elif hook.reverted:
-        stays_at = chain.get(hook.reverted[-1]).down_revision
-    else:
-        stays_at = state.revision
+    stays_at = _stays_at(chain, state, hook)
     during = f" during revision {current}, which was rolled back" if current else ""
     return InstanceResult(
         name=target.name,

@@ -14,18 +14,18 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ophelia_db import fanout
 from ophelia_db.chain import Chain, ChainSpec
-from ophelia_db.connections import connect, describe_error
+from ophelia_db.connections import connect
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fanout import Halt, skipped
 from ophelia_db.fleet import Fleet, Target
 from ophelia_db.hub import HubReporter, RegistryUpdate, registry_statuses
-from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate, state_fields
+from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate, refused, state_fields
 from ophelia_db.mirror import InstanceState, classify, read_state
 from ophelia_db.results import (
     HistoryEntry,
@@ -215,14 +215,7 @@ def _triage(
     verdict = classify(state, chain, goal)
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="refused",
-            exit_code=ExitCode.INTEGRITY,
-            error=f"{target.name}: {verdict.problem}; nothing was changed",
-            **known,
-        )
+        return refused(target, verdict.problem or verdict.state, started, known)
     if dry_run:
         return InstanceResult(
             name=target.name,
@@ -344,15 +337,6 @@ def offline_sql(
     revision_range = f"{start}:{goal}" if start else goal
     command.upgrade(config, revision_range, sql=True)
     return buffer.getvalue()
-
-
-def describe_exception(exc: BaseException) -> str:
-    """One redacted line for an unexpected database error."""
-    return describe_error(exc)
-
-
-def names(targets: Iterable[Target]) -> list[str]:
-    return [t.name for t in targets]
 
 
 def shard(targets: list[Target], spec: str) -> list[Target]:
