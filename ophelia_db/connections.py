@@ -105,20 +105,21 @@ def engine_for(target: Target) -> Engine:
 
 
 @contextmanager
-def migration_lock(target: Target) -> Iterator[None]:
+def migration_lock(target: Target) -> Iterator[Connection]:
     """Hold the instance's migration lock for the duration of the block.
 
     The lock is a session advisory lock on its own autocommit connection, so
     that commits of the migration connection (one per revision) cannot drop it.
     It is polled with ``pg_try_advisory_lock`` rather than waited on, because a
     backend blocked in ``pg_advisory_lock`` would stall ``CREATE INDEX
-    CONCURRENTLY`` on the same database.
+    CONCURRENTLY`` on the same database. The block gets that connection, to
+    read the state under the lock without opening another one.
     """
     conn = connect(target, autocommit=True)
     try:
         _acquire(conn, target)
         try:
-            yield
+            yield conn
         finally:
             # Closing the session below releases the lock anyway.
             with suppress(psycopg.Error):

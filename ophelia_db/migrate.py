@@ -14,6 +14,7 @@ from typing import Any
 
 from ophelia_db.chain import Chain, ChainSpec
 from ophelia_db.connections import (
+    Connection,
     connect,
     describe_error,
     engine_for,
@@ -85,8 +86,8 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
         )
     try:
         chain = chain_for(spec)
-        with migration_lock(target):
-            return _migrate_locked(target, chain, goal, downgrade, started)
+        with migration_lock(target) as lock_connection:
+            return _migrate_locked(target, chain, goal, downgrade, started, lock_connection)
     except OpheliaError as error:
         return failure(target, error, started)
     except KeyboardInterrupt as exc:
@@ -102,12 +103,16 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
 
 
 def _migrate_locked(
-    target: Target, chain: Chain, goal: str | None, downgrade: bool, started: float
+    target: Target,
+    chain: Chain,
+    goal: str | None,
+    downgrade: bool,
+    started: float,
+    lock_connection: Connection,
 ) -> InstanceResult:
     # Decide the plan only now, under the lock: another runner may have
     # moved the instance between our first look and taking the lock.
-    with connect(target, autocommit=True) as probe:
-        state = read_state(probe)
+    state = read_state(lock_connection)
     verdict = classify(state, chain, goal)
     current = state.revision
     known = state_fields(state)
