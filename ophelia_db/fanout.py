@@ -29,6 +29,15 @@ from ophelia_db.results import InstanceResult
 Finish = Callable[[Target, InstanceResult], None]
 Start = Callable[[Target], None]
 _INTERRUPT_CODES = {ExitCode.SIGINT, ExitCode.SIGTERM}
+# Everything a migration imports, loaded once in the fork server so that the
+# workers share those pages instead of each importing its own copy.
+_PRELOAD = [
+    "ophelia_db.migrate",
+    "alembic.command",
+    "alembic.ddl.postgresql",
+    "alembic.runtime.environment",
+    "sqlalchemy.dialects.postgresql.psycopg",
+]
 
 
 @dataclass
@@ -69,7 +78,7 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     # forkserver: workers start from a clean, single-threaded process, and
     # import Alembic once each rather than once per instance.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ophelia_db.migrate", "alembic.command", "sqlalchemy"])
+    context.set_forkserver_preload(_PRELOAD)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_initializer)
     try:
         yield pool
