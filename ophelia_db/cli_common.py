@@ -43,7 +43,7 @@ def errors() -> Iterator[None]:
     except OpheliaError as exc:
         fail(exc.message, exc.exit_code)
     except KeyboardInterrupt as exc:
-        sys.stderr.write("interrupted before any change\n")
+        sys.stderr.write("interrupted\n")
         raise typer.Exit(exit_code_of(exc)) from None
 
 

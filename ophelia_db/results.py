@@ -75,7 +75,8 @@ class StatusReport:
 
     def exit_code(self, check: bool = False) -> int:
         """0 when all are at head; with ``--check`` 1 when some are merely behind."""
-        codes = [i.exit_code for i in self.instances]
+        # Archived and suspended instances are left alone by `upgrade --all`: shown, not counted.
+        codes = [i.exit_code for i in self.instances if i.registry_status not in ("archived", "suspended")]
         if not check:
             codes = [c for c in codes if c != ExitCode.NOT_AT_HEAD]
         if not codes:

@@ -1,0 +1,67 @@
+"""Fixtures of the provisioning tests, loaded with ``pytest_plugins``: databases already at head.
+
+They are cloned from one template migrated once per session (``CREATE
+DATABASE ... TEMPLATE``), which keeps these tests fast; the end-to-end tests
+still start from brand-new empty databases.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from ophelia_db import runner
+from ophelia_db.cluster import LocalCluster
+from ophelia_db.fleet import load_fleet
+from tests.conftest import write_fleet
+from tests.provisioning import HeadDatabase, rows
+
+
+@pytest.fixture(scope="session")
+def head_template(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A database migrated to head once, to clone (its registry emptied)."""
+    name = f"tmpl_head_{uuid.uuid4().hex[:10]}"
+    janitor = DatabaseJanitor(
+        user="postgres", host=pg_cluster.host, port=pg_cluster.port, dbname=name, connection_timeout=10
+    )
+    janitor.init()
+    url = pg_cluster.url(name)
+    with tempfile.TemporaryDirectory() as directory:
+        fleet = load_fleet(write_fleet(Path(directory), url, {}))
+        report = runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    assert report.exit_code == 0, report.as_record()
+    rows(url, "DELETE FROM public.instance_registry")
+    rows(url, "UPDATE public.schema_version SET instance_id = NULL")
+    try:
+        yield name
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def head_database(pg_cluster: LocalCluster, head_template: str) -> Iterator[HeadDatabase]:
+    """Factory of databases already at head (URL returned), dropped at teardown."""
+    janitors: list[DatabaseJanitor] = []
+
+    def make(prefix: str = "head") -> str:
+        name = f"{prefix[:30]}_{uuid.uuid4().hex[:10]}".lower()
+        janitor = DatabaseJanitor(
+            user="postgres",
+            host=pg_cluster.host,
+            port=pg_cluster.port,
+            dbname=name,
+            template_dbname=head_template,
+            connection_timeout=10,
+        )
+        janitor.init()
+        janitors.append(janitor)
+        return pg_cluster.url(name)
+
+    yield make
+    for janitor in reversed(janitors):
+        janitor.drop()
