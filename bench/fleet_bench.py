@@ -143,7 +143,7 @@ def bench(cluster: LocalCluster, n: int, jobs: int, workdir: Path) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,50,100,200")
-    parser.add_argument("--jobs", type=int, default=4, help="fleet [defaults] jobs (the shipped default is 4)")
+    parser.add_argument("--jobs", type=int, default=4, help="fleet [defaults] jobs (shipped default 4)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
