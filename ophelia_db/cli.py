@@ -33,7 +33,6 @@ from ophelia_db.render import (
     render_status,
     render_sync,
 )
-from ophelia_db.sqlscript import mark_non_transactional
 
 app = typer.Typer(
     name="ophelia-db",
@@ -189,8 +188,6 @@ def sql(
         loaded = fleet_at(fleet)
         target = loaded.get(instance)
         text = runner.offline_sql(target, start=from_, to=to, from_database=from_ is None)
-        # Statements that cannot run in a transaction become separate, labelled sections.
-        text = mark_non_transactional(text)
     sys.stdout.write(text)
 
 

@@ -21,9 +21,10 @@ from ophelia_db.redaction import redact
 
 _UPSERT = """INSERT INTO public.instance_registry AS r
   (subdomain, community_name, community_type, is_hub, schema_version, schema_updated_at,
-   migrations_count, last_run_status, last_run_at, last_error)
+   migrations_count, last_run_status, last_run_at, last_error, metadata)
 VALUES (%(name)s, %(community_name)s, %(community_type)s, %(is_hub)s, %(version)s,
-  COALESCE(%(updated_at)s::timestamptz, now()), %(count)s, %(run_status)s, now(), %(error)s)
+  COALESCE(%(updated_at)s::timestamptz, now()), %(count)s, %(run_status)s, now(), %(error)s,
+  jsonb_strip_nulls(jsonb_build_object('schema_fingerprint', %(fingerprint)s::text)))
 ON CONFLICT (subdomain) DO UPDATE SET
   is_hub = EXCLUDED.is_hub,
   schema_version = CASE WHEN %(known)s THEN EXCLUDED.schema_version ELSE r.schema_version END,
@@ -32,6 +33,9 @@ ON CONFLICT (subdomain) DO UPDATE SET
   last_run_status = EXCLUDED.last_run_status,
   last_run_at = EXCLUDED.last_run_at,
   last_error = EXCLUDED.last_error,
+  metadata = CASE WHEN %(fingerprint)s::text IS NULL THEN r.metadata
+    ELSE r.metadata || jsonb_build_object('schema_fingerprint', %(fingerprint)s::text,
+                                          'schema_fingerprint_at', now()) END,
   updated_at = now()"""
 
 
@@ -46,6 +50,7 @@ class RegistryUpdate:
     schema_updated_at: datetime | None = None
     migrations_count: int | None = None
     error: str | None = None
+    schema_fingerprint: str | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -59,6 +64,7 @@ class RegistryUpdate:
             "run_status": self.run_status,
             "error": redact(self.error)[:2000] if self.error else None,
             "known": self.version_known,
+            "fingerprint": self.schema_fingerprint,
         }
 
 

@@ -151,6 +151,7 @@ def _migrate_locked(
             return _revision_failed(target, chain, state, planned, hook, exc, started, blocker)
     new_revision = goal
     return InstanceResult(
+        schema_fingerprint=_fingerprint(lock_connection),
         name=target.name,
         role=target.role,
         result="ok",
@@ -265,6 +266,18 @@ def _revision_failed(
         error=message,
         migrations_count=len(chain.applied_through(stays_at)),
     )
+
+
+def _fingerprint(conn: Connection) -> str | None:
+    """The schema fingerprint after a run, for the hub; never fails the run."""
+    from ophelia_db.catalog import fingerprint
+
+    try:
+        return fingerprint(conn)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) is None and not isinstance(exc, OpheliaError):
+            raise
+        return None
 
 
 def _stays_at(chain: Chain, state: InstanceState, hook: MirrorHook) -> str | None:

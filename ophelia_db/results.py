@@ -101,6 +101,7 @@ class InstanceResult:
     migrations_count: int | None = None
     updated_at: datetime | None = None
     reverted: tuple[str, ...] = ()
+    schema_fingerprint: str | None = None
 
     @property
     def succeeded(self) -> bool:

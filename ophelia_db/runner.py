@@ -36,6 +36,7 @@ from ophelia_db.results import (
     StatusReport,
     SyncReport,
 )
+from ophelia_db.sqlscript import mark_non_transactional
 
 ProgressCallback = Callable[[InstanceResult], None]
 _STATUS_THREADS = 16
@@ -118,6 +119,7 @@ def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
         schema_updated_at=result.updated_at,
         migrations_count=result.migrations_count,
         error=result.error,
+        schema_fingerprint=result.schema_fingerprint,
     )
 
 
@@ -250,6 +252,8 @@ def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> 
     """Re-read each instance's version and push it to the hub registry."""
     chain = chain or chain_for(ChainSpec.default())
     states = probe_all(targets)
+    reachable = [t for t in targets if not isinstance(states[t.name], OpheliaError)]
+    fingerprints = _fingerprints(reachable)
     reporter = HubReporter(fleet.hub)
     rows = []
     for target in targets:
@@ -269,10 +273,21 @@ def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> 
                 schema_updated_at=state.updated_at,
                 migrations_count=state.migrations_count,
                 error=row.error,
+                schema_fingerprint=fingerprints.get(target.name),
             )
         reporter.report(update)
     reporter.close()
     return SyncReport(instances=tuple(rows), hub_report=reporter.state, hub_error=reporter.error)
+
+
+def _fingerprints(targets: list[Target]) -> dict[str, str | None]:
+    """Each reachable instance's schema fingerprint (``drift``'s), read concurrently."""
+    from ophelia_db.catalog import fingerprint_of
+
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(_STATUS_THREADS, len(targets))) as pool:
+        return dict(zip((t.name for t in targets), pool.map(fingerprint_of, targets), strict=True))
 
 
 _HISTORY_SQL = """SELECT version, name, applied_at, checksum, execution_time_ms, applied_by
@@ -336,7 +351,8 @@ def offline_sql(
     )
     revision_range = f"{start}:{goal}" if start else goal
     command.upgrade(config, revision_range, sql=True)
-    return buffer.getvalue()
+    # Statements that cannot run in a transaction become separate, labelled sections.
+    return mark_non_transactional(buffer.getvalue())
 
 
 def shard(targets: list[Target], spec: str) -> list[Target]:
