@@ -10,6 +10,7 @@ carrying their exit code.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -91,17 +92,31 @@ def _first_line(exc: BaseException) -> str:
     return redact(detail)
 
 
-def engine_for(target: Target) -> Engine:
-    """Return a pool-less SQLAlchemy engine whose connections come from ``connect``."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
+_engine: Engine | None = None
+_engine_target = threading.local()
 
-    return create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: connect(target),
-        poolclass=NullPool,
-        hide_parameters=True,
-    )
+
+def engine_for(target: Target) -> Engine:
+    """Return the process's pool-less SQLAlchemy engine, connecting to ``target`` next.
+
+    One engine serves every target of the process so that SQLAlchemy's dialect
+    initialisation (several queries on the first connection of an engine) is
+    paid once per worker rather than once per instance. The target is
+    thread-local: each thread connects where it last asked to.
+    """
+    global _engine
+    _engine_target.value = target
+    if _engine is None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        _engine = create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: connect(_engine_target.value),
+            poolclass=NullPool,
+            hide_parameters=True,
+        )
+    return _engine
 
 
 @contextmanager

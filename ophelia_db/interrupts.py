@@ -9,6 +9,7 @@ rolled back and its locks released instead of running on unattended.
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,9 @@ def worker_initializer() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_in_worker)
+    # The imports preloaded in the fork server are long-lived: keeping the
+    # cyclic collector off them avoids copying their pages in every worker.
+    gc.freeze()
 
 
 _worker_signal: int | None = None

@@ -9,6 +9,7 @@ failure never stops the others.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet import Target
 from ophelia_db.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.mirror import InstanceState, MirrorHook, classify, read_state
+from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult
 
 REFUSED_STATES = {"ahead", "checksum-mismatch", "mirror-mismatch", "error"}
@@ -37,6 +39,7 @@ _RESULT_OF_CODE = {
     ExitCode.NEEDS_ATTENTION: "failed",
     ExitCode.UNREACHABLE: "unreachable",
 }
+log = logging.getLogger(__name__)
 _chains: dict[ChainSpec, Chain] = {}
 LOCK_RETRIES = 2
 LOCK_BACKOFF_SECONDS = 0.5
@@ -90,6 +93,21 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
             return _migrate_locked(target, chain, goal, downgrade, started, lock_connection)
     except OpheliaError as error:
         return failure(target, error, started)
+    except Exception as exc:
+        # A bug of ours: its traceback goes to the log (stderr by default), and
+        # the instance's result says so, so that the other instances carry on.
+        log.exception("internal error while migrating %s", target.name)
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="failed",
+            exit_code=ExitCode.INTERNAL,
+            error=(
+                f"{target.name}: internal error (a bug in ophelia-db): {type(exc).__name__}: "
+                f"{redact(str(exc))}; its revision was rolled back. Please report it with the traceback"
+            ),
+            duration_ms=_ms_since(started),
+        )
     except KeyboardInterrupt as exc:
         # Interrupted before any revision started (waiting for the lock, say).
         return InstanceResult(
@@ -142,6 +160,8 @@ def _migrate_locked(
         except KeyboardInterrupt as exc:
             return _interrupted(target, chain, state, planned, hook, exc, started)
         except Exception as exc:
+            if not _raised_by_revision_or_database(exc, chain):
+                raise
             if sqlstate_of(exc) == "55P03" and attempt < LOCK_RETRIES:
                 # The whole revision is retried (it was rolled back), never a part of it.
                 attempt += 1
@@ -266,6 +286,19 @@ def _revision_failed(
         error=message,
         migrations_count=len(chain.applied_through(stays_at)),
     )
+
+
+def _raised_by_revision_or_database(exc: BaseException, chain: Chain) -> bool:
+    """Tell a revision's failure (SQL or its own Python) from a bug of ours, which must surface."""
+    if sqlstate_of(exc) is not None or is_connection_error(exc):
+        return True
+    revision_files = {str(rev.path) for rev in chain.revisions}
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename in revision_files:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _fingerprint(conn: Connection) -> str | None:

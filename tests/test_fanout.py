@@ -239,3 +239,41 @@ def test_transaction_pooler_is_refused_before_any_lock(tmp_path):
     assert done.returncode == 2
     error = json.loads(done.stdout)["instances"][0]["error"]
     assert "6543" in error and "5432" in error and "direct connection" in error
+
+
+def test_lock_holder_named_by_application_name(tmp_path, fleet_dbs):
+    """Every runner connection says who it is, so a waiting runner can name the holder."""
+    from ophelia_db.connections import migration_lock
+
+    hub, instances = fleet_dbs(1)
+    fleet = fleet_file(tmp_path, hub, instances, defaults='lock_wait = "200ms"')
+    target = load_fleet(fleet).get("inst1")
+    with migration_lock(target):
+        done = cli("upgrade", "--instance", "inst1", "--json", fleet=fleet)
+    assert done.returncode == 3
+    assert "(ophelia-db/" in json.loads(done.stdout)["instances"][0]["error"]
+
+
+def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
+    tmp_path, fleet_dbs, monkeypatch, caplog
+):
+    from ophelia_db import runner
+    from ophelia_db.mirror import MirrorHook
+
+    hub, instances = fleet_dbs(2)
+    fleet = load_fleet(fleet_file(tmp_path, hub, instances))
+    original = MirrorHook.__call__
+
+    def broken(self, **kw):
+        if self.instance_id == "inst1" and kw["step"].up_revision_id == "0003":
+            raise ZeroDivisionError("simulated bug")
+        return original(self, **kw)
+
+    monkeypatch.setattr(MirrorHook, "__call__", broken)
+    report = runner.upgrade(fleet, fleet.select(["inst1", "inst2"]), jobs=1)
+    rows = {r.name: r for r in report.instances}
+    assert rows["inst1"].exit_code == 70 and "internal error" in rows["inst1"].error
+    assert rows["inst2"].result == "ok"
+    assert report.exit_code == 7
+    assert revision_of(instances["inst1"]) == "0002" and mirror_consistent(instances["inst1"])
+    assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)
