@@ -13,10 +13,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from ophelia_db.chain import ChainSpec
@@ -73,17 +73,46 @@ def skipped(target: Target, why: str, code: int = ExitCode.MIXED) -> InstanceRes
     return InstanceResult(name=target.name, role=target.role, result="skipped", exit_code=code, error=why)
 
 
-@contextmanager
-def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
-    # forkserver: workers start from a clean, single-threaded process, and
-    # import Alembic once each rather than once per instance.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_initializer)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+class Workers:
+    """The run's worker processes, started early when asked to.
+
+    Warming them while the hub (or anything else) migrates in the main
+    process hides their start-up: the fork server's imports and each
+    worker's first read of the chain happen in parallel with useful work.
+    """
+
+    def __init__(self, jobs: int, *, warm: bool = False) -> None:
+        self.jobs = jobs
+        self._pool: ProcessPoolExecutor | None = None
+        if warm and jobs > 1:
+            for _ in range(jobs):
+                self.pool().submit(_warm_up)
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers start from a clean, single-threaded process,
+            # and import Alembic once each rather than once per instance.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_PRELOAD)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=context, initializer=worker_initializer
+            )
+        return self._pool
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _warm_up() -> None:
+    from ophelia_db.chain import ChainSpec
+    from ophelia_db.migrate import chain_for
+
+    chain_for(ChainSpec.default())
 
 
 def run(
@@ -94,14 +123,18 @@ def run(
     halt: Halt,
     finish: Finish,
     start: Start | None = None,
+    workers: Workers | None = None,
 ) -> None:
     """Migrate ``targets`` to ``goal``, calling ``finish`` for every one of them exactly once."""
     if not targets:
         return
     if jobs <= 1 or len(targets) == 1:
         _run_here(targets, spec, goal, halt, finish, start)
+    elif workers is not None:
+        _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, workers.pool())
     else:
-        _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start)
+        with Workers(jobs) as own:
+            _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, own.pool())
 
 
 def _run_here(
@@ -130,29 +163,29 @@ def _run_pool(
     halt: Halt,
     finish: Finish,
     start: Start | None,
+    pool: ProcessPoolExecutor,
 ) -> None:
     queue = list(reversed(targets))
     running: dict[Future[InstanceResult], Target] = {}
-    with _pool(jobs) as pool:
-        try:
-            while queue or running:
-                while queue and len(running) < jobs and not halt.reason:
-                    target = queue.pop()
-                    if start:
-                        start(target)
-                    running[pool.submit(migrate, target, spec, goal)] = target
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    _collect(future, running.pop(future), halt, finish)
-        except KeyboardInterrupt as exc:
-            halt.interrupt(exit_code_of(exc))
-            _stop_workers(pool)
-            for future, target in running.items():
-                _collect(future, target, halt, finish)
-        for target in reversed(queue):
-            finish(target, skipped(target, halt.reason or "not started", halt.interrupted or ExitCode.MIXED))
+    try:
+        while queue or running:
+            while queue and len(running) < jobs and not halt.reason:
+                target = queue.pop()
+                if start:
+                    start(target)
+                running[pool.submit(migrate, target, spec, goal)] = target
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                _collect(future, running.pop(future), halt, finish)
+    except KeyboardInterrupt as exc:
+        halt.interrupt(exit_code_of(exc))
+        _stop_workers(pool)
+        for future, target in running.items():
+            _collect(future, target, halt, finish)
+    for target in reversed(queue):
+        finish(target, skipped(target, halt.reason or "not started", halt.interrupted or ExitCode.MIXED))
 
 
 def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish: Finish) -> None:

@@ -159,16 +159,32 @@ def upgrade(
     canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
     rest = [t for t in targets if t.role != "hub" and t not in canaries]
     waves = [(hub, 1, "the hub"), (canaries, jobs, f"canary instances tagged '{canary}'"), (rest, jobs, "")]
+    # One concurrent read of every instance up front; each wave settles its
+    # own instances from it, so a failed hub still leaves the others untouched.
+    states = probe_all(targets)
+    outcomes = {t.name: _triage(t, states[t.name], chain, goal, dry_run) for t in targets}
+    parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
     try:
-        for index, (wave, wave_jobs, label) in enumerate(waves):
-            if halt.reason:
+        with fanout.Workers(jobs, warm=parallel_work > 1) as workers:
+            for index, (wave, wave_jobs, label) in enumerate(waves):
+                if halt.reason:
+                    for target in wave:
+                        finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+                    continue
+                work = []
                 for target in wave:
-                    finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
-                continue
-            _run_wave(wave, chain, goal, wave_jobs, dry_run, halt, finish, on_start)
-            failed = [t.name for t in wave if not results[t.name].succeeded]
-            if label and failed and index < len(waves) - 1 and not halt.reason:
-                halt.reason = f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
+                    outcome = outcomes[target.name]
+                    if outcome is None:
+                        work.append(target)
+                    else:
+                        halt.record(outcome)
+                        finish(target, outcome)
+                fanout.run(work, chain.spec, goal, wave_jobs, halt, finish, on_start, workers)
+                failed = [t.name for t in wave if not results[t.name].succeeded]
+                if label and failed and index < len(waves) - 1 and not halt.reason:
+                    halt.reason = (
+                        f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
+                    )
     finally:
         if reporter is not None:
             reporter.close()
@@ -181,30 +197,6 @@ def upgrade(
         hub_error=None if reporter is None else reporter.error,
         interrupted=halt.interrupted,
     )
-
-
-def _run_wave(
-    targets: list[Target],
-    chain: Chain,
-    goal: str | None,
-    jobs: int,
-    dry_run: bool,
-    halt: Halt,
-    finish: Callable[[Target, InstanceResult], None],
-    on_start: Callable[[Target], None] | None,
-) -> None:
-    if not targets:
-        return
-    states = probe_all(targets)
-    work: list[Target] = []
-    for target in targets:
-        outcome = _triage(target, states[target.name], chain, goal, dry_run)
-        if outcome is None:
-            work.append(target)
-        else:
-            halt.record(outcome)
-            finish(target, outcome)
-    fanout.run(work, chain.spec, goal, jobs, halt, finish, on_start)
 
 
 def _triage(
