@@ -250,8 +250,7 @@ def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str,
         parsed: FleetFile = source()
     except ValidationError as exc:
         raise ConfigError(_describe_validation(fleet_path, text, exc)) from None
-    env = dict(_read_dotenv(fleet_path.parent / ".env"))
-    env.update(os.environ if environ is None else environ)
+    env = environment(fleet_path, environ)
     return _build(fleet_path, parsed, env)
 
 
@@ -351,12 +350,16 @@ def _timeouts_of(defaults: Defaults) -> dict[str, float]:
     return {key: getattr(defaults, key) for key in Timeouts.model_fields}
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    from dotenv import dotenv_values
+def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` file beside fleet.toml (the process wins)."""
+    env: dict[str, str] = {}
+    dotenv = fleet_path.parent / ".env" if fleet_path else None
+    if dotenv is not None and dotenv.is_file():
+        from dotenv import dotenv_values
 
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+        env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
+    env.update(os.environ if environ is None else environ)
+    return env
 
 
 _HEADER = re.compile(r"^\s*\[\s*instances\s*\.\s*\"?([^\]\"]+)\"?\s*\]\s*(?:#.*)?$")

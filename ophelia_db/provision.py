@@ -37,6 +37,7 @@ from pydantic import (
 from ophelia_db import sqlgen, vault
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet import SUBDOMAIN, CommunityType
+from ophelia_db.fleet import environment as fleet_environment
 from ophelia_db.redaction import register_secret
 
 SECRET_FIELDS = frozenset({"supabase_anon_key", "api_keys"})
@@ -284,14 +285,7 @@ def schema_text() -> str:
 
 def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment over the ``.env`` beside fleet.toml, as ``load_fleet`` reads them."""
-    env: dict[str, str] = {}
-    dotenv = fleet_path.parent / ".env" if fleet_path else None
-    if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
-
-        env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
-    env.update(os.environ if environ is None else environ)
-    return env
+    return fleet_environment(fleet_path, environ)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ophelia_db.chain import Chain, ChainSpec
 from ophelia_db.connections import connect
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fanout import Halt, skipped
-from ophelia_db.fleet import Fleet, Target
+from ophelia_db.fleet import Fleet, Target, Timeouts
 from ophelia_db.hub import HubReporter, RegistryUpdate, registry_statuses
 from ophelia_db.migrate import REFUSED_STATES, chain_for, failure, migrate, refused, state_fields
 from ophelia_db.mirror import InstanceState, classify, read_state
@@ -344,7 +344,28 @@ def offline_sql(
     revision_range = f"{start}:{goal}" if start else goal
     command.upgrade(config, revision_range, sql=True)
     # Statements that cannot run in a transaction become separate, labelled sections.
-    return mark_non_transactional(buffer.getvalue())
+    timeouts = target.timeouts if target is not None else Timeouts()
+    return mark_non_transactional(_with_time_boxes(buffer.getvalue(), chain, timeouts))
+
+
+_RUNNING = re.compile(r"^-- Running upgrade \S+ -> (\S+)\s*$")
+
+
+def _with_time_boxes(script: str, chain: Chain, timeouts: Timeouts) -> str:
+    """Give each revision of pasted SQL the time box the runner would give it (SET LOCAL)."""
+    lines = []
+    for line in script.splitlines(keepends=True):
+        lines.append(line)
+        match = _RUNNING.match(line)
+        if match and chain.knows(match.group(1)):
+            revision = chain.get(match.group(1))
+            lock = revision.lock_timeout or timeouts.lock_timeout
+            statement = revision.statement_timeout or timeouts.statement_timeout
+            lines.append(
+                f"SET LOCAL lock_timeout = '{int(lock * 1000)}ms';\n"
+                f"SET LOCAL statement_timeout = '{int(statement * 1000)}ms';\n"
+            )
+    return "".join(lines)
 
 
 def shard(targets: list[Target], spec: str) -> list[Target]:

@@ -277,3 +277,19 @@ def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
     assert report.exit_code == 7
     assert revision_of(instances["inst1"]) == "0002" and mirror_consistent(instances["inst1"])
     assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)
+
+
+def test_offline_sql_carries_each_revisions_time_box(tmp_path):
+    from ophelia_db.runner import offline_sql
+
+    fleet = load_fleet(
+        fleet_file(
+            tmp_path, "postgresql://u@h/hub", {"inst1": "postgresql://u@h/i"}, defaults='lock_timeout = "7s"'
+        )
+    )
+    chain = Chain.load(ChainSpec(ROOT / "alembic.ini", version_locations=SLOW_CHAIN))
+    text = offline_sql(fleet.get("inst1"), start="0003", chain=chain)
+    section_0004 = text[text.index("-- Running upgrade 0003 -> 0004") :]
+    assert section_0004.splitlines()[1] == "SET LOCAL lock_timeout = '7000ms';"
+    section_0005 = text[text.index("-- Running upgrade 0004 -> 0005") :]
+    assert section_0005.splitlines()[1] == "SET LOCAL lock_timeout = '300ms';"
