@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ophelia_db import local, runner
+from ophelia_db._version import __version__
 from ophelia_db.cli_common import (
     AllOpt,
     FleetOpt,
@@ -24,6 +25,7 @@ from ophelia_db.cli_common import (
     hub_warning,
 )
 from ophelia_db.errors import ConfigError
+from ophelia_db.fleet import Fleet
 from ophelia_db.interrupts import raising_on_signals
 from ophelia_db.render import (
     emit_json,
@@ -44,6 +46,22 @@ app = typer.Typer(
 )
 local_app = typer.Typer(help="Manage the embedded local PostgreSQL cluster.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ophelia-db {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """One Alembic revision chain across a fleet of PostgreSQL databases."""
 
 
 @app.command()
@@ -67,7 +85,15 @@ def status(
         emit_json(report.as_record())
     else:
         render_status(report)
+    if any(row.state == "unreachable" for row in report.instances):
+        _local_hint(loaded)
     raise typer.Exit(report.exit_code(check=check))
+
+
+def _local_hint(fleet: Fleet) -> None:
+    hint = local.down_hint(fleet)
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
 
 
 @app.command()
@@ -126,6 +152,8 @@ def upgrade(
         if skipped:
             sys.stderr.write(f"skipped (archived or suspended in the hub): {', '.join(skipped)}\n")
         render_run(report, streamed=progress.streamed)
+    if any(row.result == "unreachable" for row in report.instances):
+        _local_hint(loaded)
     raise typer.Exit(report.exit_code)
 
 

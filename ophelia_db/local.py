@@ -65,3 +65,15 @@ def destroy(fleet: Fleet) -> str:
     cluster = cluster_of(fleet)
     cluster.destroy()
     return f"embedded cluster in {fleet.local.state_dir if fleet.local else '?'} destroyed"
+
+
+def down_hint(fleet: Fleet) -> str | None:
+    """A hint when the fleet's embedded cluster holds databases but is not running."""
+    if fleet.local is None or not local_databases(fleet):
+        return None
+    status = cluster_of(fleet).status()
+    if status.running:
+        return None
+    if not status.initialized:
+        return "the embedded cluster does not exist yet: run `ophelia-db local start` (or `make demo`)"
+    return "the embedded cluster is stopped: run `ophelia-db local start`"
