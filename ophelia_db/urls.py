@@ -1,7 +1,7 @@
 """Connection URLs as users write them, and how they are shown.
 
-This module owns reading a libpq URL (``postgresql://user:pass@host:5432/db``,
-``postgres://``, ``postgresql+psycopg://``, ``?host=/socket`` forms, or a
+This module owns reading a libpq URL (``postgresql://`` with user, password,
+host, port and database, ``postgres://``, ``postgresql+psycopg://``, ``?host=/socket`` forms, or a
 ``key=value`` conninfo string) without connecting: whether it carries a
 password, the masked form shown to people, and whether it points at a
 transaction-mode pooler, which migrations must never use.
