@@ -184,11 +184,6 @@ def lock_holder(conn: Connection) -> str:
     )
 
 
-def is_locked(conn: Connection) -> bool:
-    """Tell whether some session holds the migration lock of this database."""
-    return conn.execute(_HOLDER_SQL, (MIGRATION_LOCK_KEY,)).fetchone() is not None
-
-
 def sql_literal(value: object) -> str:
     """Quote a value as an SQL literal for generated scripts (psycopg's quoting, not formatting)."""
     from psycopg import sql
