@@ -29,6 +29,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from ophelia_db.connections import APPLICATION_NAME
 from ophelia_db.errors import ClusterError
 
 SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -372,7 +373,13 @@ class LocalCluster:
         wanted = list(dict.fromkeys(names))
         created: list[str] = []
         try:
-            with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(
+                self.url("postgres"),
+                autocommit=True,
+                connect_timeout=10,
+                application_name=APPLICATION_NAME,
+                prepare_threshold=None,
+            ) as conn:
                 rows = conn.execute(
                     "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (wanted,)
                 ).fetchall()
