@@ -344,10 +344,24 @@ class LocalCluster:
                 self._locate()
                 self._initdb()
             self._write_config()
+            self._refuse_taken_port()
             code = self._pg_ctl("start")
             if code != 0:
                 raise self._failure(f"PostgreSQL did not start on {self.host}:{self.port}")
             return True
+
+    def _refuse_taken_port(self) -> None:
+        """Say plainly that the port is taken, rather than quoting the server's log."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError:
+                raise ClusterError(
+                    f"port {self.port} on {self.host} is already in use (another clone's embedded "
+                    "cluster, or another server); stop it, or choose another port in fleet.toml's "
+                    "[local] table and in the URLs that use it"
+                ) from None
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown); False when it was not running."""

@@ -164,3 +164,16 @@ def test_fleet_dbs_and_write_fleet(tmp_path: Path, fleet_dbs: FleetDbs) -> None:
     for url in [hub_url, *instances.values()]:
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_taken_port_is_one_clear_error(pg_cluster: LocalCluster) -> None:
+    """A second cluster on a port already in use says so, instead of quoting the server log."""
+    other = LocalCluster(make_state_dir(), pg_cluster.port)
+    try:
+        with pytest.raises(ClusterError) as refused:
+            other.start()
+        assert f"port {pg_cluster.port} on 127.0.0.1 is already in use" in str(refused.value)
+        assert "\n" not in str(refused.value)
+        assert not other.status().running
+    finally:
+        other.destroy()
