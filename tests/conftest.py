@@ -86,13 +86,14 @@ def make_database(pg_cluster: LocalCluster) -> Iterator[MakeDatabase]:
     """Factory of brand-new empty databases (URL returned), dropped at teardown."""
     janitors: list[DatabaseJanitor] = []
 
-    def make(prefix: str = "db") -> str:
+    def make(prefix: str = "db", template: str | None = None) -> str:
         name = f"{prefix[:40]}_{uuid.uuid4().hex[:12]}".lower()
         janitor = DatabaseJanitor(
             user="postgres",
             host=pg_cluster.host,
             port=pg_cluster.port,
             dbname=name,
+            template_dbname=template,
             connection_timeout=10,
         )
         janitor.init()

@@ -18,7 +18,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from ophelia_db import runner
 from ophelia_db.cluster import LocalCluster
 from ophelia_db.fleet import load_fleet
-from tests.conftest import write_fleet
+from tests.conftest import MakeDatabase, write_fleet
 from tests.provisioning import HeadDatabase, rows
 
 
@@ -44,24 +44,10 @@ def head_template(pg_cluster: LocalCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def head_database(pg_cluster: LocalCluster, head_template: str) -> Iterator[HeadDatabase]:
+def head_database(make_database: MakeDatabase, head_template: str) -> HeadDatabase:
     """Factory of databases already at head (URL returned), dropped at teardown."""
-    janitors: list[DatabaseJanitor] = []
 
     def make(prefix: str = "head") -> str:
-        name = f"{prefix[:30]}_{uuid.uuid4().hex[:10]}".lower()
-        janitor = DatabaseJanitor(
-            user="postgres",
-            host=pg_cluster.host,
-            port=pg_cluster.port,
-            dbname=name,
-            template_dbname=head_template,
-            connection_timeout=10,
-        )
-        janitor.init()
-        janitors.append(janitor)
-        return pg_cluster.url(name)
+        return make_database(prefix, template=head_template)
 
-    yield make
-    for janitor in reversed(janitors):
-        janitor.drop()
+    return make
