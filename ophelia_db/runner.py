@@ -83,8 +83,13 @@ def _status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain
 def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> StatusReport:
     """Tell where each selected instance stands against the chain's head."""
     chain = chain or chain_for(ChainSpec.default())
-    states = probe_all(targets)
-    registry = registry_statuses(fleet.hub) if any(t.role == "instance" for t in targets) else None
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # The hub's lifecycle statuses are read while the instances are probed.
+        lifecycles = (
+            side.submit(registry_statuses, fleet.hub) if any(t.role == "instance" for t in targets) else None
+        )
+        states = probe_all(targets)
+        registry = lifecycles.result() if lifecycles is not None else None
     rows = []
     for target in targets:
         row = _status_of(target, states[target.name], chain)
