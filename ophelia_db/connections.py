@@ -121,26 +121,38 @@ def engine_for(target: Target) -> Engine:
 
 @contextmanager
 def migration_lock(target: Target) -> Iterator[Connection]:
-    """Hold the instance's migration lock for the duration of the block.
+    """Hold the instance's migration lock on a connection of its own, for the block.
 
-    The lock is a session advisory lock on its own autocommit connection, so
-    that commits of the migration connection (one per revision) cannot drop it.
-    It is polled with ``pg_try_advisory_lock`` rather than waited on, because a
-    backend blocked in ``pg_advisory_lock`` would stall ``CREATE INDEX
-    CONCURRENTLY`` on the same database. The block gets that connection, to
-    read the state under the lock without opening another one.
+    For callers that do their work on other connections (plain ``alembic``,
+    ``repair``); ``migrate`` holds it on its migration connection instead.
     """
     conn = connect(target, autocommit=True)
     try:
-        _acquire(conn, target)
-        try:
+        with session_lock(conn, target):
             yield conn
-        finally:
-            # Closing the session below releases the lock anyway.
-            with suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     finally:
         conn.close()
+
+
+@contextmanager
+def session_lock(conn: Connection, target: Target) -> Iterator[None]:
+    """Hold the instance's migration lock, a session advisory lock, on ``conn``.
+
+    A session lock survives the commits of the per-revision transactions run on
+    the same connection, and ends with the session if the runner dies. It is
+    polled with ``pg_try_advisory_lock`` rather than waited on, because a
+    backend blocked in ``pg_advisory_lock`` would stall ``CREATE INDEX
+    CONCURRENTLY`` on the same database.
+    """
+    _acquire(conn, target)
+    try:
+        yield
+    finally:
+        # Closing the session releases the lock anyway.
+        with suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            if not conn.autocommit:
+                conn.commit()
 
 
 def _acquire(conn: Connection, target: Target) -> None:
@@ -149,6 +161,9 @@ def _acquire(conn: Connection, target: Target) -> None:
     pause = 0.05
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+        if not conn.autocommit:
+            # Leave no transaction open: the migration's own transactions come next.
+            conn.commit()
         if row and row[0]:
             return
         remaining = deadline - time.monotonic()

@@ -20,7 +20,7 @@ from ophelia_db.connections import (
     describe_error,
     engine_for,
     is_connection_error,
-    migration_lock,
+    session_lock,
     sqlstate_of,
 )
 from ophelia_db.errors import ExitCode, OpheliaError
@@ -89,8 +89,13 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
         )
     try:
         chain = chain_for(spec)
-        with migration_lock(target) as lock_connection:
-            return _migrate_locked(target, chain, goal, downgrade, started, lock_connection)
+        # One connection per instance: the lock, the re-read, every revision and
+        # the fingerprint all go through it (a tenant's connection slots are few).
+        with engine_for(target).connect() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            with session_lock(driver, target):
+                return _migrate_locked(target, chain, goal, downgrade, started, connection)
     except OpheliaError as error:
         return failure(target, error, started)
     except Exception as exc:
@@ -126,11 +131,12 @@ def _migrate_locked(
     goal: str | None,
     downgrade: bool,
     started: float,
-    lock_connection: Connection,
+    connection: Any,
 ) -> InstanceResult:
+    driver = connection.connection.driver_connection
     # Decide the plan only now, under the lock: another runner may have
     # moved the instance between our first look and taking the lock.
-    state = read_state(lock_connection)
+    state = read_state(driver)
     verdict = classify(state, chain, goal)
     current = state.revision
     known = state_fields(state)
@@ -152,10 +158,11 @@ def _migrate_locked(
             name=target.name, role=target.role, result="noop", duration_ms=_ms_since(started), **known
         )
     hook = MirrorHook(chain=chain, instance_id=target.name)
+    _time_box_each_revision(connection, target, chain, hook, planned)
     attempt = 0
     while True:
         try:
-            _run_alembic(target, chain, goal, downgrade, hook, planned)
+            _run_alembic(connection, target, chain, goal, downgrade, hook)
             break
         except KeyboardInterrupt as exc:
             return _interrupted(target, chain, state, planned, hook, exc, started)
@@ -171,7 +178,7 @@ def _migrate_locked(
             return _revision_failed(target, chain, state, planned, hook, exc, started, blocker)
     new_revision = goal
     return InstanceResult(
-        schema_fingerprint=_fingerprint(lock_connection),
+        schema_fingerprint=_fingerprint(driver),
         name=target.name,
         role=target.role,
         result="ok",
@@ -185,42 +192,45 @@ def _migrate_locked(
     )
 
 
-def _run_alembic(
-    target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook, planned: list[str]
+def _time_box_each_revision(
+    connection: Any, target: Target, chain: Chain, hook: MirrorHook, planned: list[str]
 ) -> None:
     from sqlalchemy import event
 
+    timeouts = target.timeouts
+
+    @event.listens_for(connection, "begin")
+    def _each_revision(conn: Any) -> None:
+        # Every revision gets its own time box, scoped to its transaction:
+        # the revision file's own setting, else the instance's, else the fleet's.
+        hook.mark_start()
+        done = len(hook.applied) + len(hook.reverted)
+        revision = chain.get(planned[done]) if done < len(planned) else None
+        lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
+        statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
+        conn.exec_driver_sql(
+            f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
+            f"SET LOCAL statement_timeout = {int(statement * 1000)}"
+        )
+
+
+def _run_alembic(
+    connection: Any, target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook
+) -> None:
     from alembic import command
 
-    engine = engine_for(target)
-    try:
-        with engine.connect() as conn:
-            timeouts = target.timeouts
-
-            @event.listens_for(conn, "begin")
-            def _each_revision(connection: Any) -> None:
-                # Every revision gets its own time box, scoped to its transaction:
-                # the revision file's own setting, else the instance's, else the fleet's.
-                hook.mark_start()
-                done = len(hook.applied) + len(hook.reverted)
-                revision = chain.get(planned[done]) if done < len(planned) else None
-                lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
-                statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
-                connection.exec_driver_sql(
-                    f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
-                    f"SET LOCAL statement_timeout = {int(statement * 1000)}"
-                )
-
-            config = chain.spec.config()
-            config.attributes["connection"] = conn
-            config.attributes["on_version_apply"] = hook
-            config.attributes["instance"] = target.name
-            if downgrade:
-                command.downgrade(config, goal or "base")
-            else:
-                command.upgrade(config, goal or "base")
-    finally:
-        engine.dispose()
+    if connection.in_transaction():
+        # Only reads can be pending here (a failed revision was rolled back), and
+        # Alembic must not see an outer transaction: it would nest every revision in it.
+        connection.rollback()
+    config = chain.spec.config()
+    config.attributes["connection"] = connection
+    config.attributes["on_version_apply"] = hook
+    config.attributes["instance"] = target.name
+    if downgrade:
+        command.downgrade(config, goal or "base")
+    else:
+        command.upgrade(config, goal or "base")
 
 
 def refused(target: Target, problem: str, started: float, known: dict[str, Any]) -> InstanceResult:
