@@ -5,23 +5,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt install bench clean
+.PHONY: demo test lint fmt install bench clean bytecode
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# An editable install leaves our modules uncompiled, and PYTHONDONTWRITEBYTECODE
+# (set on some machines) would make every command compile them again at start-up.
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q ophelia_db
+
+install: bytecode
 
 ## Start the embedded PostgreSQL, migrate the hub and demo instances, show status.
-demo: $(STAMP)
+demo: bytecode
 	$(BIN)/ophelia-db local start
 	$(BIN)/ophelia-db upgrade --all
 	$(BIN)/ophelia-db status
 
 ## The whole test suite (it starts its own PostgreSQL), plus lint.
-test: $(STAMP)
+test: bytecode
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -34,7 +39,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: bytecode
 	$(BIN)/python bench/fleet_bench.py
 
 clean:
