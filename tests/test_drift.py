@@ -85,3 +85,28 @@ def test_unknown_revision_and_unversioned_instances(
     }
     assert "0099" in (by_name["inst1"].error or "") and by_name["fresh"].revision is None
     assert (report.exit_code, report.summary) == (4, "2 identical, 0 differ, 1 not compared")
+
+
+SUPABASE_DEFAULT_PRIVILEGES = [
+    f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {kind} TO anon, authenticated, service_role"
+    for kind in ("TABLES", "SEQUENCES", "FUNCTIONS")
+]
+
+
+def test_supabase_default_privileges_are_not_drift(
+    tmp_path: Path,
+    make_database: MakeDatabase,
+    pg_cluster: LocalCluster,
+    references: References,  # noqa: F811
+) -> None:
+    """A Supabase project grants the API roles everything new in public by default; the
+    chain sets every ACL it relies on itself, so such an instance matches the reference."""
+    hub, supabase_like = make_database("hub"), make_database("supa")
+    for statement in SUPABASE_DEFAULT_PRIVILEGES:
+        execute(supabase_like, statement)
+    fleet = load_fleet(trust_fleet(tmp_path, pg_cluster, hub, {"supa": supabase_like}))
+    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+
+    report = adopt.drift(fleet.select(["supa"]), references)
+    (row,) = report.instances
+    assert (row.state, row.differences) == ("identical", ()), [d.describe() for d in row.differences]

@@ -156,7 +156,8 @@ GRANT SELECT ON TABLE public.schema_migrations, public.schema_version
     TO PUBLIC, anon, authenticated;
 GRANT ALL ON TABLE public.schema_migrations, public.schema_version TO service_role;
 
-REVOKE ALL ON SEQUENCE public.schema_migrations_id_seq FROM PUBLIC, anon, authenticated;
+REVOKE ALL ON SEQUENCE public.schema_migrations_id_seq
+    FROM PUBLIC, anon, authenticated, service_role;
 GRANT USAGE, SELECT ON SEQUENCE public.schema_migrations_id_seq TO service_role;
 
 REVOKE ALL ON FUNCTION public.register_migration(text, text, text, integer, text)

@@ -80,6 +80,9 @@ CREATE POLICY instance_config_service_role_all ON public.instance_config
     FOR ALL TO service_role USING (true) WITH CHECK (true);
 
 REVOKE ALL ON TABLE public.instance_config FROM PUBLIC, anon, authenticated;
+-- Only the trigger calls this function; Supabase's default privileges would grant it to
+-- the API roles, so its ACL is set here rather than left to whatever the defaults are.
+REVOKE ALL ON FUNCTION public.instance_config_touch() FROM PUBLIC, anon, authenticated, service_role;
 GRANT SELECT ON TABLE public.instance_config TO anon, authenticated;
 GRANT ALL ON TABLE public.instance_config TO service_role;
 """

@@ -79,6 +79,9 @@ CREATE POLICY instance_registry_service_role_all ON public.instance_registry
     FOR ALL TO service_role USING (true) WITH CHECK (true);
 
 REVOKE ALL ON TABLE public.instance_registry FROM PUBLIC, anon, authenticated;
+-- Only the trigger calls this function; Supabase's default privileges would grant it to
+-- the API roles, so its ACL is set here rather than left to whatever the defaults are.
+REVOKE ALL ON FUNCTION public.instance_registry_touch() FROM PUBLIC, anon, authenticated, service_role;
 GRANT SELECT (id, subdomain, community_name, community_type, supabase_url,
               supabase_anon_key, status, is_hub, schema_version)
     ON TABLE public.instance_registry TO anon, authenticated;
