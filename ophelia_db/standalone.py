@@ -10,6 +10,7 @@ hook, and report the result to the hub — the same guarantees as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,5 @@ def _report(target: Target, hub: Target, run_status: str, error: str | None) -> 
     )
     reporter.close()
     if reporter.state != "ok":
-        import sys
-
-        print(f"warning: hub report {reporter.state}: {reporter.error}", file=sys.stderr)
+        # alembic.ini's logging sends warnings to stderr, next to Alembic's own lines.
+        logging.getLogger(__name__).warning("hub report %s: %s", reporter.state, reporter.error)
