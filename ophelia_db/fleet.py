@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,28 +269,16 @@ def _build(path: Path, parsed: FleetFile, env: Mapping[str, str]) -> Fleet:
         if name == hub_name:
             raise ConfigError(f"{path}: duplicate instance '{name}': it is also the hub's name")
         instances[name] = _target(path, name, "instance", spec, defaults, env, tuple(spec.tags))
-        instances[name] = _with_identity(instances[name], spec.community_name, spec.community_type)
+        instances[name] = replace(
+            instances[name], community_name=spec.community_name, community_type=spec.community_type
+        )
     hub = _target(path, hub_name, "hub", parsed.hub, defaults, env, ())
-    hub = _with_identity(hub, parsed.hub.community_name, parsed.hub.community_type)
+    hub = replace(hub, community_name=parsed.hub.community_name, community_type=parsed.hub.community_type)
     local = None
     if parsed.local is not None:
         state_dir = (path.parent / parsed.local.state_dir).resolve()
         local = LocalCluster(state_dir=state_dir, port=parsed.local.port)
     return Fleet(path=path, defaults=defaults, hub=hub, instances=instances, local=local)
-
-
-def _with_identity(target: Target, community_name: str, community_type: str | None) -> Target:
-    return Target(
-        name=target.name,
-        role=target.role,
-        community_name=community_name,
-        community_type=community_type,
-        tags=target.tags,
-        url=target.url,
-        url_source=target.url_source,
-        timeouts=target.timeouts,
-        url_problem=target.url_problem,
-    )
 
 
 def _target(
