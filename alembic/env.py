@@ -26,7 +26,7 @@ def _configure(**options):
 
 def run_migrations_offline() -> None:
     if config.attributes.get("on_version_apply") is None:
-        from ophelia_db.standalone import offline_hook
+        from ophelia_db.run.plain_alembic import offline_hook
 
         config.attributes["on_version_apply"] = offline_hook(context)
     _configure(
@@ -42,7 +42,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from ophelia_db.standalone import run_online
+        from ophelia_db.run.plain_alembic import run_online
 
         run_online(context, _configure)
         return

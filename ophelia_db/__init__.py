@@ -5,10 +5,10 @@ command you want. Every function returns a result object and never prints.
 """
 
 from ophelia_db._version import __version__
-from ophelia_db.chain import Chain, ChainSpec
 from ophelia_db.errors import ExitCode, OpheliaError
-from ophelia_db.fleet import Fleet, Target, load_fleet
-from ophelia_db.runner import downgrade, history, offline_sql, status, sync, upgrade
+from ophelia_db.fleet.config import Fleet, Target, load_fleet
+from ophelia_db.run import downgrade, history, offline_sql, status, sync, upgrade
+from ophelia_db.run.chain import Chain, ChainSpec
 
 __all__ = [
     "Chain",

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from ophelia_db.cluster import LocalCluster, find_bin_dir, free_port
 from ophelia_db.errors import ClusterError
+from ophelia_db.local.cluster import LocalCluster, find_bin_dir, free_port
 
 MakeDatabase = Callable[..., str]
 FleetDbs = Callable[[int], tuple[str, dict[str, str]]]

@@ -15,9 +15,10 @@ from typing import Any
 import psycopg
 from typer.testing import CliRunner
 
-from ophelia_db import provision, provision_apply
-from ophelia_db.cli import app
-from ophelia_db.fleet import load_fleet
+from ophelia_db.cli.app import app
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.instances import answers as provision
+from ophelia_db.instances import apply as provision_apply
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "ophelia-db"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from ophelia_db import runner
-from ophelia_db.cluster import LocalCluster
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.local.cluster import LocalCluster
 from tests.conftest import MakeDatabase, write_fleet
 from tests.provisioning import HeadDatabase, rows
 

@@ -8,11 +8,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import adopt, catalog, integrity, runner
-from ophelia_db.cluster import LocalCluster
+from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, IntegrityRefusal
-from ophelia_db.fleet import Fleet, load_fleet
-from ophelia_db.reference import References
+from ophelia_db.fleet import catalog
+from ophelia_db.fleet.config import Fleet, load_fleet
+from ophelia_db.local.cluster import LocalCluster
+from ophelia_db.trust import adopt
+from ophelia_db.trust import validate as integrity
+from ophelia_db.trust.reference import References
 from tests.conftest import FleetDbs
 from tests.trust_support import (  # noqa: F401  (references is a session fixture)
     CHAIN,

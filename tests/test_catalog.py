@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from ophelia_db import catalog, runner
-from ophelia_db.catalog import Snapshot
-from ophelia_db.fleet import load_fleet
-from ophelia_db.reference import References
+from ophelia_db import run as runner
+from ophelia_db.fleet import catalog
+from ophelia_db.fleet.catalog import Snapshot
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.trust.reference import References
 from tests.conftest import FleetDbs, MakeDatabase, write_fleet
 from tests.trust_support import HEAD, execute, paste_offline_sql, references  # noqa: F401  (session fixture)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import runner
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
 from tests.conftest import FleetDbs, MakeDatabase, write_fleet
 from tests.test_upgrade import (
     HEAD,

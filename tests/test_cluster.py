@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ophelia_db.cluster import LocalCluster, find_bin_dir, free_port
 from ophelia_db.errors import ClusterError, ExitCode
+from ophelia_db.local.cluster import LocalCluster, find_bin_dir, free_port
 from tests.conftest import FleetDbs, MakeDatabase, make_state_dir, write_fleet
 
 pytestmark = pytest.mark.pg

@@ -8,10 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import adopt, catalog, runner
-from ophelia_db.cluster import LocalCluster
-from ophelia_db.fleet import load_fleet
-from ophelia_db.reference import References
+from ophelia_db import run as runner
+from ophelia_db.fleet import catalog
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.local.cluster import LocalCluster
+from ophelia_db.trust import adopt
+from ophelia_db.trust.reference import References
 from tests.conftest import FleetDbs, MakeDatabase
 from tests.trust_support import HEAD, cli, execute, references, trust_fleet  # noqa: F401
 

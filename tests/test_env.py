@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import runner
-from ophelia_db.cluster import find_bin_dir
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.local.cluster import find_bin_dir
 from tests.conftest import FleetDbs, MakeDatabase, write_fleet
 from tests.test_upgrade import (
     ALEMBIC_INI,

@@ -13,10 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db.chain import Chain, ChainSpec
-from ophelia_db.connections import MIGRATION_LOCK_KEY
-from ophelia_db.fleet import load_fleet
-from ophelia_db.runner import shard
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY
+from ophelia_db.run import shard
+from ophelia_db.run.chain import Chain, ChainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "ophelia-db")
@@ -243,7 +243,7 @@ def test_transaction_pooler_is_refused_before_any_lock(tmp_path):
 
 def test_lock_holder_named_by_application_name(tmp_path, fleet_dbs):
     """Every runner connection says who it is, so a waiting runner can name the holder."""
-    from ophelia_db.connections import migration_lock
+    from ophelia_db.fleet.connections import migration_lock
 
     hub, instances = fleet_dbs(1)
     fleet = fleet_file(tmp_path, hub, instances, defaults='lock_wait = "200ms"')
@@ -257,8 +257,8 @@ def test_lock_holder_named_by_application_name(tmp_path, fleet_dbs):
 def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
     tmp_path, fleet_dbs, monkeypatch, caplog
 ):
-    from ophelia_db import runner
-    from ophelia_db.mirror import MirrorHook
+    from ophelia_db import run as runner
+    from ophelia_db.run.mirror import MirrorHook
 
     hub, instances = fleet_dbs(2)
     fleet = load_fleet(fleet_file(tmp_path, hub, instances))
@@ -280,7 +280,7 @@ def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
 
 
 def test_offline_sql_carries_each_revisions_time_box(tmp_path):
-    from ophelia_db.runner import offline_sql
+    from ophelia_db.run import offline_sql
 
     fleet = load_fleet(
         fleet_file(

@@ -7,9 +7,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import runner
-from ophelia_db.catalog import fingerprint
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.fleet.catalog import fingerprint
+from ophelia_db.fleet.config import load_fleet
 from tests.conftest import FleetDbs, write_fleet
 from tests.test_upgrade import registry
 

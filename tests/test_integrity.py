@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import integrity, runner
-from ophelia_db.chain import Chain, file_checksum
-from ophelia_db.cluster import LocalCluster
+from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, IntegrityRefusal
-from ophelia_db.fleet import Fleet, load_fleet
+from ophelia_db.fleet.config import Fleet, load_fleet
+from ophelia_db.local.cluster import LocalCluster
+from ophelia_db.run.chain import Chain, file_checksum
+from ophelia_db.trust import validate as integrity
 from tests.conftest import FleetDbs
 from tests.trust_support import (
     assert_one_error_line,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import lint
-from ophelia_db.sqlscript import mark_non_transactional, statements
+from ophelia_db.run.script import mark_non_transactional, statements
+from ophelia_db.trust import lint
 from tests.conftest import write_fleet
 from tests.trust_support import ALEMBIC_INI, ROOT, SHIPPED_VERSIONS, chain_at, cli
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import provision, provision_apply, runner, sqlgen
-from ophelia_db.cluster import find_bin_dir
+from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError
-from ophelia_db.fleet import load_fleet
-from ophelia_db.vault import SeedRow
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.instances import answers as provision
+from ophelia_db.instances import apply as provision_apply
+from ophelia_db.instances import sql as sqlgen
+from ophelia_db.instances.vault import SeedRow
+from ophelia_db.local.cluster import find_bin_dir
 from tests.conftest import MakeDatabase
 from tests.provisioning import (
     ANON_KEY,

@@ -22,11 +22,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ophelia_db import runner
-from ophelia_db.cluster import LocalCluster
-from ophelia_db.connections import connect
+from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, OpheliaError
-from ophelia_db.fleet import load_fleet
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.connections import connect
+from ophelia_db.local.cluster import LocalCluster
 from tests.conftest import MakeDatabase, write_fleet
 from tests.test_upgrade import HEAD, assert_consistent, invoke, rows, run_cli
 

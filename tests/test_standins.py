@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import runner
-from ophelia_db.cluster import LocalCluster, free_port
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.local.cluster import LocalCluster, free_port
 from tests.conftest import make_state_dir, write_fleet
 
 pytestmark = pytest.mark.pg

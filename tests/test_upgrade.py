@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from ophelia_db import runner
-from ophelia_db.chain import Chain, ChainSpec, file_checksum
-from ophelia_db.cli import app
-from ophelia_db.fleet import load_fleet
+from ophelia_db import run as runner
+from ophelia_db.cli.app import app
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.run.chain import Chain, ChainSpec, file_checksum
 from tests.conftest import FleetDbs, write_fleet
 
 pytestmark = pytest.mark.pg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ophelia_db.urls import (
+from ophelia_db.fleet.urls import (
     describe_url,
     normalise,
     parse,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import provision, vault
+from ophelia_db.instances import answers as provision
+from ophelia_db.instances import vault
 from tests.conftest import write_fleet
 from tests.provisioning import (
     HeadDatabase,

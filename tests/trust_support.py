@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from ophelia_db import runner
-from ophelia_db.chain import Chain, ChainSpec
-from ophelia_db.cluster import LocalCluster, find_bin_dir
-from ophelia_db.reference import References, build_references
-from ophelia_db.sqlscript import statements
+from ophelia_db import run as runner
+from ophelia_db.local.cluster import LocalCluster, find_bin_dir
+from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.script import statements
+from ophelia_db.trust.reference import References, build_references
 from tests.conftest import write_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

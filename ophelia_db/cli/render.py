@@ -1,0 +1,228 @@
+"""Rendering results for people and programs.
+
+This module owns how results look: a rich table on a terminal, one plain
+line per instance otherwise, and JSON (stdout carries only the document;
+diagnostics go to stderr). It reads result objects and never touches a
+database.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ophelia_db.results import (
+    HistoryReport,
+    InstanceResult,
+    RunReport,
+    StatusReport,
+    SyncReport,
+)
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Target
+
+_STATE_STYLE = {
+    "up-to-date": "green",
+    "ok": "green",
+    "noop": "green",
+    "planned": "cyan",
+    "outdated": "yellow",
+    "unversioned": "yellow",
+    "skipped": "yellow",
+    "locked": "magenta",
+}
+
+
+def _console(stream: TextIO) -> Console:
+    return Console(file=stream, highlight=False, soft_wrap=False)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def emit_json(record: Any, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def _styled(value: str) -> str:
+    style = _STATE_STYLE.get(value, "red")
+    return f"[{style}]{value}[/{style}]"
+
+
+def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    if _is_tty(stream):
+        table = Table(title=f"ophelia-db status (head {report.head or '-'})")
+        for column in ("instance", "role", "state", "current", "pending", "migrations", "detail"):
+            table.add_column(column)
+        for row in report.instances:
+            state = row.state + (f" ({row.registry_status})" if row.registry_status else "")
+            table.add_row(
+                row.name,
+                row.role,
+                _styled(row.state) if not row.registry_status else state,
+                row.current or "-",
+                ", ".join(row.pending) or "-",
+                "-" if row.migrations_count is None else str(row.migrations_count),
+                row.error or "",
+            )
+        _console(stream).print(table)
+        return
+    stream.write(f"head {report.head or '-'}\n")
+    for row in report.instances:
+        extra = f" [{row.registry_status}]" if row.registry_status else ""
+        pending = f" pending={','.join(row.pending)}" if row.pending else ""
+        error = f" error={row.error}" if row.error else ""
+        stream.write(
+            f"{row.name} {row.role} {row.state}{extra} current={row.current or '-'}{pending}{error}\n"
+        )
+
+
+def result_line(result: InstanceResult) -> str:
+    """One plain line for a finished instance (also used for live progress)."""
+    moved = (
+        "-"
+        if result.result in ("skipped", "unreachable") and not result.from_revision
+        else f"{result.from_revision or 'base'} -> {result.to_revision or 'base'}"
+    )
+    done = result.applied or result.reverted
+    applied = f" [{', '.join(done)}]" if done else ""
+    error = f": {result.error}" if result.error else ""
+    return f"{result.name} {result.result} {moved}{applied} {result.duration_ms}ms{error}"
+
+
+def render_run(
+    report: RunReport, stream: TextIO | None = None, err: TextIO | None = None, *, streamed: bool = False
+) -> None:
+    """Show a run; ``streamed`` means each instance's line was already printed as it finished."""
+    stream = stream or sys.stdout
+    err = err or sys.stderr
+    if _is_tty(stream):
+        table = Table(title=f"ophelia-db run {report.run_id} → {report.target}")
+        for column in ("instance", "role", "result", "from", "to", "applied", "ms", "error"):
+            table.add_column(column)
+        for row in report.instances:
+            table.add_row(
+                row.name,
+                row.role,
+                _styled(row.result),
+                row.from_revision or "-",
+                row.to_revision or "-",
+                ", ".join(row.applied or row.reverted) or "-",
+                str(row.duration_ms),
+                row.error or "",
+            )
+        _console(stream).print(table)
+    elif not streamed:
+        for row in report.instances:
+            stream.write(result_line(row) + "\n")
+    counts: dict[str, int] = {}
+    for row in report.instances:
+        counts[row.result] = counts.get(row.result, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    stream.write(f"{len(report.instances)} instance(s): {summary}; hub report {report.hub_report}\n")
+    if report.hub_error:
+        err.write(f"warning: hub report {report.hub_report}: {report.hub_error}\n")
+
+
+def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    err = err or sys.stderr
+    for row in report.instances:
+        stream.write(f"{row.name} {row.state} current={row.current or '-'}\n")
+    stream.write(f"hub report {report.hub_report}\n")
+    if report.hub_error:
+        err.write(f"error: {report.hub_error}\n")
+
+
+def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    if _is_tty(stream):
+        table = Table(title=f"{report.name}: at {report.current or 'base'} (head {report.head or '-'})")
+        for column in ("version", "name", "state", "applied at", "ms", "applied by"):
+            table.add_column(column)
+        for entry in report.entries:
+            table.add_row(
+                entry.version,
+                entry.name,
+                _styled("ok" if entry.state == "applied" else entry.state),
+                entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-",
+                "-" if entry.execution_time_ms is None else str(entry.execution_time_ms),
+                entry.applied_by or "-",
+            )
+        _console(stream).print(table)
+        return
+    stream.write(f"{report.name} current={report.current or '-'} head={report.head or '-'}\n")
+    for entry in report.entries:
+        when = entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-"
+        stream.write(f"{entry.version} {entry.state} {when} {entry.name}\n")
+
+
+class RunProgress:
+    """Live progress of a run: a rich bar on a terminal, one line per instance otherwise."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = _is_tty(stream)
+        self.streamed = enabled and not self.tty
+        self.failures = 0
+        self.current: set[str] = set()
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self.total = total
+
+    def _describe(self) -> str:
+        now = ", ".join(sorted(self.current)[:4]) + (" ..." if len(self.current) > 4 else "")
+        failed = f"[red]{self.failures} failed[/red] " if self.failures else ""
+        return f"{failed}{now}"
+
+    def started(self, target: Target) -> None:
+        self.current.add(target.name)
+        if self._bar is not None:
+            self._bar.update(self._task, description=self._describe())
+
+    def finished(self, result: InstanceResult) -> None:
+        self.current.discard(result.name)
+        if result.result not in ("ok", "noop", "planned", "skipped"):
+            self.failures += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=self._describe())
+        elif self.streamed:
+            self.stream.write(result_line(result) + "\n")
+            self.stream.flush()
+
+
+@contextmanager
+def progress_display(
+    total: int, *, enabled: bool = True, stream: TextIO | None = None
+) -> Iterator[RunProgress]:
+    """Show progress while the block runs (on stderr when it is a terminal)."""
+    out = stream or sys.stdout
+    progress = RunProgress(total, out, enabled)
+    if enabled and progress.tty and total > 1:
+        bar = Progress(
+            TextColumn("upgrading"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        progress._bar = bar
+        progress._task = bar.add_task("", total=total)
+        with bar:
+            yield progress
+        return
+    yield progress

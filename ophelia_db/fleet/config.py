@@ -1,0 +1,408 @@
+"""The fleet: fleet.toml, its validation, and the selection of targets.
+
+This module owns reading ``fleet.toml`` (through pydantic-settings), the
+``.env`` file beside it, turning every bad input into one ``ConfigError``
+line, and resolving a selection (``--instance``/``--all``/``--tag``) into
+ordered ``Target`` objects. URLs are ``SecretStr`` from the moment they are
+read; it never connects to anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+from ophelia_db.errors import ConfigError
+from ophelia_db.fleet.urls import describe_url, url_has_password
+from ophelia_db.fleet.urls import parse as parse_url
+from ophelia_db.redaction import register_secret
+
+SUBDOMAIN = re.compile(r"^[a-z0-9-]{1,20}$")
+COMMUNITY_TYPES = ("municipality", "intercommunality", "university", "association", "region")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+CommunityType = Literal["municipality", "intercommunality", "university", "association", "region"]
+Role = Literal["hub", "instance"]
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Return seconds from ``"30s"``, ``"15min"``, ``"500ms"`` or a number of seconds."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use e.g. '500ms', '30s', '15min', '1h')")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Time boxes in seconds; any of them may be overridden per instance."""
+
+    lock_wait: float = 30.0
+    lock_timeout: float = 5.0
+    statement_timeout: float = 900.0
+    connect_timeout: float = 10.0
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class Defaults(Timeouts):
+    jobs: int = 4
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _jobs(cls, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError("jobs must be a whole number of at least 1")
+        return value
+
+
+class _Endpoint(_Strict):
+    url: str | None = None
+    url_env: str | None = None
+    lock_wait: str | float | None = None
+    lock_timeout: str | float | None = None
+    statement_timeout: str | float | None = None
+    connect_timeout: str | float | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and url_has_password(value):
+            raise ValueError(
+                "holds a password; secrets never live in fleet.toml: put the URL in an "
+                "environment variable (or .env beside fleet.toml) and name it with url_env"
+            )
+        return value
+
+
+class HubFile(_Endpoint):
+    name: str = "hub"
+    community_name: str = "Ophélia hub"
+    community_type: CommunityType | None = None
+
+
+class InstanceFile(_Endpoint):
+    community_name: str
+    community_type: CommunityType
+    tags: list[str] = []
+
+
+class LocalFile(_Strict):
+    """The embedded local cluster the tool starts itself (``ophelia-db local start``)."""
+
+    port: int = 54329
+    state_dir: str = ".ophelia"
+
+
+class FleetFile(BaseSettings):
+    """The schema of fleet.toml, read by pydantic-settings' TOML source."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    defaults: Defaults = Defaults()
+    hub: HubFile
+    instances: dict[str, InstanceFile] = {}
+    local: LocalFile | None = None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def,override]
+        # fleet.toml is the only source: environment variables must not
+        # silently reshape the fleet.
+        return (init_settings, TomlConfigSettingsSource(settings_cls))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One database of the fleet (the hub or an instance), ready to connect to."""
+
+    name: str
+    role: Role
+    community_name: str
+    community_type: str | None
+    tags: tuple[str, ...]
+    url: SecretStr | None
+    url_source: str
+    timeouts: Timeouts
+    url_problem: str | None = None
+
+    @property
+    def display_url(self) -> str:
+        return describe_url(self.url.get_secret_value()) if self.url else "(no URL)"
+
+    def dsn(self) -> str:
+        """Return the connection URL; raise ``ConfigError`` if it could not be resolved."""
+        if self.url is None:
+            raise ConfigError(f"{self.name}: {self.url_problem}")
+        return self.url.get_secret_value()
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    state_dir: Path
+    port: int
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A validated fleet: the hub, the instances by name, and run defaults."""
+
+    path: Path
+    defaults: Defaults
+    hub: Target
+    instances: Mapping[str, Target]
+    local: LocalCluster | None = None
+    members: tuple[Target, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ordered = (self.hub, *sorted(self.instances.values(), key=lambda t: t.name))
+        object.__setattr__(self, "members", ordered)
+
+    def get(self, name: str) -> Target:
+        """Return the member called ``name`` or refuse with the closest known name."""
+        for member in self.members:
+            if member.name == name:
+                return member
+        known = [m.name for m in self.members]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+        raise ConfigError(f"unknown instance '{name}' in {self.path}{hint}")
+
+    def select(
+        self,
+        names: Iterable[str] = (),
+        *,
+        all_: bool = False,
+        tags: Iterable[str] = (),
+        default_all: bool = False,
+    ) -> list[Target]:
+        """Resolve a selection to targets, hub first, then instances by name.
+
+        ``--all`` includes the hub. Each selected target's URL must resolve.
+        """
+        names, tags = list(names), list(tags)
+        if not (names or all_ or tags):
+            if not default_all:
+                raise ConfigError("select instances with --instance NAME, --all or --tag TAG")
+            all_ = True
+        chosen: dict[str, Target] = {}
+        if all_:
+            chosen = {m.name: m for m in self.members}
+        for name in names:
+            target = self.get(name)
+            chosen[target.name] = target
+        for tag in tags:
+            tagged = [m for m in self.members if tag in m.tags]
+            if not tagged:
+                raise ConfigError(f"no instance of {self.path} has the tag '{tag}'")
+            chosen.update({m.name: m for m in tagged})
+        selected = [m for m in self.members if m.name in chosen]
+        for target in selected:
+            target.dsn()
+        return selected
+
+
+def find_fleet_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """Return the fleet file: ``--fleet``, else ``$OPHELIA_FLEET``, else ``./fleet.toml``."""
+    chosen = path or os.environ.get("OPHELIA_FLEET") or "fleet.toml"
+    resolved = Path(chosen).expanduser().resolve()
+    if not resolved.is_file():
+        origin = "--fleet" if path else "$OPHELIA_FLEET" if os.environ.get("OPHELIA_FLEET") else "default"
+        raise ConfigError(
+            f"fleet file {resolved} not found ({origin}); pass --fleet PATH or set OPHELIA_FLEET"
+        )
+    return resolved
+
+
+def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Fleet:
+    """Read, validate and resolve a fleet file (see DESIGN.md §2)."""
+    fleet_path = find_fleet_file(path)
+    text = fleet_path.read_text(encoding="utf-8")
+    _refuse_duplicates(fleet_path, text)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib (3.11) has no lineno attribute: the line is only in the message.
+        found = re.search(r"at line (\d+)", str(exc))
+        line = found.group(1) if found else max(len(text.splitlines()), 1)
+        raise ConfigError(f"{fleet_path}:{line}: invalid TOML: {exc}") from None
+    source = type("FleetFileAt", (FleetFile,), {"model_config": SettingsConfigDict(toml_file=fleet_path)})
+    try:
+        parsed: FleetFile = source()
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation(fleet_path, text, exc)) from None
+    env = environment(fleet_path, environ)
+    return _build(fleet_path, parsed, env)
+
+
+def _build(path: Path, parsed: FleetFile, env: Mapping[str, str]) -> Fleet:
+    defaults = parsed.defaults
+    instances: dict[str, Target] = {}
+    hub_name = parsed.hub.name
+    if not SUBDOMAIN.match(hub_name):
+        raise ConfigError(f"{path}: [hub] name '{hub_name}' must match ^[a-z0-9-]{{1,20}}$")
+    for name, spec in parsed.instances.items():
+        if not SUBDOMAIN.match(name):
+            raise ConfigError(
+                f"{path}: instance name '{name}' is not a valid subdomain "
+                "(lowercase letters, digits and '-', at most 20 characters)"
+            )
+        if name == hub_name:
+            raise ConfigError(f"{path}: duplicate instance '{name}': it is also the hub's name")
+        instances[name] = _target(path, name, "instance", spec, defaults, env, tuple(spec.tags))
+        instances[name] = replace(
+            instances[name], community_name=spec.community_name, community_type=spec.community_type
+        )
+    hub = _target(path, hub_name, "hub", parsed.hub, defaults, env, ())
+    hub = replace(hub, community_name=parsed.hub.community_name, community_type=parsed.hub.community_type)
+    local = None
+    if parsed.local is not None:
+        state_dir = (path.parent / parsed.local.state_dir).resolve()
+        local = LocalCluster(state_dir=state_dir, port=parsed.local.port)
+    return Fleet(path=path, defaults=defaults, hub=hub, instances=instances, local=local)
+
+
+def _target(
+    path: Path,
+    name: str,
+    role: Role,
+    spec: _Endpoint,
+    defaults: Defaults,
+    env: Mapping[str, str],
+    tags: tuple[str, ...],
+) -> Target:
+    where = "[hub]" if role == "hub" else f"[instances.{name}]"
+    if (spec.url is None) == (spec.url_env is None):
+        raise ConfigError(f'{path}: {where} needs exactly one of url_env = "VAR" or url = "..."')
+    overrides = {
+        key: getattr(spec, key)
+        for key in ("lock_wait", "lock_timeout", "statement_timeout", "connect_timeout")
+        if getattr(spec, key) is not None
+    }
+    try:
+        timeouts = Timeouts(**{**_timeouts_of(defaults), **overrides})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where} {key}: {message}") from None
+    url, problem = None, None
+    if spec.url_env is not None:
+        source = f"url_env {spec.url_env}"
+        value = env.get(spec.url_env, "")
+        if value:
+            # The password is the secret; the rest of the URL stays readable in messages.
+            register_secret(parse_url(value).password)
+            url = SecretStr(value)
+        else:
+            problem = (
+                f"environment variable {spec.url_env} (url_env of {where} in {path}) is not set; "
+                f"export it or add it to {path.parent / '.env'}"
+            )
+    else:
+        source = "url"
+        url = SecretStr(spec.url or "")
+    return Target(
+        name=name,
+        role=role,
+        community_name="",
+        community_type=None,
+        tags=tags,
+        url=url,
+        url_source=source,
+        timeouts=timeouts,
+        url_problem=problem,
+    )
+
+
+def _timeouts_of(defaults: Defaults) -> dict[str, float]:
+    return {key: getattr(defaults, key) for key in Timeouts.model_fields}
+
+
+def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` file beside fleet.toml (the process wins)."""
+    env: dict[str, str] = {}
+    dotenv = fleet_path.parent / ".env" if fleet_path else None
+    if dotenv is not None and dotenv.is_file():
+        from dotenv import dotenv_values
+
+        env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+_HEADER = re.compile(r"^\s*\[\s*instances\s*\.\s*\"?([^\]\"]+)\"?\s*\]\s*(?:#.*)?$")
+
+
+def _refuse_duplicates(path: Path, text: str) -> None:
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _HEADER.match(line)
+        if not match:
+            continue
+        name = match.group(1).strip()
+        if name in seen:
+            raise ConfigError(
+                f"{path}:{number}: duplicate instance '{name}' (first declared on line {seen[name]})"
+            )
+        seen[name] = number
+
+
+def _describe_validation(path: Path, text: str, exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = [str(part) for part in error["loc"]]
+    dotted = ".".join(location)
+    line = _line_of(text, location)
+    where = f"{path}:{line}" if line else str(path)
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{location[-1]}' in {_section(location)}"
+    if error["type"] == "missing":
+        return f"{where}: missing key '{location[-1]}' in {_section(location)}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "literal_error" and location[-1] == "community_type":
+        message = f"must be one of {', '.join(COMMUNITY_TYPES)}"
+    return f"{where}: {dotted}: {message}"
+
+
+def _section(location: list[str]) -> str:
+    parent = location[:-1]
+    return f"[{'.'.join(parent)}]" if parent else "the top level"
+
+
+def _line_of(text: str, location: list[str]) -> int | None:
+    """Best-effort line of a key, so that the error points into the file."""
+    if not location:
+        return None
+    section = ".".join(location[:-1])
+    key = location[-1]
+    current = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\]]+?)\s*\]", stripped)
+        if header:
+            current = re.sub(r"\s*\.\s*", ".", header.group(1)).replace('"', "")
+            if not section and current == key:
+                return number
+            continue
+        if current == section and re.match(rf"^\"?{re.escape(key)}\"?\s*=", stripped):
+            return number
+    return None

@@ -1,0 +1,213 @@
+"""Connections to fleet databases and the per-instance migration lock.
+
+This module owns every call into psycopg: opening a connection with the
+tool's settings (``application_name``, ``connect_timeout``, no server-side
+prepared statements so that poolers stay safe), refusing transaction-mode
+poolers, the SQLAlchemy engine Alembic runs on, and the session advisory
+lock that makes one runner per instance. Errors leave it redacted and
+carrying their exit code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ophelia_db._version import __version__
+from ophelia_db.errors import ConfigError, LockedError, UnreachableError
+from ophelia_db.fleet.urls import normalise, transaction_pooler_reason
+from ophelia_db.redaction import redact
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ophelia_db.fleet.config import Target
+
+APPLICATION_NAME = f"ophelia-db/{__version__}"
+# A fixed key is enough: advisory locks are already scoped to one database.
+MIGRATION_LOCK_KEY = 0x6F70_6864  # "ophd"
+
+Connection = psycopg.Connection[Any]
+
+
+def connect(target: Target, *, autocommit: bool = False) -> Connection:
+    """Open a connection to ``target`` or raise a redacted, exit-coded error."""
+    dsn = target.dsn()
+    reason = transaction_pooler_reason(dsn)
+    if reason:
+        raise ConfigError(
+            f"{target.name}: refusing {target.display_url}: {reason}, which cannot hold the "
+            "migration lock or session settings; use the direct connection "
+            "(db.<project-ref>.supabase.co:5432) or the session pooler on port 5432"
+        )
+    try:
+        return psycopg.connect(
+            normalise(dsn),
+            application_name=APPLICATION_NAME,
+            connect_timeout=max(1, round(target.timeouts.connect_timeout)),
+            prepare_threshold=None,
+            autocommit=autocommit,
+        )
+    except psycopg.Error as exc:
+        raise UnreachableError(
+            f"{target.name}: cannot connect to {target.display_url}: {_first_line(exc)}; "
+            f"check the server is up and the URL ({target.url_source}) is right"
+        ) from None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Tell whether ``exc`` means the server went away (outcome of the transaction unknown)."""
+    original = getattr(exc, "orig", exc)
+    if isinstance(original, psycopg.OperationalError):
+        sqlstate = getattr(original, "sqlstate", None) or ""
+        return sqlstate == "" or sqlstate.startswith("08") or sqlstate.startswith("57P")
+    return False
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """Return the SQLSTATE of a database error, unwrapping SQLAlchemy's wrapper."""
+    original = getattr(exc, "orig", exc)
+    return getattr(original, "sqlstate", None)
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return the server's message for ``exc`` on one redacted line."""
+    original = getattr(exc, "orig", None) or exc
+    return _first_line(original)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0] if lines else text
+    # libpq puts the useful FATAL reason on a later line of connection errors.
+    fatal = next((line for line in lines[1:] if line.startswith(("FATAL", "ERROR"))), None)
+    if fatal and fatal not in detail:
+        detail = f"{detail} {fatal}"
+    return redact(detail)
+
+
+_engine: Engine | None = None
+_engine_target = threading.local()
+
+
+def engine_for(target: Target) -> Engine:
+    """Return the process's pool-less SQLAlchemy engine, connecting to ``target`` next.
+
+    One engine serves every target of the process so that SQLAlchemy's dialect
+    initialisation (several queries on the first connection of an engine) is
+    paid once per worker rather than once per instance. The target is
+    thread-local: each thread connects where it last asked to.
+    """
+    global _engine
+    _engine_target.value = target
+    if _engine is None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        _engine = create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: connect(_engine_target.value),
+            poolclass=NullPool,
+            hide_parameters=True,
+        )
+    return _engine
+
+
+@contextmanager
+def migration_lock(target: Target) -> Iterator[Connection]:
+    """Hold the instance's migration lock on a connection of its own, for the block.
+
+    For callers that do their work on other connections (plain ``alembic``,
+    ``repair``); ``migrate`` holds it on its migration connection instead.
+    """
+    conn = connect(target, autocommit=True)
+    try:
+        with session_lock(conn, target):
+            yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def session_lock(conn: Connection, target: Target) -> Iterator[None]:
+    """Hold the instance's migration lock, a session advisory lock, on ``conn``.
+
+    A session lock survives the commits of the per-revision transactions run on
+    the same connection, and ends with the session if the runner dies. It is
+    polled with ``pg_try_advisory_lock`` rather than waited on, because a
+    backend blocked in ``pg_advisory_lock`` would stall ``CREATE INDEX
+    CONCURRENTLY`` on the same database.
+    """
+    _acquire(conn, target)
+    try:
+        yield
+    finally:
+        # Closing the session releases the lock anyway.
+        with suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            if not conn.autocommit:
+                conn.commit()
+
+
+def _acquire(conn: Connection, target: Target) -> None:
+    wait = target.timeouts.lock_wait
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+        if not conn.autocommit:
+            # Leave no transaction open: the migration's own transactions come next.
+            conn.commit()
+        if row and row[0]:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockedError(
+                f"{target.name}: the migration lock is held by {lock_holder(conn)}; "
+                f"gave up after waiting {wait:g}s (lock_wait). Let that run finish, "
+                "or raise lock_wait in fleet.toml"
+            )
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, 1.0)
+
+
+_HOLDER_SQL = """
+SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
+LIMIT 1
+"""
+
+
+def lock_holder(conn: Connection) -> str:
+    """Describe who holds the migration lock: pid, application, user, since when."""
+    row = conn.execute(_HOLDER_SQL, (MIGRATION_LOCK_KEY,)).fetchone()
+    if row is None:
+        return "another session (it has just released it)"
+    pid, app, user, addr, since = row
+    where = f" from {addr}" if addr else ""
+    return (
+        f"pid {pid} ({app or 'unknown application'}, user {user}{where}, since {since:%Y-%m-%d %H:%M:%S%z})"
+    )
+
+
+def sql_literal(value: object) -> str:
+    """Quote a value as an SQL literal for generated scripts (psycopg's quoting, not formatting)."""
+    from psycopg import sql
+
+    return sql.Literal(value).as_string(None)
+
+
+def sql_identifier(*names: str) -> str:
+    """Quote an identifier (optionally schema-qualified) for generated scripts."""
+    from psycopg import sql
+
+    return sql.Identifier(*names).as_string(None)

@@ -1,0 +1,406 @@
+"""Provisioning a new instance: the answers, and the files for operators who paste.
+
+This module owns the one pydantic model every provisioning answer goes
+through (``Answers``; its JSON schema is ``instances/instance-schema.json``),
+the subdomain proposed from a community name, reading and writing
+``instances/<subdomain>.json`` (never a secret), resolving the secret
+answers from the prompt or the environment, and writing the vault and hub
+SQL files that ``sqlgen`` renders (mode 0600 when they hold secrets). The
+live path is ``provision_apply``. It never prints, prompts or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from ophelia_db.errors import ConfigError
+from ophelia_db.fleet.config import SUBDOMAIN, CommunityType
+from ophelia_db.fleet.config import environment as fleet_environment
+from ophelia_db.instances import sql as sqlgen
+from ophelia_db.instances import vault
+from ophelia_db.redaction import register_secret
+
+SECRET_FIELDS = frozenset({"supabase_anon_key", "api_keys"})
+SCHEMA_FILE = "instance-schema.json"
+
+
+def _matching(pattern: str, what: str, *, upper: bool = False, echo: bool = True) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        value = value.strip().upper() if upper else value.strip()
+        if not compiled.match(value):
+            # A URL may carry credentials: it is never repeated in the message.
+            raise ValueError(f"{value!r} is not {what}" if echo else f"not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _one_line(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("cannot be empty")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        raise ValueError("must be one line, without control characters")
+    return value
+
+
+def _no_trailing_slash(value: str) -> str:
+    return value.rstrip("/")
+
+
+def _coordinates(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,;\s]+", value.strip()) if p]
+        if len(parts) != 2:
+            raise ValueError("give the map centre as 'latitude, longitude', e.g. '42.3061, 9.1500'")
+        return parts
+    return value
+
+
+_URL = r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[^\s@]*)?$"
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_ENV = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+Line = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_one_line)]
+Subdomain = Annotated[
+    str,
+    _matching(SUBDOMAIN.pattern, "a subdomain (lowercase letters, digits and '-', at most 20)"),
+    WithJsonSchema({"type": "string", "pattern": SUBDOMAIN.pattern}),
+]
+Code = Annotated[
+    str,
+    _matching(r"^[0-9A-Z]{1,20}$", "an official code (letters and digits)", upper=True),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9A-Za-z]{1,20}$"}),
+]
+RegionCode = Annotated[
+    str,
+    _matching(r"^[0-9A-Z]{1,10}$", "a region code (letters and digits)", upper=True),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9A-Za-z]{1,10}$"}),
+]
+Email = Annotated[
+    str,
+    Field(max_length=254),
+    _matching(_EMAIL, "an email address"),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+]
+EnvName = Annotated[
+    str,
+    _matching(_ENV, "an environment variable name"),
+    WithJsonSchema({"type": "string", "pattern": _ENV}),
+]
+HttpUrl = Annotated[
+    str,
+    _matching(_URL, "an http(s) URL without credentials, e.g. https://abcd.supabase.co", echo=False),
+    AfterValidator(_no_trailing_slash),
+    WithJsonSchema({"type": "string", "pattern": _URL}),
+]
+VaultKey = Annotated[str, _matching(vault.KEY_PATTERN, "an UPPER_SNAKE_CASE vault key")]
+Latitude = Annotated[float, Field(ge=-90, le=90)]
+Longitude = Annotated[float, Field(ge=-180, le=180)]
+MapCenter = Annotated[tuple[Latitude, Longitude], BeforeValidator(_coordinates)]
+_INSEE = re.compile(r"^(\d{5}|2[AB]\d{3})$")
+_UAI = re.compile(r"^\d{7}[A-Z]$")
+
+
+class Answers(BaseModel):
+    """The answers of provisioning, as instances/<subdomain>.json holds them (never a secret)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Ophélia instance")
+
+    community_type: CommunityType = Field(
+        description="municipality, intercommunality, university, association or region."
+    )
+    community_name: Line = Field(
+        description="The community's name as people write it, e.g. \"L'Île-Rousse\"."
+    )
+    city: Line = Field(description="The city the community is in (its seat).")
+    subdomain: Subdomain = Field(
+        description="Name of the instance in fleet.toml and the hub; proposed from community_name if absent."
+    )
+    code: Code | None = Field(
+        None,
+        description="Official code: INSEE for a municipality (e.g. 2B096), UAI for a university (e.g. "
+        "0200860D), any code of letters and digits otherwise.",
+    )
+    region_code: RegionCode = Field("COR", description="Region code.")
+    region_name: Line = Field("Corse", description="Region name.")
+    contact_email: Email = Field(description="Contact of the community's administrators (not public).")
+    map_center: MapCenter = Field(description="Map centre as [latitude, longitude].")
+    database_url_env: EnvName = Field(
+        description="Name of the environment variable holding the instance's database URL (never the URL)."
+    )
+    supabase_url: HttpUrl | None = Field(None, description="Supabase project URL (Settings > API).")
+    supabase_anon_key_env: EnvName | None = Field(
+        None, description="Name of the environment variable holding the project's anon key."
+    )
+    api_key_envs: dict[VaultKey, EnvName] = Field(
+        default_factory=dict,
+        description="Optional API keys stored as vault secrets: vault key -> environment variable name.",
+    )
+    # Typed in at the prompt; never serialised, so never written to a file.
+    supabase_anon_key: SecretStr | None = Field(None, exclude=True)
+    api_keys: dict[VaultKey, SecretStr] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _propose_subdomain(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and not data.get("subdomain")
+            and isinstance(data.get("community_name"), str)
+        ):
+            proposal = propose_subdomain(data["community_name"])
+            if proposal:
+                data = {**data, "subdomain": proposal}
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Answers:
+        if self.code:
+            check_code(self.community_type, self.code)
+        clash = sorted((set(self.api_key_envs) | set(self.api_keys)) & vault.SEED_KEYS)
+        if clash:
+            raise ValueError(f"api keys {', '.join(clash)} would overwrite seeded vault keys")
+        return self
+
+    @property
+    def api_key_names(self) -> list[str]:
+        return sorted(set(self.api_keys) | set(self.api_key_envs))
+
+
+def check_code(community_type: str, code: str) -> str:
+    """A municipality's code is an INSEE commune code, a university's a UAI; others are free."""
+    if community_type == "municipality" and not _INSEE.match(code):
+        raise ValueError(f"code: {code!r} is not an INSEE commune code (5 characters, e.g. 2B096)")
+    if community_type == "university" and not _UAI.match(code):
+        raise ValueError(f"code: {code!r} is not a UAI code (7 digits and a letter, e.g. 0200860D)")
+    return code
+
+
+_LIGATURES = str.maketrans({"œ": "oe", "Œ": "oe", "æ": "ae", "Æ": "ae", "ß": "ss"})
+
+
+def propose_subdomain(name: str) -> str:
+    """``"L'Île-Rousse"`` → ``"l-ile-rousse"``: lowercase, accents removed, ``[a-z0-9-]``, ≤ 20."""
+    text = unicodedata.normalize("NFKD", name.translate(_LIGATURES))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:20].rstrip("-")
+
+
+def default_url_env(subdomain: str) -> str:
+    return f"OPHELIA_{subdomain.upper().replace('-', '_')}_URL"
+
+
+def _describe(exc: ValidationError, where: str = "") -> str:
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    prefix = f"{where}: " if where else ""
+    return f"{prefix}{location + ': ' if location else ''}{message}{more}"
+
+
+def check_answer(name: str, value: Any) -> Any:
+    """Validate one answer alone (for prompts), with the model's own rules for that field."""
+    info = Answers.model_fields[name]
+    annotated: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(annotated)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def build_answers(data: Mapping[str, Any], where: str = "") -> Answers:
+    """Validate a whole set of answers; any problem is one ``ConfigError`` line."""
+    try:
+        return Answers.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+
+
+def load_answers(path: Path, overrides: Mapping[str, Any] | None = None) -> Answers:
+    """Read ``instances/<name>.json``; ``overrides`` (flags) win over the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of answers")
+    leaked = sorted(SECRET_FIELDS & data.keys())
+    if leaked:
+        raise ConfigError(
+            f"{path}: {', '.join(leaked)} would put a secret in a file; name an environment variable "
+            "instead (supabase_anon_key_env, api_key_envs)"
+        )
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return build_answers(data, str(path))
+
+
+def answers_json(answers: Answers) -> str:
+    return json.dumps(answers.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+
+def instance_schema() -> dict[str, Any]:
+    """The JSON schema of ``instances/<name>.json``, generated from ``Answers``."""
+    schema = Answers.model_json_schema(mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": "Generated from ophelia_db.provision.Answers by `ophelia-db provision`; do not edit.",
+        **schema,
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(instance_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# --- secrets and the environment ----------------------------------------------------------------
+
+
+def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` beside fleet.toml, as ``load_fleet`` reads them."""
+    return fleet_environment(fleet_path, environ)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret answers resolved from the prompt or the environment; ``unset`` names missing variables."""
+
+    anon_key: str | None
+    api_keys: Mapping[str, str]
+    unset: tuple[str, ...] = ()
+
+
+def resolve_secrets(answers: Answers, env: Mapping[str, str]) -> Secrets:
+    unset: list[str] = []
+    anon = answers.supabase_anon_key.get_secret_value() if answers.supabase_anon_key else None
+    if anon is None and answers.supabase_anon_key_env:
+        anon = env.get(answers.supabase_anon_key_env) or None
+        if anon is None:
+            unset.append(answers.supabase_anon_key_env)
+    keys = {key: value.get_secret_value() for key, value in answers.api_keys.items()}
+    for key, variable in answers.api_key_envs.items():
+        if key not in keys:
+            if env.get(variable):
+                keys[key] = env[variable]
+            else:
+                unset.append(variable)
+    for value in (anon, *keys.values()):
+        register_secret(value)
+    return Secrets(anon, keys, tuple(unset))
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outputs:
+    answers_file: Path
+    vault_sql: Path
+    registry_sql: Path
+    schema_file: Path
+    changed: tuple[Path, ...]
+    secret_files: tuple[Path, ...]
+    left_out: tuple[str, ...]
+    unset: tuple[str, ...]
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "files": [
+                str(p) for p in (self.answers_file, self.vault_sql, self.registry_sql, self.schema_file)
+            ],
+            "changed": [str(p) for p in self.changed],
+            "secret_files": [str(p) for p in self.secret_files],
+            "secrets_left_out": list(self.left_out),
+        }
+
+
+def write_text(path: Path, text: str, *, private: bool = False) -> bool:
+    """Write atomically (mode 0600 when ``private``); return False if the file already says so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    same = path.is_file() and path.read_text(encoding="utf-8") == text
+    if same and (not private or path.stat().st_mode & 0o077 == 0):
+        return False
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        # mkstemp creates the file 0600; files without secrets get the usual mode.
+        if not private:
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _secret_rows(answers: Answers, api_keys: Mapping[str, str]) -> list[vault.SeedRow]:
+    return [
+        vault.SeedRow(name, None, "api", "API key", is_secret=True)
+        for name in answers.api_key_names
+        if name not in api_keys
+    ]
+
+
+def write_outputs(
+    answers: Answers, out_dir: Path, *, include_secrets: bool = False, env: Mapping[str, str] | None = None
+) -> Outputs:
+    """Write the answers JSON, the vault and hub SQL, and the schema under ``out_dir``."""
+    secrets = resolve_secrets(answers, os.environ if env is None else env)
+    api_keys = dict(secrets.api_keys) if include_secrets else {}
+    anon = secrets.anon_key if include_secrets else None
+    paths = {
+        "answers": out_dir / f"{answers.subdomain}.json",
+        "vault": out_dir / "sql" / f"{answers.subdomain}-vault.sql",
+        "registry": out_dir / "sql" / f"{answers.subdomain}-registry.sql",
+        "schema": out_dir / SCHEMA_FILE,
+    }
+    missing = _secret_rows(answers, api_keys)
+    texts = {
+        "answers": (answers_json(answers), False),
+        "vault": (sqlgen.vault_script(answers, vault.seed_rows(answers, api_keys), missing), bool(api_keys)),
+        "registry": (sqlgen.registry_script(answers, anon), anon is not None),
+        "schema": (schema_text(), False),
+    }
+    changed = [
+        paths[k] for k, (text, private) in texts.items() if write_text(paths[k], text, private=private)
+    ]
+    left_out = [row.key for row in missing] + ([] if anon else ["SUPABASE_ANON_KEY"])
+    return Outputs(
+        answers_file=paths["answers"],
+        vault_sql=paths["vault"],
+        registry_sql=paths["registry"],
+        schema_file=paths["schema"],
+        changed=tuple(changed),
+        secret_files=tuple(paths[k] for k, (_, private) in texts.items() if private),
+        left_out=tuple(left_out),
+        unset=secrets.unset,
+    )

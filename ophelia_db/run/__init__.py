@@ -1,0 +1,27 @@
+"""Running the revision chain: the area that owns Alembic and the version mirror.
+
+It owns reading the chain (``chain``), building every Alembic ``Config``
+(``driver``), the per-instance step under the migration lock (``instance``),
+the fan-out over worker processes (``fanout``) and signals (``interrupts``),
+the mirror tables ``schema_migrations``/``schema_version`` (``mirror``, their
+only writer), and the commands built on them: ``status``/``history``,
+``upgrade``/``downgrade``, ``sync``, the offline ``sql`` and the plain
+``alembic -x instance=NAME`` entry (``plain_alembic``).
+"""
+
+from ophelia_db.run.offline import offline_sql
+from ophelia_db.run.status import history, probe_all, status
+from ophelia_db.run.sync import sync
+from ophelia_db.run.upgrade import downgrade, shard, skip_inactive, upgrade
+
+__all__ = [
+    "downgrade",
+    "history",
+    "offline_sql",
+    "probe_all",
+    "shard",
+    "skip_inactive",
+    "status",
+    "sync",
+    "upgrade",
+]

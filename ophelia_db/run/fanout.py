@@ -1,0 +1,214 @@
+"""Bounded fan-out of per-instance migrations over worker processes.
+
+This module owns running ``migrate.migrate`` for many instances at once:
+at most ``jobs`` in flight, each in a worker process (Alembic's proxies are
+process-global, so threads would share them), results handed back as they
+finish, and a ``Halt`` that stops starting new work — after too many
+failures, a failed canary, or SIGINT/SIGTERM, which is forwarded to the
+workers so that each rolls back its current revision and releases its lock.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from ophelia_db.errors import ExitCode
+from ophelia_db.fleet.config import Target
+from ophelia_db.results import InstanceResult
+from ophelia_db.run.chain import ChainSpec
+from ophelia_db.run.instance import migrate
+from ophelia_db.run.interrupts import exit_code_of, worker_initializer
+
+Finish = Callable[[Target, InstanceResult], None]
+Start = Callable[[Target], None]
+_INTERRUPT_CODES = {ExitCode.SIGINT, ExitCode.SIGTERM}
+# Everything a migration imports, loaded once in the fork server so that the
+# workers share those pages instead of each importing its own copy.
+_PRELOAD = [
+    "ophelia_db.run.instance",
+    "alembic.command",
+    "alembic.ddl.postgresql",
+    "alembic.runtime.environment",
+    "sqlalchemy.dialects.postgresql.psycopg",
+]
+
+
+@dataclass
+class Halt:
+    """Why the run stops starting new instances, if it does."""
+
+    max_failures: int | None = None
+    failures: int = 0
+    reason: str | None = None
+    interrupted: int | None = None
+    failed_names: list[str] = field(default_factory=list)
+
+    def record(self, result: InstanceResult) -> None:
+        if result.exit_code in _INTERRUPT_CODES:
+            self.interrupt(int(result.exit_code))
+            return
+        if result.result in ("ok", "noop", "planned", "skipped"):
+            return
+        self.failures += 1
+        self.failed_names.append(result.name)
+        if self.max_failures is not None and self.failures >= self.max_failures and not self.reason:
+            self.reason = (
+                f"halted after {self.failures} failed instance(s) (--max-failures {self.max_failures})"
+            )
+
+    def interrupt(self, code: int) -> None:
+        self.interrupted = self.interrupted or code
+        signame = "SIGTERM" if code == ExitCode.SIGTERM else "SIGINT"
+        self.reason = f"not started: interrupted by {signame}"
+
+
+def skipped(target: Target, why: str, code: int = ExitCode.MIXED) -> InstanceResult:
+    return InstanceResult(name=target.name, role=target.role, result="skipped", exit_code=code, error=why)
+
+
+class Workers:
+    """The run's worker processes, started early when asked to.
+
+    Warming them while the hub (or anything else) migrates in the main
+    process hides their start-up: the fork server's imports and each
+    worker's first read of the chain happen in parallel with useful work.
+    """
+
+    def __init__(self, jobs: int, *, warm: bool = False) -> None:
+        self.jobs = jobs
+        self._pool: ProcessPoolExecutor | None = None
+        if warm and jobs > 1:
+            for _ in range(jobs):
+                self.pool().submit(_warm_up)
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers start from a clean, single-threaded process,
+            # and import Alembic once each rather than once per instance.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_PRELOAD)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=context, initializer=worker_initializer
+            )
+        return self._pool
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _warm_up() -> None:
+    from ophelia_db.run.chain import ChainSpec
+    from ophelia_db.run.instance import chain_for
+
+    chain_for(ChainSpec.default())
+
+
+def run(
+    targets: list[Target],
+    spec: ChainSpec,
+    goal: str | None,
+    jobs: int,
+    halt: Halt,
+    finish: Finish,
+    start: Start | None = None,
+    workers: Workers | None = None,
+) -> None:
+    """Migrate ``targets`` to ``goal``, calling ``finish`` for every one of them exactly once."""
+    if not targets:
+        return
+    if jobs <= 1 or len(targets) == 1:
+        _run_here(targets, spec, goal, halt, finish, start)
+    elif workers is not None:
+        _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, workers.pool())
+    else:
+        with Workers(jobs) as own:
+            _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, own.pool())
+
+
+def _run_here(
+    targets: list[Target], spec: ChainSpec, goal: str | None, halt: Halt, finish: Finish, start: Start | None
+) -> None:
+    for target in targets:
+        if halt.reason:
+            finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+            continue
+        if start:
+            start(target)
+        try:
+            result = migrate(target, spec, goal)
+        except KeyboardInterrupt as exc:
+            halt.interrupt(exit_code_of(exc))
+            result = skipped(target, halt.reason or "interrupted", halt.interrupted or ExitCode.SIGINT)
+        halt.record(result)
+        finish(target, result)
+
+
+def _run_pool(
+    targets: list[Target],
+    spec: ChainSpec,
+    goal: str | None,
+    jobs: int,
+    halt: Halt,
+    finish: Finish,
+    start: Start | None,
+    pool: ProcessPoolExecutor,
+) -> None:
+    queue = list(reversed(targets))
+    running: dict[Future[InstanceResult], Target] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < jobs and not halt.reason:
+                target = queue.pop()
+                if start:
+                    start(target)
+                running[pool.submit(migrate, target, spec, goal)] = target
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                _collect(future, running.pop(future), halt, finish)
+    except KeyboardInterrupt as exc:
+        halt.interrupt(exit_code_of(exc))
+        _stop_workers(pool)
+        for future, target in running.items():
+            _collect(future, target, halt, finish)
+    for target in reversed(queue):
+        finish(target, skipped(target, halt.reason or "not started", halt.interrupted or ExitCode.MIXED))
+
+
+def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish: Finish) -> None:
+    try:
+        result = future.result()
+    except BrokenProcessPool:
+        code = halt.interrupted or ExitCode.INTERNAL
+        result = InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="failed",
+            exit_code=code,
+            error=(
+                f"{target.name}: its worker process ended abruptly; "
+                "run `ophelia-db status` to see where it stands"
+            ),
+        )
+    halt.record(result)
+    finish(target, result)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Forward the interruption: each worker rolls back its current revision and unlocks."""
+    for pid in list(getattr(pool, "_processes", {}) or {}):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

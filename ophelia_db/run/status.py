@@ -1,0 +1,111 @@
+"""`status` and `history`: where each instance stands against the chain, read without Alembic.
+
+This module owns reading every selected instance's state concurrently (one
+round trip each, in threads) and classifying it; `upgrade` and `sync` reuse
+``probe_all``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from ophelia_db.errors import ExitCode, OpheliaError
+from ophelia_db.fleet.config import Fleet, Target
+from ophelia_db.fleet.connections import connect
+from ophelia_db.fleet.hub import registry_statuses
+from ophelia_db.results import (
+    HistoryEntry,
+    HistoryReport,
+    InstanceStatus,
+    StatusReport,
+)
+from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.instance import REFUSED_STATES, chain_for
+from ophelia_db.run.mirror import InstanceState, classify, read_state
+
+PROBE_THREADS = 16
+
+
+def probe(target: Target) -> InstanceState | OpheliaError:
+    try:
+        with connect(target, autocommit=True) as conn:
+            return read_state(conn)
+    except OpheliaError as error:
+        return error
+
+
+def probe_all(targets: list[Target], threads: int = PROBE_THREADS) -> dict[str, InstanceState | OpheliaError]:
+    """Read every target's state concurrently; failures come back as values."""
+    if len(targets) <= 1:
+        return {t.name: probe(t) for t in targets}
+    with ThreadPoolExecutor(max_workers=min(threads, len(targets))) as pool:
+        return dict(zip((t.name for t in targets), pool.map(probe, targets), strict=True))
+
+
+def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceStatus:
+    if isinstance(state, OpheliaError):
+        kind = "unreachable" if state.exit_code == ExitCode.UNREACHABLE else "error"
+        return InstanceStatus(name=target.name, role=target.role, state=kind, error=state.message)
+    verdict = classify(state, chain)
+    name = verdict.state
+    if state.locked and name not in REFUSED_STATES:
+        name = "locked" if name != "up-to-date" else name
+    return InstanceStatus(
+        name=target.name,
+        role=target.role,
+        state=name,
+        current=state.revision,
+        pending=verdict.pending,
+        migrations_count=state.migrations_count if state.has_mirror else None,
+        updated_at=state.updated_at,
+        error=verdict.problem,
+    )
+
+
+def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> StatusReport:
+    """Tell where each selected instance stands against the chain's head."""
+    chain = chain or chain_for(ChainSpec.default())
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # The hub's lifecycle statuses are read while the instances are probed.
+        lifecycles = (
+            side.submit(registry_statuses, fleet.hub) if any(t.role == "instance" for t in targets) else None
+        )
+        states = probe_all(targets)
+        registry = lifecycles.result() if lifecycles is not None else None
+    rows = []
+    for target in targets:
+        row = status_of(target, states[target.name], chain)
+        lifecycle = (registry or {}).get(target.name)
+        if lifecycle and lifecycle != "active":
+            row = replace(row, registry_status=lifecycle)
+        rows.append(row)
+    return StatusReport(head=chain.head, instances=tuple(rows))
+
+
+_HISTORY_SQL = """SELECT version, name, applied_at, checksum, execution_time_ms, applied_by
+FROM public.schema_migrations ORDER BY id"""
+
+
+def history(target: Target, *, chain: Chain | None = None) -> HistoryReport:
+    """List an instance's applied revisions (from its mirror) and the pending ones."""
+    chain = chain or chain_for(ChainSpec.default())
+    with connect(target, autocommit=True) as conn:
+        state = read_state(conn)
+        rows = conn.execute(_HISTORY_SQL).fetchall() if state.has_mirror else []
+    entries = []
+    recorded = set()
+    for version, name, applied_at, checksum, ms, by in rows:
+        recorded.add(version)
+        if not chain.knows(version):
+            entry_state = "unknown"
+        elif checksum and chain.get(version).checksum != checksum:
+            entry_state = "checksum-mismatch"
+        else:
+            entry_state = "applied"
+        entries.append(HistoryEntry(version, name, entry_state, applied_at, checksum, ms, by))
+    verdict = classify(state, chain)
+    for version in verdict.pending:
+        if version not in recorded:
+            entries.append(HistoryEntry(version, chain.get(version).name, "pending"))
+    return HistoryReport(name=target.name, current=state.revision, head=chain.head, entries=tuple(entries))

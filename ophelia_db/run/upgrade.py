@@ -1,0 +1,191 @@
+"""`upgrade` and `downgrade` over a fleet selection: waves, triage, fan-out, hub reports.
+
+This module owns orchestration: deciding from one concurrent read which
+instances need work, leaving archived/suspended instances and other shards
+out, running the hub first and canaries next, handing the work to
+``fanout``, and reporting each finished instance to the hub. It never
+prints and never exits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+
+from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.fleet.config import Fleet, Target
+from ophelia_db.fleet.hub import HubReporter, RegistryUpdate, registry_statuses
+from ophelia_db.results import (
+    InstanceResult,
+    RunReport,
+)
+from ophelia_db.run import fanout
+from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.fanout import Halt, skipped
+from ophelia_db.run.instance import REFUSED_STATES, chain_for, failure, migrate, refused, state_fields
+from ophelia_db.run.mirror import InstanceState, classify
+from ophelia_db.run.status import probe_all
+
+ProgressCallback = Callable[[InstanceResult], None]
+
+
+def skip_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], list[str]]:
+    """Drop archived and suspended instances (per the hub registry) from an ``--all`` run."""
+    registry = registry_statuses(fleet.hub)
+    if not registry:
+        return targets, []
+    kept, skipped = [], []
+    for target in targets:
+        if target.role == "instance" and registry.get(target.name) in ("archived", "suspended"):
+            skipped.append(target.name)
+        else:
+            kept.append(target)
+    return kept, skipped
+
+
+def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
+    known = result.result not in ("unreachable", "skipped")
+    return RegistryUpdate(
+        target=target,
+        run_status=result.result,
+        version_known=known,
+        schema_version=result.to_revision,
+        schema_updated_at=result.updated_at,
+        migrations_count=result.migrations_count,
+        error=result.error,
+        schema_fingerprint=result.schema_fingerprint,
+    )
+
+
+def upgrade(
+    fleet: Fleet,
+    targets: list[Target],
+    *,
+    to: str = "head",
+    jobs: int | None = None,
+    dry_run: bool = False,
+    canary: str | None = None,
+    max_failures: int | None = None,
+    chain: Chain | None = None,
+    on_start: Callable[[Target], None] | None = None,
+    on_result: ProgressCallback | None = None,
+) -> RunReport:
+    """Upgrade the selected instances to ``to``: the hub first, canaries next, then the rest.
+
+    A failing hub or canary stops the run before the others are touched;
+    ``max_failures`` stops starting new instances once that many have failed.
+    """
+    chain = chain or chain_for(ChainSpec.default())
+    goal = chain.resolve(to)
+    jobs = jobs or fleet.defaults.jobs
+    results: dict[str, InstanceResult] = {}
+    reporter = None if dry_run else HubReporter(fleet.hub)
+    halt = Halt(max_failures=max_failures)
+
+    def finish(target: Target, result: InstanceResult) -> None:
+        results[target.name] = result
+        if reporter is not None and result.result != "skipped":
+            reporter.report(_registry_update(result, target))
+        if on_result:
+            on_result(result)
+
+    hub = [t for t in targets if t.role == "hub"]
+    canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
+    rest = [t for t in targets if t.role != "hub" and t not in canaries]
+    waves = [(hub, 1, "the hub"), (canaries, jobs, f"canary instances tagged '{canary}'"), (rest, jobs, "")]
+    # One concurrent read of every instance up front; each wave settles its
+    # own instances from it, so a failed hub still leaves the others untouched.
+    states = probe_all(targets)
+    outcomes = {t.name: _triage(t, states[t.name], chain, goal, dry_run) for t in targets}
+    parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
+    try:
+        with fanout.Workers(jobs, warm=parallel_work > 1) as workers:
+            for index, (wave, wave_jobs, label) in enumerate(waves):
+                if halt.reason:
+                    for target in wave:
+                        finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+                    continue
+                work = []
+                for target in wave:
+                    outcome = outcomes[target.name]
+                    if outcome is None:
+                        work.append(target)
+                    else:
+                        halt.record(outcome)
+                        finish(target, outcome)
+                fanout.run(work, chain.spec, goal, wave_jobs, halt, finish, on_start, workers)
+                failed = [t.name for t in wave if not results[t.name].succeeded]
+                if label and failed and index < len(waves) - 1 and not halt.reason:
+                    halt.reason = (
+                        f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
+                    )
+    finally:
+        if reporter is not None:
+            reporter.close()
+    ordered = tuple(sorted(results.values(), key=lambda r: (r.role != "hub", r.name)))
+    return RunReport(
+        run_id=uuid.uuid4().hex[:12],
+        target=to,
+        instances=ordered,
+        hub_report="ok" if reporter is None else reporter.state,
+        hub_error=None if reporter is None else reporter.error,
+        interrupted=halt.interrupted,
+    )
+
+
+def _triage(
+    target: Target, state: InstanceState | OpheliaError, chain: Chain, goal: str | None, dry_run: bool
+) -> InstanceResult | None:
+    """Settle an instance without a lock when its first look says so; ``None`` means migrate."""
+    started = time.monotonic()
+    if isinstance(state, OpheliaError):
+        return failure(target, state, started)
+    verdict = classify(state, chain, goal)
+    known = state_fields(state)
+    if verdict.state in REFUSED_STATES:
+        return refused(target, verdict.problem or verdict.state, started, known)
+    if dry_run:
+        return InstanceResult(
+            name=target.name,
+            role=target.role,
+            result="planned" if verdict.pending else "noop",
+            applied=verdict.pending,
+            **{**known, "to_revision": verdict.pending[-1] if verdict.pending else state.revision},
+        )
+    if not verdict.pending and not state.locked:
+        return InstanceResult(name=target.name, role=target.role, result="noop", **known)
+    return None
+
+
+def downgrade(fleet: Fleet, target: Target, *, to: str, chain: Chain | None = None) -> RunReport:
+    """Move one instance down to revision ``to``, removing the reverted history rows."""
+    chain = chain or chain_for(ChainSpec.default())
+    goal = chain.resolve(to)
+    reporter = HubReporter(fleet.hub)
+    result = migrate(target, chain.spec, goal, downgrade=True)
+    reporter.report(_registry_update(result, target))
+    reporter.close()
+    return RunReport(
+        run_id=uuid.uuid4().hex[:12],
+        target=to,
+        instances=(result,),
+        hub_report=reporter.state,
+        hub_error=reporter.error,
+    )
+
+
+def shard(targets: list[Target], spec: str) -> list[Target]:
+    """Keep the instances of shard ``K/N`` (1-based), leaving the hub out.
+
+    Membership depends only on each instance's name (a CRC32 of it), so
+    adding an instance to the fleet never moves the others between shards,
+    and N machines of a CI matrix together cover the selection exactly once.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ConfigError(f"--shard {spec!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    index, count = int(match.group(1)) - 1, int(match.group(2))
+    return [t for t in targets if t.role != "hub" and zlib.crc32(t.name.encode()) % count == index]
