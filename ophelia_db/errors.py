@@ -86,11 +86,15 @@ class UnreachableError(OpheliaError):
     exit_code = ExitCode.UNREACHABLE
 
 
-def combine_exit_codes(codes: Sequence[int]) -> int:
-    """Return a fleet run's exit code from its per-instance codes.
+def combine_exit_codes(codes: Sequence[int], *, ignore_ok: bool = False) -> int:
+    """Return a fleet command's exit code from its per-instance codes.
 
     All succeeded → 0; all failed the same way → that code; anything else → 7.
+    With ``ignore_ok`` (the checks: ``validate``, ``drift``) instances that
+    passed do not count, so the code is the failures' own when they agree.
     """
+    if ignore_ok:
+        codes = [code for code in codes if code != ExitCode.OK]
     if not codes:
         return ExitCode.OK
     if all(code == ExitCode.OK for code in codes):

@@ -7,13 +7,13 @@ the exit code each one implies. It imports nothing but ``errors``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, ClassVar
 
 from ophelia_db.errors import ExitCode, combine_exit_codes
 
-STATES_AT_HEAD = {"up-to-date"}
 # status --check: states that only mean "not migrated yet" exit 1; a broken or
 # unreachable instance keeps its own, more serious code.
 _STATE_CODES = {
@@ -33,8 +33,49 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def jsonable(value: Any) -> Any:
+    """A result field as JSON: records nested, tuples as lists, datetimes in ISO 8601, enums by value."""
+    if hasattr(value, "as_record"):
+        return value.as_record()
+    if isinstance(value, tuple | list):
+        return [jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+class Record:
+    """A result dataclass whose JSON record is derived from its fields, in their order.
+
+    ``json_names`` renames fields, ``json_hidden`` leaves fields out, and
+    ``json_omit_empty`` leaves a field out when it is empty or ``None``, and
+    ``json_extra`` appends properties; the records keep the shapes documented
+    in docs/design.md §3.
+    """
+
+    json_names: ClassVar[dict[str, str]] = {}
+    json_hidden: ClassVar[frozenset[str]] = frozenset()
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset()
+    json_extra: ClassVar[tuple[str, ...]] = ()
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for item in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if item.name in self.json_hidden or (item.name in self.json_omit_empty and not value):
+                continue
+            record[self.json_names.get(item.name, item.name)] = jsonable(value)
+        for name in self.json_extra:
+            record[name] = jsonable(getattr(self, name))
+        return record
+
+
 @dataclass(frozen=True)
-class InstanceStatus:
+class InstanceStatus(Record):
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"registry_status"})
+
     name: str
     role: str
     state: str
@@ -45,33 +86,15 @@ class InstanceStatus:
     error: str | None = None
     registry_status: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "name": self.name,
-            "role": self.role,
-            "state": self.state,
-            "current": self.current,
-            "pending": list(self.pending),
-            "migrations_count": self.migrations_count,
-            "updated_at": _iso(self.updated_at),
-            "error": self.error,
-        }
-        if self.registry_status is not None:
-            record["registry_status"] = self.registry_status
-        return record
-
     @property
     def exit_code(self) -> int:
         return _STATE_CODES.get(self.state, ExitCode.INTERNAL)
 
 
 @dataclass(frozen=True)
-class StatusReport:
+class StatusReport(Record):
     head: str | None
     instances: tuple[InstanceStatus, ...]
-
-    def as_record(self) -> dict[str, Any]:
-        return {"head": self.head, "instances": [i.as_record() for i in self.instances]}
 
     def exit_code(self, check: bool = False) -> int:
         """0 when all are at head; with ``--check`` 1 when some are merely behind."""
@@ -88,7 +111,13 @@ class StatusReport:
 
 
 @dataclass(frozen=True)
-class InstanceResult:
+class InstanceResult(Record):
+    json_names: ClassVar[dict[str, str]] = {"from_revision": "from", "to_revision": "to"}
+    json_hidden: ClassVar[frozenset[str]] = frozenset(
+        {"migrations_count", "updated_at", "schema_fingerprint"}
+    )
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"reverted"})
+
     name: str
     role: str
     result: str
@@ -107,26 +136,13 @@ class InstanceResult:
     def succeeded(self) -> bool:
         return self.exit_code == ExitCode.OK
 
-    def as_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "name": self.name,
-            "role": self.role,
-            "result": self.result,
-            "from": self.from_revision,
-            "to": self.to_revision,
-            "applied": list(self.applied),
-            "duration_ms": self.duration_ms,
-            "exit_code": int(self.exit_code),
-            "error": self.error,
-        }
-        if self.reverted:
-            record["reverted"] = list(self.reverted)
-        return record
-
 
 @dataclass(frozen=True)
-class RunReport:
+class RunReport(Record):
     """The outcome of ``upgrade``/``downgrade`` over a selection."""
+
+    json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted"})
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
 
     run_id: str
     target: str
@@ -134,17 +150,6 @@ class RunReport:
     hub_report: str = "ok"
     hub_error: str | None = None
     interrupted: int | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "run_id": self.run_id,
-            "target": self.target,
-            "instances": [i.as_record() for i in self.instances],
-            "hub_report": self.hub_report,
-        }
-        if self.hub_error:
-            record["hub_error"] = self.hub_error
-        return record
 
     @property
     def exit_code(self) -> int:
@@ -157,21 +162,14 @@ class RunReport:
 
 
 @dataclass(frozen=True)
-class SyncReport:
+class SyncReport(Record):
     """The outcome of ``sync``: each instance's version as pushed to the hub."""
+
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
 
     instances: tuple[InstanceStatus, ...]
     hub_report: str
     hub_error: str | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "instances": [i.as_record() for i in self.instances],
-            "hub_report": self.hub_report,
-        }
-        if self.hub_error:
-            record["hub_error"] = self.hub_error
-        return record
 
     @property
     def exit_code(self) -> int:
@@ -182,7 +180,7 @@ class SyncReport:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(Record):
     version: str
     name: str
     state: str
@@ -191,29 +189,12 @@ class HistoryEntry:
     execution_time_ms: int | None = None
     applied_by: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "name": self.name,
-            "state": self.state,
-            "applied_at": _iso(self.applied_at),
-            "checksum": self.checksum,
-            "execution_time_ms": self.execution_time_ms,
-            "applied_by": self.applied_by,
-        }
-
 
 @dataclass(frozen=True)
-class HistoryReport:
+class HistoryReport(Record):
+    json_names: ClassVar[dict[str, str]] = {"entries": "migrations"}
+
     name: str
     current: str | None
     head: str | None
     entries: tuple[HistoryEntry, ...]
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "current": self.current,
-            "head": self.head,
-            "migrations": [e.as_record() for e in self.entries],
-        }

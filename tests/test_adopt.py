@@ -9,12 +9,12 @@ import psycopg
 import pytest
 
 from ophelia_db import run as runner
+from ophelia_db import trust
 from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet import catalog
 from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.local.cluster import LocalCluster
-from ophelia_db.trust import adopt
-from ophelia_db.trust import validate as integrity
+from ophelia_db.trust.adopt import BASELINE_MARK
 from ophelia_db.trust.reference import References
 from tests.conftest import FleetDbs
 from tests.trust_support import (  # noqa: F401  (references is a session fixture)
@@ -77,7 +77,7 @@ def test_pasted_instance_is_adopted_at_the_right_revision_then_upgrades_normally
     assert rows(url, "SELECT version_num FROM alembic_version") == [("0003",)]
     history = rows(url, "SELECT version, checksum, applied_by FROM schema_migrations ORDER BY version")
     assert [(v, c) for v, c, _ in history] == [(r.id, r.checksum) for r in CHAIN.revisions[:3]]
-    assert all(by.startswith(adopt.BASELINE_MARK) for _, _, by in history)
+    assert all(by.startswith(BASELINE_MARK) for _, _, by in history)
     assert rows(url, "SELECT current_version, instance_id FROM schema_version") == [("0003", "inst1")]
     ((action, revision, details),) = rows(url, "SELECT action, revision, details FROM ophelia_repairs")
     assert (action, revision, details["matched"], details["forced"]) == ("adopt", "0003", True, False)
@@ -86,7 +86,7 @@ def test_pasted_instance_is_adopted_at_the_right_revision_then_upgrades_normally
 
     upgraded = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert [(r.result, r.applied) for r in upgraded.instances] == [("ok", ("0004",))]
-    assert integrity.validate(fleet, fleet.select(["inst1"])).exit_code == 0
+    assert trust.validate(fleet, fleet.select(["inst1"])).exit_code == 0
     status = runner.status(fleet, fleet.select(["inst1"]))
     assert status.instances[0].state == "up-to-date"
     assert fingerprint(url) == fingerprint(fleet.hub.dsn())
@@ -96,9 +96,9 @@ def test_pasted_head_is_adopted_at_head(fleet_of: tuple[Fleet, Path, str], refer
     fleet, _, url = fleet_of
     paste_offline_sql(url, "head")
     target = fleet.get("inst1")
-    plan = adopt.plan_adoption(target, references)
+    plan = trust.plan_adoption(target, references)
     assert (plan.revision, plan.matched, plan.differences) == (HEAD, True, ())
-    stamped = adopt.adopt(target, plan, references)
+    stamped = trust.adopt(target, plan, references)
     assert stamped.stamped
     assert [(r.result, r.applied) for r in runner.upgrade(fleet, [target], jobs=1).instances] == [
         ("noop", ())
@@ -132,7 +132,7 @@ def test_versioned_or_empty_databases_are_not_adopted(
     references: References,  # noqa: F811
 ) -> None:
     fleet, path, url = fleet_of
-    empty = adopt.plan_adoption(fleet.get("inst1"), references)
+    empty = trust.plan_adoption(fleet.get("inst1"), references)
     assert (empty.revision, empty.matched) == (None, True)
     assert "nothing to adopt" in " ".join(empty.evidence)
     before = pg_dump(url)
@@ -142,7 +142,7 @@ def test_versioned_or_empty_databases_are_not_adopted(
     assert_one_error_line(cli("adopt", "--instance", "hub", fleet=path), 2)  # already has alembic_version
     assert_one_error_line(cli("adopt", "--instance", "inst1", "--at", "0077", fleet=path), 2)
     with pytest.raises(ConfigError, match="already has alembic_version"):
-        adopt.plan_adoption(fleet.hub, references)
+        trust.plan_adoption(fleet.hub, references)
 
 
 def test_adopt_refuses_when_the_schema_changed_since_the_comparison(
@@ -151,10 +151,10 @@ def test_adopt_refuses_when_the_schema_changed_since_the_comparison(
 ) -> None:
     fleet, _, url = fleet_of
     paste_offline_sql(url, "0002")
-    plan = adopt.plan_adoption(fleet.get("inst1"), references)
+    plan = trust.plan_adoption(fleet.get("inst1"), references)
     assert (plan.revision, plan.matched) == ("0002", True)
     execute(url, "CREATE TABLE public.sneaked_in (id int)")
     before = pg_dump(url)
     with pytest.raises(IntegrityRefusal, match="changed since it was compared"):
-        adopt.adopt(fleet.get("inst1"), plan, references)
+        trust.adopt(fleet.get("inst1"), plan, references)
     assert pg_dump(url) == before

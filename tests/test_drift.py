@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from ophelia_db import run as runner
+from ophelia_db import trust
 from ophelia_db.fleet import catalog
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.local.cluster import LocalCluster
-from ophelia_db.trust import adopt
 from ophelia_db.trust.reference import References
 from tests.conftest import FleetDbs, MakeDatabase
 from tests.trust_support import HEAD, cli, execute, references, trust_fleet  # noqa: F401
@@ -58,7 +58,7 @@ def test_drift_finds_a_hand_added_column_and_a_dropped_policy(fleet_path: Path) 
 
 def test_no_drift_exits_0_with_one_group(fleet_path: Path, references: References) -> None:  # noqa: F811
     fleet = load_fleet(fleet_path)
-    report = adopt.drift(fleet.select(all_=True), references)
+    report = trust.drift(fleet.select(all_=True), references)
     assert (report.exit_code, report.summary) == (0, "4 identical, 0 differ")
     (group,) = report.groups
     assert group.identical and group.revision == HEAD and len(group.instances) == 4
@@ -78,7 +78,7 @@ def test_unknown_revision_and_unversioned_instances(
     members = {"inst1": fleet.get("inst1").dsn(), "fresh": make_database("fresh")}
     (tmp_path / "other").mkdir()
     fleet = load_fleet(trust_fleet(tmp_path / "other", pg_cluster, fleet.hub.dsn(), members))
-    report = adopt.drift(fleet.select(all_=True), references)
+    report = trust.drift(fleet.select(all_=True), references)
     by_name = {row.name: row for row in report.instances}
     assert {name: row.state for name, row in by_name.items()} == {
         "hub": "identical",
@@ -109,6 +109,6 @@ def test_supabase_default_privileges_are_not_drift(
     fleet = load_fleet(trust_fleet(tmp_path, pg_cluster, hub, {"supa": supabase_like}))
     assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
 
-    report = adopt.drift(fleet.select(["supa"]), references)
+    report = trust.drift(fleet.select(["supa"]), references)
     (row,) = report.instances
     assert (row.state, row.differences) == ("identical", ()), [d.describe() for d in row.differences]

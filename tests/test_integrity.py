@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from ophelia_db import run as runner
+from ophelia_db import trust
 from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.local.cluster import LocalCluster
 from ophelia_db.run.chain import Chain, file_checksum
-from ophelia_db.trust import validate as integrity
 from tests.conftest import FleetDbs
 from tests.trust_support import (
     assert_one_error_line,
@@ -80,7 +80,7 @@ def _edit(trusted: Trusted) -> tuple[str, str]:
 
 
 def test_valid_instance_passes(trusted: Trusted) -> None:
-    report = integrity.validate(trusted.fleet, trusted.fleet.select(all_=True), chain=trusted.chain())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(all_=True), chain=trusted.chain())
     assert report.exit_code == 0
     assert {row.name: (row.state, row.current) for row in report.instances} == {
         "hub": ("valid", "0005"),
@@ -94,7 +94,7 @@ def test_valid_instance_passes(trusted: Trusted) -> None:
 def test_line_endings_and_bom_do_not_count(trusted: Trusted) -> None:
     text = trusted.revision_file.read_text()
     trusted.revision_file.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
-    report = integrity.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
     assert report.exit_code == 0, report.as_record()
 
 
@@ -102,7 +102,7 @@ def test_edited_file_is_refused_naming_everything_and_nothing_changes(trusted: T
     before = pg_dump(trusted.url)
     old, new = _edit(trusted)
 
-    report = integrity.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
     (row,) = report.instances
     assert (report.exit_code, row.state) == (4, "checksum-mismatch")
     (finding,) = row.findings
@@ -132,7 +132,7 @@ def test_unknown_revision_is_refused_and_nothing_changes(trusted: Trusted) -> No
     )
     before = pg_dump(trusted.url)
 
-    report = integrity.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
     assert (report.exit_code, report.instances[0].state) == (4, "ahead")
     assert "0099" in report.instances[0].findings[0].message
 
@@ -150,7 +150,7 @@ def test_mirror_mismatch_is_refused_then_rebuilt_by_an_explicit_logged_repair(tr
     execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0003'")
     before = pg_dump(trusted.url)
 
-    report = integrity.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
     assert (report.exit_code, report.instances[0].state) == (4, "mirror-mismatch")
     assert "0003" in report.instances[0].findings[0].message
     upgraded = cli("upgrade", "-i", "inst1", fleet=trusted.fleet_path, locations=trusted.locations)
@@ -192,9 +192,9 @@ def test_accept_checksum_records_the_edit(trusted: Trusted) -> None:
     old, new = _edit(trusted)
     chain = trusted.chain()
     target = trusted.fleet.get("inst1")
-    request = integrity.RepairRequest(accept_checksums=("0005",), reason="typo in a comment")
+    request = trust.RepairRequest(accept_checksums=("0005",), reason="typo in a comment")
 
-    plan = integrity.plan_repair(target, request, chain=chain)
+    plan = trust.plan_repair(target, request, chain=chain)
     assert [(s.action, s.revision, s.before, s.after) for s in plan.steps] == [
         ("accept-checksum", "0005", old, new)
     ]
@@ -207,23 +207,23 @@ def test_accept_checksum_records_the_edit(trusted: Trusted) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert old in done.stdout and new in done.stdout and "repaired inst1: 1 change(s)" in done.stdout
     assert rows(trusted.url, "SELECT checksum FROM schema_migrations WHERE version = '0005'") == [(new,)]
-    assert integrity.validate(trusted.fleet, [target], chain=chain).exit_code == 0
+    assert trust.validate(trusted.fleet, [target], chain=chain).exit_code == 0
     (details,) = rows(trusted.url, "SELECT details FROM ophelia_repairs WHERE action = 'accept-checksum'")[0]
     assert (details["before"], details["after"], details["reason"]) == (old, new, "typo in a comment")
     # Nothing more to accept: an empty plan.
-    assert integrity.plan_repair(target, request, chain=chain).steps == ()
+    assert trust.plan_repair(target, request, chain=chain).steps == ()
 
 
 def test_repair_refuses_a_plan_the_instance_no_longer_matches(trusted: Trusted) -> None:
     chain = trusted.chain()
     target = trusted.fleet.get("inst1")
     execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0003'")
-    request = integrity.RepairRequest(rebuild_mirror=True)
-    plan = integrity.plan_repair(target, request, chain=chain)
+    request = trust.RepairRequest(rebuild_mirror=True)
+    plan = trust.plan_repair(target, request, chain=chain)
     execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0002'")
     before = pg_dump(trusted.url)
     with pytest.raises(IntegrityRefusal, match="changed since the plan was shown"):
-        integrity.repair(target, plan, request, chain=chain)
+        trust.repair(target, plan, request, chain=chain)
     assert pg_dump(trusted.url) == before
 
 
@@ -235,8 +235,8 @@ def test_repair_bad_input_is_one_line_with_exit_2(trusted: Trusted) -> None:
     assert_one_error_line(cli("validate", "-i", "nope", **common), 2)
     with pytest.raises(ConfigError, match="no row for revision 0005"):
         execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0005'")
-        integrity.plan_repair(
+        trust.plan_repair(
             trusted.fleet.get("inst1"),
-            integrity.RepairRequest(accept_checksums=("0005",)),
+            trust.RepairRequest(accept_checksums=("0005",)),
             chain=trusted.chain(),
         )

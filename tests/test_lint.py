@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from ophelia_db.run.script import mark_non_transactional, statements
-from ophelia_db.trust import lint
+from ophelia_db.trust.lint import LintReport, lint, squawk_binary
 from tests.conftest import write_fleet
 from tests.trust_support import ALEMBIC_INI, ROOT, SHIPPED_VERSIONS, chain_at, cli
 
 LINT_CHAIN = os.pathsep.join([str(SHIPPED_VERSIONS), str(ROOT / "tests" / "chains" / "lint")])
-SQUAWK = lint.squawk_binary() is not None
+SQUAWK = squawk_binary() is not None
 
 
-def rules(report: lint.LintReport, source: str | None = None) -> set[tuple[str, str]]:
+def rules(report: LintReport, source: str | None = None) -> set[tuple[str, str]]:
     return {(f.revision, f.rule) for f in report.findings if source in (None, f.source)}
 
 
@@ -27,20 +27,20 @@ def test_squawk_cli_is_installed_with_the_project() -> None:
 
 @pytest.mark.parametrize("use_squawk", [True, False], ids=["squawk", "own-rules"])
 def test_the_shipped_chain_lints_clean(use_squawk: bool) -> None:
-    report = lint.lint(chain=chain_at(str(SHIPPED_VERSIONS)), squawk=use_squawk)
+    report = lint(chain=chain_at(str(SHIPPED_VERSIONS)), squawk=use_squawk)
     assert report.findings == (), [f.as_record() for f in report.findings]
     assert report.revisions == ("0001", "0002", "0003", "0004") and report.exit_code == 0
     assert ALEMBIC_INI.is_file()
 
 
 def test_safe_revision_passes_new_tables_autocommit_blocks_and_defaults() -> None:
-    report = lint.lint(start="0004", to="0005", chain=chain_at(LINT_CHAIN))
+    report = lint(start="0004", to="0005", chain=chain_at(LINT_CHAIN))
     assert report.findings == (), [f.as_record() for f in report.findings]
     assert report.revisions == ("0005",)
 
 
 def test_blocking_index_build_and_friends_are_flagged() -> None:
-    report = lint.lint(start="0005", chain=chain_at(LINT_CHAIN))
+    report = lint(start="0005", chain=chain_at(LINT_CHAIN))
     assert report.exit_code == 1
     assert rules(report, "ophelia-db") == {
         ("0006", "blocking-index-build"),

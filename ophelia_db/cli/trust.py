@@ -15,16 +15,13 @@ from typing import Annotated
 
 import typer
 
+from ophelia_db import trust
 from ophelia_db.cli.options import AllOpt, FleetOpt, InstanceOpt, JsonOpt, TagOpt, errors, fail, fleet_at
 from ophelia_db.cli.render import emit_json
 from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.catalog import Difference
 from ophelia_db.fleet.config import Fleet
-from ophelia_db.run.chain import ChainSpec
-from ophelia_db.run.instance import chain_for
-from ophelia_db.trust import adopt as adoption
-from ophelia_db.trust import lint as linting
-from ophelia_db.trust import validate as integrity
+from ophelia_db.run.chain import chain_for
 from ophelia_db.trust.reference import References, build_references
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")]
@@ -67,7 +64,7 @@ def validate(
     with errors():
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
-        report = integrity.validate(loaded, targets)
+        report = trust.validate(loaded, targets)
     if json_:
         emit_json(report.as_record())
         raise typer.Exit(report.exit_code)
@@ -111,10 +108,10 @@ def repair(
     with errors():
         loaded = fleet_at(fleet)
         target = loaded.get(instance)
-        request = integrity.RepairRequest(
+        request = trust.RepairRequest(
             accept_checksums=tuple(accept_checksum or ()), rebuild_mirror=rebuild_mirror, reason=reason
         )
-        plan = integrity.plan_repair(target, request)
+        plan = trust.plan_repair(target, request)
     if not json_:
         _show_repair_plan(plan)
     if plan.steps:
@@ -123,7 +120,7 @@ def repair(
                 emit_json(plan.as_record())
             fail("not confirmed (pass --yes); nothing was changed", ExitCode.USAGE)
         with errors():
-            plan = integrity.repair(target, plan, request)
+            plan = trust.repair(target, plan, request)
     if json_:
         emit_json(plan.as_record())
     elif plan.applied:
@@ -142,7 +139,7 @@ def _confirmed(question: str) -> bool:
         return False
 
 
-def _show_repair_plan(plan: integrity.RepairPlan) -> None:
+def _show_repair_plan(plan: trust.RepairPlan) -> None:
     if not plan.steps:
         _out(f"{plan.instance}: nothing to change")
     else:
@@ -157,7 +154,7 @@ def _show_repair_plan(plan: integrity.RepairPlan) -> None:
 
 
 def _references(loaded: Fleet, scratch_url: str | None) -> References:
-    return build_references(chain_for(ChainSpec.default()), fleet=loaded, scratch_url=scratch_url)
+    return build_references(chain_for(), fleet=loaded, scratch_url=scratch_url)
 
 
 def adopt(
@@ -184,9 +181,9 @@ def adopt(
         loaded = fleet_at(fleet)
         target = loaded.get(instance)
         references = _references(loaded, scratch_url)
-        plan = adoption.plan_adoption(target, references, at=at)
+        plan = trust.plan_adoption(target, references, at=at)
         if yes and plan.revision is not None and (plan.matched or plan.forced):
-            plan = adoption.adopt(target, plan, references)
+            plan = trust.adopt(target, plan, references)
     if json_:
         emit_json(plan.as_record())
     else:
@@ -230,7 +227,7 @@ def drift(
     with errors():
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
-        report = adoption.drift(targets, lambda: _references(loaded, scratch_url))
+        report = trust.drift(targets, lambda: _references(loaded, scratch_url))
     if json_:
         emit_json(report.as_record())
         raise typer.Exit(report.exit_code)
@@ -277,7 +274,7 @@ def lint(
     Example: ophelia-db lint --from 0004
     """
     with errors():
-        report = linting.lint(start=from_, to=to, squawk=not no_squawk)
+        report = trust.lint(start=from_, to=to, squawk=not no_squawk)
     if json_:
         emit_json(report.as_record())
         raise typer.Exit(report.exit_code)

@@ -20,7 +20,9 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ophelia_db.results import Record
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
@@ -169,8 +171,10 @@ _POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", 
 
 
 @dataclass(frozen=True)
-class Difference:
+class Difference(Record):
     """One object that differs: ``missing`` from the live schema, ``extra`` in it, or ``changed``."""
+
+    json_names: ClassVar[dict[str, str]] = {"key": "object"}
 
     category: str
     key: str
@@ -179,9 +183,6 @@ class Difference:
 
     def describe(self) -> str:
         return f"{self.category} {self.key}: {self.change}" + (f" ({self.detail})" if self.detail else "")
-
-    def as_record(self) -> dict[str, str]:
-        return {"category": self.category, "object": self.key, "change": self.change, "detail": self.detail}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomlkit
 from pydantic import SecretStr
@@ -31,9 +31,9 @@ from ophelia_db.instances import lifecycle, vault
 from ophelia_db.instances import sql as sqlgen
 from ophelia_db.instances.answers import Answers, environment, resolve_secrets
 from ophelia_db.redaction import register_secret
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import REFUSED_STATES, chain_for
-from ophelia_db.run.mirror import classify
+from ophelia_db.results import Record
+from ophelia_db.run.chain import Chain, chain_for
+from ophelia_db.run.state import REFUSED_STATES, classify
 
 # --- fleet.toml -----------------------------------------------------------------------------------
 
@@ -127,8 +127,10 @@ STEPS = (
 
 
 @dataclass(frozen=True)
-class Step:
+class Step(Record):
     """One item of the provisioning checklist: ``ok`` (already so), ``done`` (changed now)."""
+
+    json_names: ClassVar[dict[str, str]] = {"name": "step"}
 
     name: str
     state: StepState
@@ -137,9 +139,6 @@ class Step:
     @property
     def ticked(self) -> bool:
         return self.state in ("ok", "done")
-
-    def as_record(self) -> dict[str, Any]:
-        return {"step": self.name, "state": self.state, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -313,7 +312,7 @@ def apply(
     so a second run changes nothing and an interrupted one is resumed by
     running it again.
     """
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     run = _Apply(fleet, answers, environment(fleet.path) if env is None else env, chain)
     steps: list[Step] = []
     code: int = ExitCode.OK

@@ -13,15 +13,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import Connection, connect, describe_error, sql_identifier
 from ophelia_db.instances.vault import APP_PUBLIC_KEYS
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import chain_for
-from ophelia_db.run.mirror import classify, read_state
+from ophelia_db.results import Record
+from ophelia_db.run.chain import Chain, chain_for
+from ophelia_db.run.state import classify, read_state
 
 Status = Literal["pending", "active", "suspended", "archived"]
 API_ROLES = ("anon", "authenticated", "service_role")
@@ -52,7 +52,9 @@ def _registry(conn: Connection, hub: Target) -> None:
 
 
 @dataclass(frozen=True)
-class StatusChange:
+class StatusChange(Record):
+    json_extra: ClassVar[tuple[str, ...]] = ("changed",)
+
     name: str
     previous: str | None
     status: str
@@ -60,9 +62,6 @@ class StatusChange:
     @property
     def changed(self) -> bool:
         return self.previous != self.status
-
-    def as_record(self) -> dict[str, Any]:
-        return {"name": self.name, "previous": self.previous, "status": self.status, "changed": self.changed}
 
 
 def set_status(fleet: Fleet, name: str, status: Status) -> StatusChange:
@@ -105,8 +104,10 @@ def _registered(conn: Connection) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Member:
+class Member(Record):
     """One line of ``ophelia-db instances``: what fleet.toml and the hub registry say about a name."""
+
+    json_extra: ClassVar[tuple[str, ...]] = ("flag",)
 
     name: str
     role: str
@@ -126,28 +127,13 @@ class Member:
             return "in the registry, not in fleet.toml"
         return None
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "role": self.role,
-            "community_name": self.community_name,
-            "community_type": self.community_type,
-            "status": self.status,
-            "schema_version": self.schema_version,
-            "last_run_status": self.last_run_status,
-            "in_fleet": self.in_fleet,
-            "in_registry": self.in_registry,
-            "flag": self.flag,
-        }
-
 
 @dataclass(frozen=True)
-class InstancesReport:
+class InstancesReport(Record):
+    json_names: ClassVar[dict[str, str]] = {"members": "instances"}
+
     hub: str
     members: tuple[Member, ...]
-
-    def as_record(self) -> dict[str, Any]:
-        return {"hub": self.hub, "instances": [m.as_record() for m in self.members]}
 
     def exit_code(self, check: bool = False) -> int:
         """With ``check``, 1 when fleet.toml and the registry disagree."""
@@ -189,27 +175,21 @@ def instances(fleet: Fleet) -> InstancesReport:
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(Record):
+    json_names: ClassVar[dict[str, str]] = {"name": "check"}
+
     name: str
     ok: bool
     detail: str
 
-    def as_record(self) -> dict[str, Any]:
-        return {"check": self.name, "ok": self.ok, "detail": self.detail}
-
 
 @dataclass(frozen=True)
-class DoctorReport:
+class DoctorReport(Record):
+    json_names: ClassVar[dict[str, str]] = {"name": "instance"}
+
     name: str
     checks: tuple[Check, ...]
     exit_code: int
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "instance": self.name,
-            "checks": [c.as_record() for c in self.checks],
-            "exit_code": self.exit_code,
-        }
 
 
 _PROBE_KEY = "OPHELIA_DOCTOR_PROBE"
@@ -291,7 +271,7 @@ def _check_head(conn: Connection, chain: Chain) -> str:
 
 def doctor(fleet: Fleet, target: Target, *, chain: Chain | None = None) -> DoctorReport:
     """Check what the Ophelia app relies on, one check per line; exit 8 if unreachable, else 1 on failure."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     try:
         conn = connect(target, autocommit=True)
     except OpheliaError as error:

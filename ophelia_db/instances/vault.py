@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.connections import Connection, connect, describe_error
 from ophelia_db.redaction import MASK, register_secret
+from ophelia_db.results import Record
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
@@ -175,7 +176,9 @@ class ConfigEntry:
 
 
 @dataclass(frozen=True)
-class SetResult:
+class SetResult(Record):
+    json_hidden: ClassVar[frozenset[str]] = frozenset({"warning"})
+
     instance: str
     key: str
     created: bool
@@ -185,21 +188,12 @@ class SetResult:
     is_public: bool
     warning: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "instance": self.instance,
-            "key": self.key,
-            "created": self.created,
-            "changed": self.changed,
-            "version": self.version,
-            "is_secret": self.is_secret,
-            "is_public": self.is_public,
-        }
-
 
 @dataclass(frozen=True)
-class InstanceConfig:
+class InstanceConfig(Record):
     """One instance's answer in a fleet-wide read: its entries, or why it could not be read."""
+
+    json_hidden: ClassVar[frozenset[str]] = frozenset({"exit_code"})
 
     instance: str
     entries: tuple[ConfigEntry, ...] = ()
@@ -208,13 +202,6 @@ class InstanceConfig:
 
     def get(self, key: str) -> ConfigEntry | None:
         return next((e for e in self.entries if e.key == key), None)
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "instance": self.instance,
-            "entries": [e.as_record() for e in self.entries],
-            "error": self.error,
-        }
 
 
 _SELECT = """SELECT key, CASE WHEN is_secret AND NOT %(reveal)s THEN NULL ELSE value END,

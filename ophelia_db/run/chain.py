@@ -271,3 +271,14 @@ def _read_linear(spec: ChainSpec) -> list[Revision] | None:
     if len(ordered) != len(by_id):
         return None
     return ordered
+
+
+_loaded: dict[ChainSpec, Chain] = {}
+
+
+def chain_for(spec: ChainSpec | None = None) -> Chain:
+    """The chain of ``spec`` (default: the project's), read once per process."""
+    spec = spec or ChainSpec.default()
+    if spec not in _loaded:
+        _loaded[spec] = Chain.load(spec)
+    return _loaded[spec]

@@ -109,10 +109,9 @@ class Workers:
 
 
 def _warm_up() -> None:
-    from ophelia_db.run.chain import ChainSpec
-    from ophelia_db.run.instance import chain_for
+    from ophelia_db.run.chain import chain_for
 
-    chain_for(ChainSpec.default())
+    chain_for()
 
 
 def run(

@@ -26,11 +26,11 @@ from ophelia_db.fleet.connections import (
 )
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult
-from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
-from ophelia_db.run.mirror import InstanceState, MirrorHook, classify, read_state
+from ophelia_db.run.mirror import MirrorHook
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_state
 
-REFUSED_STATES = {"ahead", "checksum-mismatch", "mirror-mismatch", "error"}
 _RESULT_OF_CODE = {
     ExitCode.USAGE: "refused",
     ExitCode.LOCKED: "locked",
@@ -40,16 +40,8 @@ _RESULT_OF_CODE = {
     ExitCode.UNREACHABLE: "unreachable",
 }
 log = logging.getLogger(__name__)
-_chains: dict[ChainSpec, Chain] = {}
 LOCK_RETRIES = 2
 LOCK_BACKOFF_SECONDS = 0.5
-
-
-def chain_for(spec: ChainSpec) -> Chain:
-    """Load a chain once per process."""
-    if spec not in _chains:
-        _chains[spec] = Chain.load(spec)
-    return _chains[spec]
 
 
 def state_fields(state: InstanceState) -> dict[str, Any]:

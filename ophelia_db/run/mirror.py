@@ -1,181 +1,25 @@
-"""The version mirror: ``schema_migrations`` and ``schema_version`` in every database.
+"""The version mirror's only writer: ``schema_migrations`` and ``schema_version``.
 
-This module owns reading an instance's versioning state in one round trip,
-classifying it against the chain (up-to-date, outdated, unversioned, ahead,
-checksum-mismatch, mirror-mismatch), and the Alembic ``on_version_apply``
-hook that writes the mirror rows inside each revision's own transaction —
-online through the migration connection, offline as guarded
-``register_migration`` calls so that hand-pasted SQL is recorded too.
+The mirror is written in three situations, all through this module: the
+Alembic ``on_version_apply`` hook (``MirrorHook``) inside each revision's own
+transaction — online through the migration connection, offline as guarded
+``register_migration`` calls so that hand-pasted SQL is recorded too — and
+the deliberate history changes of ``repair`` and ``adopt`` (the row
+functions below), which also stamp ``alembic_version``.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from ophelia_db._version import __version__
-from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY, sql_literal
-from ophelia_db.run.chain import Chain
-
-_LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = 0 AND l.objid = {MIGRATION_LOCK_KEY} AND l.objsubid = 1)"""
-
-# The fast path: one statement, valid once the chain's versioning revision
-# has run, which is the state of almost every instance on almost every run.
-_STATE_SQL = f"""SELECT
-  true, (SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version),
-  true, (SELECT current_version FROM public.schema_version WHERE id = 1),
-  (SELECT updated_at FROM public.schema_version WHERE id = 1),
-  (SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations),
-  {_LOCKED}"""
-
-_TABLES_SQL = """SELECT to_regclass('public.alembic_version') IS NOT NULL,
-  to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL"""
-
-
-@dataclass(frozen=True)
-class InstanceState:
-    """What a database says about its own version, read in one go."""
-
-    has_version_table: bool
-    heads: tuple[str, ...]
-    has_mirror: bool
-    current_version: str | None
-    updated_at: datetime | None
-    history: tuple[tuple[str, str | None], ...]
-    locked: bool = False
-
-    @property
-    def revision(self) -> str | None:
-        return self.heads[0] if len(self.heads) == 1 else None
-
-    @property
-    def migrations_count(self) -> int:
-        return len(self.history)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A state classified against the chain; ``state`` uses DESIGN §3's words."""
-
-    state: str
-    pending: tuple[str, ...] = ()
-    problem: str | None = None
-
-
-def read_state(conn: Any) -> InstanceState:
-    """Read alembic_version, schema_version and the history in one round trip.
-
-    ``conn`` is a psycopg connection; any open transaction is ended so the
-    connection is left idle, as Alembic's per-revision transactions need.
-    """
-    try:
-        row = conn.execute(_STATE_SQL).fetchone()
-    except Exception as exc:
-        if getattr(exc, "sqlstate", None) != "42P01":
-            raise
-        conn.rollback()
-        row = _read_partial_state(conn)
-    if not conn.autocommit:
-        conn.rollback()
-    has_version, heads, has_mirror, current, updated_at, history, locked = row
-    if isinstance(history, str):
-        history = json.loads(history)
-    return InstanceState(
-        has_version_table=bool(has_version),
-        heads=tuple(heads.split(",")) if heads else (),
-        has_mirror=bool(has_mirror),
-        current_version=current,
-        updated_at=updated_at,
-        history=tuple((version, checksum) for version, checksum in history or ()),
-        locked=bool(locked),
-    )
-
-
-def _read_partial_state(conn: Any) -> tuple[Any, ...]:
-    has_version, has_mirror = conn.execute(_TABLES_SQL).fetchone()
-    alembic = (
-        "(SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version)"
-        if has_version
-        else "NULL::text"
-    )
-    mirror = (
-        "(SELECT current_version FROM public.schema_version WHERE id = 1), "
-        "(SELECT updated_at FROM public.schema_version WHERE id = 1), "
-        "(SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations)"
-        if has_mirror
-        else "NULL::text, NULL::timestamptz, NULL::json"
-    )
-    return conn.execute(f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}").fetchone()
-
-
-def classify(state: InstanceState, chain: Chain, target: str | None = None) -> Verdict:
-    """Compare a database's state with the chain (``target`` defaults to head)."""
-    if len(state.heads) > 1:
-        return Verdict("error", problem=f"alembic_version holds several heads: {', '.join(state.heads)}")
-    revision = state.revision
-    goal = chain.head if target is None else target
-    if revision is not None and not chain.knows(revision):
-        return Verdict(
-            "ahead",
-            problem=f"the database is at revision {revision}, which this code does not know "
-            "(deploy the newer code, or check you are using the right repository)",
-        )
-    mismatch = _checksum_problem(state, chain)
-    if mismatch:
-        return Verdict("checksum-mismatch", problem=mismatch)
-    mirror = _mirror_problem(state, chain)
-    if mirror:
-        return Verdict("mirror-mismatch", problem=mirror)
-    if revision is None:
-        return Verdict("unversioned", pending=tuple(chain.between(None, goal)))
-    if goal is not None and chain.is_after(revision, goal):
-        return Verdict("up-to-date")
-    pending = tuple(chain.between(revision, goal))
-    return Verdict("outdated" if pending else "up-to-date", pending=pending)
-
-
-def _checksum_problem(state: InstanceState, chain: Chain) -> str | None:
-    for version, recorded in state.history:
-        if recorded and chain.knows(version) and chain.get(version).checksum != recorded:
-            rev = chain.get(version)
-            return (
-                f"revision {version} was applied from a file that has changed since: "
-                f"{rev.path.name} is {rev.checksum}, the database recorded {recorded}"
-            )
-    return None
-
-
-def _mirror_problem(state: InstanceState, chain: Chain) -> str | None:
-    if not state.has_mirror:
-        return None
-    revision = state.revision
-    if revision is None and not state.history and state.current_version is None:
-        return None
-    if state.current_version != revision:
-        return (
-            f"schema_version says {state.current_version or 'nothing'} but alembic_version says "
-            f"{revision or 'nothing'}"
-        )
-    recorded = [version for version, _ in state.history]
-    expected = chain.applied_through(revision)
-    if sorted(recorded) != sorted(expected):
-        missing = sorted(set(expected) - set(recorded))
-        extra = sorted(set(recorded) - set(expected))
-        parts = []
-        if missing:
-            parts.append(f"missing history rows for {', '.join(missing)}")
-        if extra:
-            parts.append(f"history rows for revisions not applied: {', '.join(extra)}")
-        return "schema_migrations disagrees with alembic_version: " + "; ".join(parts)
-    return None
+from ophelia_db.fleet.connections import sql_literal
+from ophelia_db.run.chain import Chain, Revision
 
 
 def applied_by() -> str:
@@ -234,9 +78,9 @@ class MirrorHook:
         if ctx.as_sql:
             ctx.impl.static_output(self._offline_sql(step.is_upgrade, revision, new_head))
         elif step.is_upgrade:
-            self._record(ctx.connection, revision, elapsed)
+            self._record(ctx.connection.connection.driver_connection, revision, elapsed)
         else:
-            self._forget(ctx.connection, revision, new_head)
+            self._forget(ctx.connection.connection.driver_connection, revision, new_head)
         if step.is_upgrade:
             self.applied.append(revision)
             self.durations_ms[revision] = elapsed
@@ -251,11 +95,7 @@ class MirrorHook:
         # going up), so the catalog is asked only until it appears.
         if self._mirror_seen:
             return True
-        row = conn.exec_driver_sql(
-            "SELECT to_regclass('public.schema_migrations') IS NOT NULL "
-            "AND to_regclass('public.schema_version') IS NOT NULL"
-        ).fetchone()
-        return bool(row and row[0])
+        return has_mirror(conn)
 
     def _first_sight(self, conn: Any) -> bool:
         seen_before = self._mirror_seen
@@ -269,23 +109,16 @@ class MirrorHook:
             return
         if first:
             for earlier in self.chain.applied_through(revision)[:-1]:
-                conn.exec_driver_sql(_BACKFILL_ROW, self._row(earlier, self.durations_ms.get(earlier)))
-        conn.exec_driver_sql(_UPSERT_ROW, self._row(revision, elapsed))
-        conn.exec_driver_sql(_SET_CURRENT, {"version": revision, "instance": self.instance_id})
+                add_history_row(conn, self.chain.get(earlier), self.by, self.durations_ms.get(earlier))
+        conn.execute(_UPSERT_ROW, _row(self.chain.get(revision), self.by, elapsed))
+        set_current_version(conn, revision, self.instance_id)
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
         self._mirror_seen = False
         if not self._has_mirror(conn):
             return
-        conn.exec_driver_sql("DELETE FROM public.schema_migrations WHERE version = %(v)s", {"v": revision})
-        if new_head is None:
-            conn.exec_driver_sql("DELETE FROM public.schema_version WHERE id = 1")
-        else:
-            conn.exec_driver_sql(_SET_CURRENT, {"version": new_head, "instance": self.instance_id})
-
-    def _row(self, revision: str, ms: int | None) -> dict[str, Any]:
-        rev = self.chain.get(revision)
-        return {"version": rev.id, "name": rev.name, "checksum": rev.checksum, "ms": ms, "by": self.by}
+        remove_history_row(conn, revision)
+        set_current_version(conn, new_head, self.instance_id)
 
     def _offline_sql(self, is_upgrade: bool, revision: str, new_head: str | None) -> str:
         """Guarded SQL so that pasted scripts keep the mirror right (or skip it before it exists)."""
@@ -318,3 +151,70 @@ class MirrorHook:
             "THEN RETURN; END IF;\n"
             f"{body}\nEND $ophelia$;\n"
         )
+
+
+# Deliberate history changes (repair, adopt). Each returns the number of rows
+# it changed, so that a caller can refuse a step that found the row moved.
+
+
+def _row(rev: Revision, by: str, ms: int | None) -> dict[str, Any]:
+    return {"version": rev.id, "name": rev.name, "checksum": rev.checksum, "ms": ms, "by": by[:200]}
+
+
+def has_mirror(conn: Any) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass('public.schema_migrations') IS NOT NULL "
+        "AND to_regclass('public.schema_version') IS NOT NULL"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def add_history_row(conn: Any, rev: Revision, by: str, ms: int | None = None) -> int:
+    """Record ``rev`` as applied unless a row for it exists already."""
+    return int(conn.execute(_BACKFILL_ROW, _row(rev, by, ms)).rowcount)
+
+
+def remove_history_row(conn: Any, version: str) -> int:
+    return int(conn.execute("DELETE FROM public.schema_migrations WHERE version = %s", (version,)).rowcount)
+
+
+def set_current_version(conn: Any, version: str | None, instance_id: str | None = None) -> int:
+    """Point ``schema_version`` at ``version`` (``None``: the instance is at base, no row)."""
+    if version is None:
+        return int(conn.execute("DELETE FROM public.schema_version WHERE id = 1").rowcount)
+    return int(conn.execute(_SET_CURRENT, {"version": version, "instance": instance_id}).rowcount)
+
+
+def accept_checksum(conn: Any, version: str, before: str | None, after: str | None) -> int:
+    return int(
+        conn.execute(
+            "UPDATE public.schema_migrations SET checksum = %s WHERE version = %s "
+            "AND checksum IS NOT DISTINCT FROM %s",
+            (after, version, before),
+        ).rowcount
+    )
+
+
+# Alembic's own version table, as Alembic creates it, closed to the API roles as
+# revision 0002 closes it on instances migrated by runs.
+_STAMP_TABLE = """CREATE TABLE IF NOT EXISTS public.alembic_version (
+  version_num varchar(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"""
+_HARDEN = """DO $ophelia$
+BEGIN
+  REVOKE ALL ON TABLE public.alembic_version FROM PUBLIC;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+    REVOKE ALL ON TABLE public.alembic_version FROM anon;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+    REVOKE ALL ON TABLE public.alembic_version FROM authenticated;
+  END IF;
+  ALTER TABLE public.alembic_version ENABLE ROW LEVEL SECURITY;
+END $ophelia$"""
+
+
+def stamp_alembic_version(conn: Any, revision: str) -> None:
+    """Write ``alembic_version`` without running any revision (``adopt``)."""
+    conn.execute(_STAMP_TABLE)
+    conn.execute(_HARDEN)
+    conn.execute("DELETE FROM public.alembic_version")
+    conn.execute("INSERT INTO public.alembic_version (version_num) VALUES (%s)", (revision,))

@@ -8,8 +8,7 @@ import re
 from alembic import command
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Target, Timeouts
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import chain_for
+from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.mirror import MirrorHook
 from ophelia_db.run.script import mark_non_transactional
 from ophelia_db.run.status import probe
@@ -25,7 +24,7 @@ def offline_sql(
 ) -> str:
     """Render the SQL that moves an instance from ``start`` (default: its current revision) to ``to``."""
 
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     goal = chain.resolve(to)
     if start is None and target is not None and from_database:
         state = probe(target)

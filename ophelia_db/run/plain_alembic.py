@@ -20,7 +20,8 @@ from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.connections import connect, engine_for, migration_lock
 from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
 from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.mirror import MirrorHook, read_state
+from ophelia_db.run.mirror import MirrorHook
+from ophelia_db.run.state import read_state
 
 
 def _command_error(message: str) -> Exception:

@@ -20,9 +20,8 @@ from ophelia_db.results import (
     InstanceStatus,
     StatusReport,
 )
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import REFUSED_STATES, chain_for
-from ophelia_db.run.mirror import InstanceState, classify, read_state
+from ophelia_db.run.chain import Chain, chain_for
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_state
 
 PROBE_THREADS = 16
 
@@ -65,7 +64,7 @@ def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain)
 
 def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> StatusReport:
     """Tell where each selected instance stands against the chain's head."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     with ThreadPoolExecutor(max_workers=1) as side:
         # The hub's lifecycle statuses are read while the instances are probed.
         lifecycles = (
@@ -89,7 +88,7 @@ FROM public.schema_migrations ORDER BY id"""
 
 def history(target: Target, *, chain: Chain | None = None) -> HistoryReport:
     """List an instance's applied revisions (from its mirror) and the pending ones."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     with connect(target, autocommit=True) as conn:
         state = read_state(conn)
         rows = conn.execute(_HISTORY_SQL).fetchall() if state.has_mirror else []

@@ -11,14 +11,13 @@ from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
 from ophelia_db.results import (
     SyncReport,
 )
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import chain_for
+from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.status import PROBE_THREADS, probe_all, status_of
 
 
 def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> SyncReport:
     """Re-read each instance's version and push it to the hub registry."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     states = probe_all(targets)
     reachable = [t for t in targets if not isinstance(states[t.name], OpheliaError)]
     fingerprints = _fingerprints(reachable)

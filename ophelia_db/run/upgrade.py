@@ -23,10 +23,10 @@ from ophelia_db.results import (
     RunReport,
 )
 from ophelia_db.run import fanout
-from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt, skipped
-from ophelia_db.run.instance import REFUSED_STATES, chain_for, failure, migrate, refused, state_fields
-from ophelia_db.run.mirror import InstanceState, classify
+from ophelia_db.run.instance import failure, migrate, refused, state_fields
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify
 from ophelia_db.run.status import probe_all
 
 ProgressCallback = Callable[[InstanceResult], None]
@@ -78,7 +78,7 @@ def upgrade(
     A failing hub or canary stops the run before the others are touched;
     ``max_failures`` stops starting new instances once that many have failed.
     """
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     goal = chain.resolve(to)
     jobs = jobs or fleet.defaults.jobs
     results: dict[str, InstanceResult] = {}
@@ -162,7 +162,7 @@ def _triage(
 
 def downgrade(fleet: Fleet, target: Target, *, to: str, chain: Chain | None = None) -> RunReport:
     """Move one instance down to revision ``to``, removing the reverted history rows."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     goal = chain.resolve(to)
     reporter = HubReporter(fleet.hub)
     result = migrate(target, chain.spec, goal, downgrade=True)

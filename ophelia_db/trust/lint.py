@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ophelia_db.errors import ConfigError, ExitCode
-from ophelia_db.run.chain import Chain, ChainSpec
-from ophelia_db.run.instance import chain_for
+from ophelia_db.results import Record
+from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.script import Statement, statements
 
 # squawk rules left out, and why:
@@ -81,7 +81,7 @@ _SET_LOCK_TIMEOUT = re.compile(
 
 
 @dataclass(frozen=True)
-class LintFinding:
+class LintFinding(Record):
     """One problem: ``rule`` (ours or squawk's, per ``source``) at a statement of a revision."""
 
     revision: str
@@ -91,17 +91,6 @@ class LintFinding:
     message: str
     statement: str
     line: int
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "file": self.file,
-            "rule": self.rule,
-            "source": self.source,
-            "message": self.message,
-            "statement": self.statement,
-            "line": self.line,
-        }
 
 
 @dataclass(frozen=True)
@@ -148,7 +137,7 @@ def lint(
     squawk: bool = True,
 ) -> LintReport:
     """Lint the revisions after ``start`` (default: all) up to ``to``."""
-    chain = chain or chain_for(ChainSpec.default())
+    chain = chain or chain_for()
     goal = chain.resolve(to)
     first = chain.resolve(start) if start is not None else None
     if first is not None and goal is not None and not chain.is_after(goal, first):

@@ -1,0 +1,213 @@
+"""An instance's versioning state: read in one round trip, judged against the chain.
+
+This module owns the one integrity checker. ``read_state`` reads
+``alembic_version``, ``schema_version`` and ``schema_migrations`` (and whether
+another runner holds the migration lock); ``check`` lists every problem of
+that state against the chain (several heads, a revision the code does not
+know, a changed revision file, a mirror that disagrees with
+``alembic_version``), and ``classify`` turns the first finding, or the
+pending revisions, into the state word ``status``, ``validate`` and
+``upgrade`` all use (see docs/design.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY, sqlstate_of
+from ophelia_db.results import Record
+from ophelia_db.run.chain import Chain
+
+_LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = 0 AND l.objid = {MIGRATION_LOCK_KEY} AND l.objsubid = 1)"""
+
+# The fast path: one statement, valid once the chain's versioning revision
+# has run, which is the state of almost every instance on almost every run.
+# States in which no run may touch the instance: its history does not match the code.
+REFUSED_STATES = frozenset({"ahead", "checksum-mismatch", "mirror-mismatch", "error"})
+
+_STATE_SQL = f"""SELECT
+  true, (SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version),
+  true, (SELECT current_version FROM public.schema_version WHERE id = 1),
+  (SELECT updated_at FROM public.schema_version WHERE id = 1),
+  (SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations),
+  {_LOCKED}"""
+
+_TABLES_SQL = """SELECT to_regclass('public.alembic_version') IS NOT NULL,
+  to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL"""
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """What a database says about its own version, read in one go."""
+
+    has_version_table: bool
+    heads: tuple[str, ...]
+    has_mirror: bool
+    current_version: str | None
+    updated_at: datetime | None
+    history: tuple[tuple[str, str | None], ...]
+    locked: bool = False
+
+    @property
+    def revision(self) -> str | None:
+        return self.heads[0] if len(self.heads) == 1 else None
+
+    @property
+    def migrations_count(self) -> int:
+        return len(self.history)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A state classified against the chain; ``state`` uses DESIGN §3's words."""
+
+    state: str
+    pending: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def read_state(conn: Any) -> InstanceState:
+    """Read alembic_version, schema_version and the history in one round trip.
+
+    ``conn`` is a psycopg connection; any open transaction is ended so the
+    connection is left idle, as Alembic's per-revision transactions need.
+    """
+    try:
+        row = conn.execute(_STATE_SQL).fetchone()
+    except Exception as exc:
+        if sqlstate_of(exc) != "42P01":
+            raise
+        conn.rollback()
+        row = _read_partial_state(conn)
+    if not conn.autocommit:
+        conn.rollback()
+    has_version, heads, has_mirror, current, updated_at, history, locked = row
+    if isinstance(history, str):
+        history = json.loads(history)
+    return InstanceState(
+        has_version_table=bool(has_version),
+        heads=tuple(heads.split(",")) if heads else (),
+        has_mirror=bool(has_mirror),
+        current_version=current,
+        updated_at=updated_at,
+        history=tuple((version, checksum) for version, checksum in history or ()),
+        locked=bool(locked),
+    )
+
+
+def _read_partial_state(conn: Any) -> tuple[Any, ...]:
+    has_version, has_mirror = conn.execute(_TABLES_SQL).fetchone()
+    alembic = (
+        "(SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version)"
+        if has_version
+        else "NULL::text"
+    )
+    mirror = (
+        "(SELECT current_version FROM public.schema_version WHERE id = 1), "
+        "(SELECT updated_at FROM public.schema_version WHERE id = 1), "
+        "(SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations)"
+        if has_mirror
+        else "NULL::text, NULL::timestamptz, NULL::json"
+    )
+    return conn.execute(f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}").fetchone()
+
+
+@dataclass(frozen=True)
+class Finding(Record):
+    """One integrity problem of one instance; ``kind`` is a state word of docs/design.md §3."""
+
+    kind: str
+    message: str
+    revision: str | None = None
+    file: str | None = None
+    file_checksum: str | None = None
+    recorded_checksum: str | None = None
+
+
+def check(state: InstanceState, chain: Chain) -> list[Finding]:
+    """Every integrity problem of ``state`` against ``chain``, the most fundamental first."""
+    if len(state.heads) > 1:
+        return [Finding("error", f"alembic_version holds several heads: {', '.join(state.heads)}")]
+    revision = state.revision
+    if revision is not None and not chain.knows(revision):
+        return [
+            Finding(
+                "ahead",
+                f"the database is at revision {revision}, which this code does not know "
+                "(deploy the newer code, or check you are using the right repository)",
+                revision=revision,
+            )
+        ]
+    findings = [
+        Finding(
+            "checksum-mismatch",
+            f"revision {version} was applied from a file that has changed since: "
+            f"{chain.get(version).path.name} is {chain.get(version).checksum}, "
+            f"the database recorded {recorded}",
+            revision=version,
+            file=str(chain.get(version).path),
+            file_checksum=chain.get(version).checksum,
+            recorded_checksum=recorded,
+        )
+        for version, recorded in state.history
+        if recorded and chain.knows(version) and chain.get(version).checksum != recorded
+    ]
+    return findings + _mirror_findings(state, chain)
+
+
+def _mirror_findings(state: InstanceState, chain: Chain) -> list[Finding]:
+    revision = state.revision
+    if not state.has_mirror or (revision is None and not state.history and state.current_version is None):
+        return []
+    findings = []
+    if state.current_version != revision:
+        findings.append(
+            Finding(
+                "mirror-mismatch",
+                f"schema_version says {state.current_version or 'nothing'} but alembic_version says "
+                f"{revision or 'nothing'}",
+                revision=revision,
+            )
+        )
+    recorded = {version for version, _ in state.history}
+    expected = chain.applied_through(revision)
+    findings += [
+        Finding(
+            "mirror-mismatch",
+            f"schema_migrations has no row for revision {version}, which alembic_version "
+            f"({revision}) says is applied",
+            revision=version,
+        )
+        for version in expected
+        if version not in recorded
+    ]
+    findings += [
+        Finding(
+            "mirror-mismatch",
+            f"schema_migrations has a row for revision {version}, which alembic_version "
+            f"({revision or 'nothing'}) says is not applied",
+            revision=version,
+        )
+        for version in sorted(recorded - set(expected))
+    ]
+    return findings
+
+
+def classify(state: InstanceState, chain: Chain, target: str | None = None) -> Verdict:
+    """Compare a database's state with the chain (``target`` defaults to head)."""
+    findings = check(state, chain)
+    if findings:
+        return Verdict(findings[0].kind, problem=findings[0].message)
+    revision = state.revision
+    goal = chain.head if target is None else target
+    if revision is None:
+        return Verdict("unversioned", pending=tuple(chain.between(None, goal)))
+    if goal is not None and chain.is_after(revision, goal):
+        return Verdict("up-to-date")
+    pending = tuple(chain.between(revision, goal))
+    return Verdict("outdated" if pending else "up-to-date", pending=pending)
