@@ -21,8 +21,10 @@ from ophelia_db.cli.options import AllOpt, FleetOpt, InstanceOpt, JsonOpt, error
 from ophelia_db.cli.render import emit_json
 from ophelia_db.errors import ConfigError, combine_exit_codes
 from ophelia_db.fleet.config import COMMUNITY_TYPES
+from ophelia_db.fleet.hub import Status
 from ophelia_db.instances import answers as provision
 from ophelia_db.instances import apply as provision_apply
+from ophelia_db.instances import doctor as doctor_checks
 from ophelia_db.instances import lifecycle, vault
 from ophelia_db.run.interrupts import exit_code_of
 
@@ -469,7 +471,7 @@ def config_unset(key: KeyArg, instance: OneInstanceOpt, fleet: FleetOpt = None) 
 # --- lifecycle, instances, doctor -----------------------------------------------------------------
 
 
-def _set_status(name: str, status: lifecycle.Status, json_: bool, fleet: Path | None) -> None:
+def _set_status(name: str, status: Status, json_: bool, fleet: Path | None) -> None:
     with errors():
         change = lifecycle.set_status(fleet_at(fleet), name, status)
     if json_:
@@ -547,7 +549,7 @@ def doctor(instance: OneInstanceOpt, json_: JsonOpt = False, fleet: FleetOpt = N
     """
     with errors():
         loaded = fleet_at(fleet)
-        report = lifecycle.doctor(loaded, loaded.select([instance])[0])
+        report = doctor_checks.doctor(loaded, loaded.select([instance])[0])
     if json_:
         emit_json(report.as_record())
     else:

@@ -10,6 +10,7 @@ carrying their exit code.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from ophelia_db._version import __version__
 from ophelia_db.errors import ConfigError, LockedError, UnreachableError
@@ -200,14 +202,18 @@ def lock_holder(conn: Connection) -> str:
 
 
 def sql_literal(value: object) -> str:
-    """Quote a value as an SQL literal for generated scripts (psycopg's quoting, not formatting)."""
-    from psycopg import sql
+    """Quote a value as an SQL literal for generated scripts (psycopg's quoting, not formatting).
 
-    return sql.Literal(value).as_string(None)
+    psycopg puts a space before ``E'...'`` literals; it is stripped.
+    """
+    return sql.Literal(value).as_string(None).strip()
+
+
+def sql_json_literal(value: object) -> str:
+    """A jsonb literal: the JSON text quoted by psycopg, then cast."""
+    return f"{sql_literal(json.dumps(value, ensure_ascii=False, sort_keys=True))}::jsonb"
 
 
 def sql_identifier(*names: str) -> str:
     """Quote an identifier (optionally schema-qualified) for generated scripts."""
-    from psycopg import sql
-
     return sql.Identifier(*names).as_string(None)

@@ -1,22 +1,33 @@
-"""The hub registry: what each instance reports after a run.
+"""The hub registry: every statement that reads or writes ``instance_registry``.
 
-This module owns writing to (and reading from) ``instance_registry`` on the
-hub database: an idempotent upsert per instance carrying its schema
-version, migrations count and last run, with errors redacted. The hub is a
-cache of the instances' own truth, so a hub that cannot be reached never
-fails an instance's upgrade: the report is marked pending and ``sync``
-replays it.
+This module owns the registry on the hub database: the report each instance
+makes after a run or a sync (an idempotent upsert carrying its schema
+version, migrations count and last run, with errors redacted), the
+lifecycle statuses (pending, active, suspended, archived), the rows
+``instances`` lists, and the pasteable upsert ``provision`` writes. The hub
+is a cache of the instances' own truth, so a hub that cannot be reached
+never fails an instance's upgrade: the report is marked pending and
+``sync`` replays it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from ophelia_db.errors import OpheliaError
+from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Target
-from ophelia_db.fleet.connections import Connection, connect, describe_error
+from ophelia_db.fleet.connections import (
+    Connection,
+    connect,
+    describe_error,
+    sql_identifier,
+    sql_json_literal,
+    sql_literal,
+    sqlstate_of,
+)
 from ophelia_db.redaction import redact
 
 _UPSERT = """INSERT INTO public.instance_registry AS r
@@ -93,7 +104,7 @@ class HubReporter:
         except OpheliaError as exc:
             self._fail("pending", exc.message)
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) is None:
+            if sqlstate_of(exc) is None:
                 raise
             state = "pending" if self._conn is None or self._conn.closed else "failed"
             self._fail(state, f"{self.hub.name}: cannot write instance_registry: {describe_error(exc)}")
@@ -121,8 +132,122 @@ def registry_statuses(hub: Target) -> dict[str, str] | None:
         rows = conn.execute("SELECT subdomain, status FROM public.instance_registry").fetchall()
         return {name: status for name, status in rows}
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) is None:
+        if sqlstate_of(exc) is None:
             raise
         return None
     finally:
         conn.close()
+
+
+# Lifecycle, listing and provisioning. Each takes an open hub connection.
+
+Status = Literal["pending", "active", "suspended", "archived"]
+_REGISTRY = sql_identifier("public", "instance_registry")
+_COLUMNS = (
+    "subdomain", "community_name", "community_type", "supabase_url", "supabase_anon_key",
+    "status", "metadata", "is_hub", "contact_email",
+)  # fmt: skip
+ROWS_SQL = """SELECT subdomain, community_name, community_type, status, schema_version,
+  last_run_status, is_hub FROM public.instance_registry ORDER BY is_hub DESC, subdomain"""
+# What the app reads through PostgREST as ``anon``: the public columns only.
+SUPABASE_URL_SQL = "SELECT supabase_url FROM public.instance_registry WHERE subdomain = %s"
+
+
+def _columns(names: Any, prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{sql_identifier(name)}" for name in names)
+
+
+def require_registry(conn: Connection, hub: Target) -> None:
+    row = conn.execute("SELECT to_regclass('public.instance_registry') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        raise ConfigError(
+            f"the hub '{hub.name}' has no instance_registry table; "
+            f"run `ophelia-db upgrade --instance {hub.name}` first"
+        )
+
+
+def find(conn: Connection, name: str, *, for_update: bool = False) -> tuple[str, bool] | None:
+    """``(status, is_hub)`` of ``name``'s row, or ``None``."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = conn.execute(
+        f"SELECT status, is_hub FROM public.instance_registry WHERE subdomain = %s{lock}",  # type: ignore[arg-type]
+        (name,),
+    ).fetchone()
+    return (row[0], bool(row[1])) if row else None
+
+
+def unknown_name_hint(conn: Connection, name: str, fleet_names: list[str]) -> str:
+    registered = [r[0] for r in conn.execute("SELECT subdomain FROM public.instance_registry").fetchall()]
+    close = difflib.get_close_matches(name, [*fleet_names, *registered], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def insert(conn: Connection, target: Target, status: Status) -> bool:
+    """Add ``target``'s row with ``status`` unless it exists; say whether it was added."""
+    row = conn.execute(
+        "INSERT INTO public.instance_registry (subdomain, community_name, community_type, status, is_hub) "
+        "VALUES (%s, %s, %s, %s, false) ON CONFLICT (subdomain) DO NOTHING RETURNING status",
+        (target.name, target.community_name, target.community_type, status),
+    ).fetchone()
+    return row is not None
+
+
+def update_status(conn: Connection, name: str, status: Status) -> None:
+    conn.execute("UPDATE public.instance_registry SET status = %s WHERE subdomain = %s", (status, name))
+
+
+@dataclass(frozen=True)
+class RegistryIdentity:
+    """Who an instance is, as ``provision`` registers it."""
+
+    subdomain: str
+    community_name: str
+    community_type: str
+    supabase_url: str | None
+    contact_email: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def registry_upsert(identity: RegistryIdentity, anon_key: str | None) -> str:
+    """The hub row: inserted ``active``; a ``pending`` row becomes active; other statuses stay.
+
+    An archived or suspended instance stays so (``ophelia-db activate`` is the
+    way back), and a missing anon key never erases one already stored.
+    """
+    values = ", ".join(
+        (
+            sql_literal(identity.subdomain),
+            sql_literal(identity.community_name),
+            sql_literal(identity.community_type),
+            sql_literal(identity.supabase_url),
+            sql_literal(anon_key),
+            sql_literal("active"),
+            sql_json_literal(identity.metadata),
+            sql_literal(False),
+            sql_literal(identity.contact_email),
+        )
+    )
+    new = {
+        "community_name": "EXCLUDED.community_name",
+        "community_type": "EXCLUDED.community_type",
+        "supabase_url": "EXCLUDED.supabase_url",
+        "supabase_anon_key": "COALESCE(EXCLUDED.supabase_anon_key, r.supabase_anon_key)",
+        "status": "CASE WHEN r.status = 'pending' THEN EXCLUDED.status ELSE r.status END",
+        "metadata": "r.metadata || EXCLUDED.metadata",
+        "contact_email": "EXCLUDED.contact_email",
+    }
+    assignments = ",\n  ".join(f"{sql_identifier(c)} = {expr}" for c, expr in new.items())
+    return (
+        f"INSERT INTO {_REGISTRY} AS r ({_columns(_COLUMNS)})\n"
+        f"VALUES ({values})\n"
+        f"ON CONFLICT ({sql_identifier('subdomain')}) DO UPDATE SET\n  {assignments}\n"
+        f"WHERE ({_columns(new, 'r.')}) IS DISTINCT FROM ({', '.join(new.values())});"
+    )
+
+
+def anon_key_update(subdomain: str, value: str) -> str:
+    """Set the anon key of one row (the pasteable file's placeholder line)."""
+    return (
+        f"UPDATE {_REGISTRY} SET {sql_identifier('supabase_anon_key')} = "
+        f"{sql_literal(value)} WHERE {sql_identifier('subdomain')} = {sql_literal(subdomain)};"
+    )

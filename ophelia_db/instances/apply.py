@@ -24,12 +24,14 @@ from pydantic import SecretStr
 
 from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal, OpheliaError
+from ophelia_db.fleet import hub
 from ophelia_db.fleet.config import Fleet, Target, Timeouts, load_fleet
 from ophelia_db.fleet.connections import connect, describe_error
 from ophelia_db.fleet.urls import parse as parse_url
-from ophelia_db.instances import lifecycle, vault
 from ophelia_db.instances import sql as sqlgen
+from ophelia_db.instances import vault
 from ophelia_db.instances.answers import Answers, environment, resolve_secrets
+from ophelia_db.instances.doctor import query_as
 from ophelia_db.redaction import register_secret
 from ophelia_db.results import Record
 from ophelia_db.run.chain import Chain, chain_for
@@ -171,10 +173,6 @@ class _StepFailed(OpheliaError):
         self.exit_code = ExitCode(exit_code)
 
 
-_PENDING = """INSERT INTO public.instance_registry (subdomain, community_name, community_type, status, is_hub)
-VALUES (%s, %s, %s, 'pending', false) ON CONFLICT (subdomain) DO NOTHING RETURNING status"""
-
-
 class _Apply:
     """The steps of ``apply``; each is safe to run again, so an interrupted run is resumed by re-running."""
 
@@ -202,15 +200,8 @@ class _Apply:
 
     def hub_reachable(self) -> tuple[StepState, str]:
         with connect(self.hub, autocommit=True) as conn:
-            row = conn.execute("SELECT to_regclass('public.instance_registry') IS NOT NULL").fetchone()
-            if not (row and row[0]):
-                raise ConfigError(
-                    f"the hub '{self.hub.name}' has no instance_registry table; "
-                    f"run `ophelia-db upgrade --instance {self.hub.name}` first"
-                )
-            found = conn.execute(
-                "SELECT status, is_hub FROM public.instance_registry WHERE subdomain = %s", (self.name,)
-            ).fetchone()
+            hub.require_registry(conn, self.hub)
+            found = hub.find(conn, self.name)
         if found and found[1]:
             raise ConfigError(f"'{self.name}' is registered as a hub in the registry")
         if found and found[0] in ("archived", "suspended"):
@@ -222,9 +213,8 @@ class _Apply:
         return "ok", f"{self.hub.display_url} ({known})"
 
     def pending(self) -> tuple[StepState, str]:
-        params = (self.name, self.answers.community_name, self.answers.community_type)
         with connect(self.hub, autocommit=True) as conn:
-            inserted = conn.execute(_PENDING, params).fetchone()
+            inserted = hub.insert(conn, self.target, "pending")
         return ("done", "registered as pending") if inserted else ("ok", "already registered")
 
     def migrate(self) -> tuple[StepState, str]:
@@ -253,12 +243,10 @@ class _Apply:
         return "done", f"{written} of {len(statements)} keys written"
 
     def activate(self) -> tuple[StepState, str]:
-        statement = sqlgen.registry_upsert(self.answers, self.secrets.anon_key)
+        statement = hub.registry_upsert(sqlgen.registry_identity(self.answers), self.secrets.anon_key)
         with connect(self.hub, autocommit=True) as conn:
             changed = conn.execute(statement).rowcount  # type: ignore[call-overload]
-            row = conn.execute(
-                "SELECT status FROM public.instance_registry WHERE subdomain = %s", (self.name,)
-            ).fetchone()
+            row = hub.find(conn, self.name)
         if not row or row[0] != "active":
             raise ConfigError(
                 f"'{self.name}' is {row[0] if row else 'missing'} in the hub registry, not active"
@@ -270,7 +258,7 @@ class _Apply:
 
     def verify(self) -> tuple[StepState, str]:
         with connect(self.target, autocommit=True) as conn:
-            rows = lifecycle.query_as(conn, "anon", "SELECT current_version FROM public.get_schema_version()")
+            rows = query_as(conn, "anon", "SELECT current_version FROM public.get_schema_version()")
         version = rows[0][0] if rows else None
         if version != self.chain.head:
             raise _StepFailed(

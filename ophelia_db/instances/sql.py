@@ -12,40 +12,25 @@ executes these same statements, so the files and the live path cannot drift.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ophelia_db._version import __version__
-from ophelia_db.fleet.connections import sql_identifier, sql_literal
+from ophelia_db.fleet.connections import sql_identifier, sql_json_literal, sql_literal
+from ophelia_db.fleet.hub import RegistryIdentity, anon_key_update, registry_upsert
 
 if TYPE_CHECKING:
     from ophelia_db.instances.answers import Answers
     from ophelia_db.instances.vault import SeedRow
 
 VAULT = ("public", "instance_config")
-REGISTRY = ("public", "instance_registry")
 _VAULT_COLUMNS = ("key", "value", "category", "description", "is_secret", "is_public")
 _VAULT_UPDATED = ("value", "category", "description", "is_secret", "is_public")
-_REGISTRY_COLUMNS = (
-    "subdomain", "community_name", "community_type", "supabase_url", "supabase_anon_key",
-    "status", "metadata", "is_hub", "contact_email",
-)  # fmt: skip
 
 
 def placeholder(name: str) -> str:
     """The marked stand-in for a secret that was left out."""
     return f"<SECRET {name}: replace, or re-run ophelia-db provision --include-secrets>"
-
-
-def literal(value: Any) -> str:
-    """An SQL literal quoted by psycopg (without the space it puts before ``E'...'``)."""
-    return sql_literal(value).strip()
-
-
-def json_literal(value: Any) -> str:
-    """A jsonb literal: the JSON text quoted by psycopg, then cast."""
-    return f"{literal(json.dumps(value, ensure_ascii=False, sort_keys=True))}::jsonb"
 
 
 def _columns(names: Iterable[str], prefix: str = "") -> str:
@@ -57,12 +42,12 @@ def vault_upsert(row: SeedRow, value: Any | None = None) -> str:
     shown = row.value if value is None else value
     values = ", ".join(
         (
-            literal(row.key),
-            json_literal(shown),
-            literal(row.category),
-            literal(row.description),
-            literal(row.is_secret),
-            literal(row.is_public),
+            sql_literal(row.key),
+            sql_json_literal(shown),
+            sql_literal(row.category),
+            sql_literal(row.description),
+            sql_literal(row.is_secret),
+            sql_literal(row.is_public),
         )
     )
     head = (
@@ -92,40 +77,14 @@ def registry_metadata(answers: Answers) -> dict[str, Any]:
     }
 
 
-def registry_upsert(answers: Answers, anon_key: str | None) -> str:
-    """The hub row: inserted ``active``; a ``pending`` row becomes active; other statuses stay.
-
-    An archived or suspended instance stays so (``ophelia-db activate`` is the
-    way back), and a missing anon key never erases one already stored.
-    """
-    values = ", ".join(
-        (
-            literal(answers.subdomain),
-            literal(answers.community_name),
-            literal(answers.community_type),
-            literal(answers.supabase_url),
-            literal(anon_key),
-            literal("active"),
-            json_literal(registry_metadata(answers)),
-            literal(False),
-            literal(answers.contact_email),
-        )
-    )
-    new = {
-        "community_name": "EXCLUDED.community_name",
-        "community_type": "EXCLUDED.community_type",
-        "supabase_url": "EXCLUDED.supabase_url",
-        "supabase_anon_key": "COALESCE(EXCLUDED.supabase_anon_key, r.supabase_anon_key)",
-        "status": "CASE WHEN r.status = 'pending' THEN EXCLUDED.status ELSE r.status END",
-        "metadata": "r.metadata || EXCLUDED.metadata",
-        "contact_email": "EXCLUDED.contact_email",
-    }
-    assignments = ",\n  ".join(f"{sql_identifier(c)} = {expr}" for c, expr in new.items())
-    return (
-        f"INSERT INTO {sql_identifier(*REGISTRY)} AS r ({_columns(_REGISTRY_COLUMNS)})\n"
-        f"VALUES ({values})\n"
-        f"ON CONFLICT ({sql_identifier('subdomain')}) DO UPDATE SET\n  {assignments}\n"
-        f"WHERE ({_columns(new, 'r.')}) IS DISTINCT FROM ({', '.join(new.values())});"
+def registry_identity(answers: Answers) -> RegistryIdentity:
+    return RegistryIdentity(
+        subdomain=answers.subdomain,
+        community_name=answers.community_name,
+        community_type=answers.community_type,
+        supabase_url=answers.supabase_url,
+        contact_email=answers.contact_email,
+        metadata=registry_metadata(answers),
     )
 
 
@@ -172,10 +131,6 @@ def registry_script(answers: Answers, anon_key: str | None) -> str:
     ]
     left_out = []
     if anon_key is None:
-        update = (
-            f"UPDATE {sql_identifier(*REGISTRY)} SET {sql_identifier('supabase_anon_key')} = "
-            f"{literal(placeholder('SUPABASE_ANON_KEY'))} WHERE {sql_identifier('subdomain')} = "
-            f"{literal(answers.subdomain)};"
-        )
+        update = anon_key_update(answers.subdomain, placeholder("SUPABASE_ANON_KEY"))
         left_out.append(commented(update))
-    return _script(purpose, [registry_upsert(answers, anon_key)], left_out)
+    return _script(purpose, [registry_upsert(registry_identity(answers), anon_key)], left_out)
