@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError, ExitCode
-from ophelia_db.fleet.config import COMMUNITY_TYPES, find_fleet_file, load_fleet, parse_duration
+from ophelia_db.fleet.config import COMMUNITY_TYPES, find_fleet_file, load_fleet
 from ophelia_db.redaction import redact
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
+from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.urls import describe_url, url_has_password
 from ophelia_db.fleet.urls import parse as parse_url
@@ -28,23 +29,8 @@ from ophelia_db.redaction import register_secret
 
 SUBDOMAIN = re.compile(r"^[a-z0-9-]{1,20}$")
 COMMUNITY_TYPES = ("municipality", "intercommunality", "university", "association", "region")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
 CommunityType = Literal["municipality", "intercommunality", "university", "association", "region"]
 Role = Literal["hub", "instance"]
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Return seconds from ``"30s"``, ``"15min"``, ``"500ms"`` or a number of seconds."""
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (use e.g. '500ms', '30s', '15min', '1h')")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 class _Strict(BaseModel):

@@ -2,9 +2,8 @@
 
 This module owns reading the Alembic script directory once per run (the
 expensive part of Alembic's start-up), the single-head rule, each revision
-file's ``sha256:`` checksum with line endings normalised, and building the
-Alembic ``Config`` the runner hands to ``alembic/env.py``. It never connects
-to a database.
+file's ``sha256:`` checksum with line endings normalised, and the cached
+chain of each process (``chain_for``). It never connects to a database.
 """
 
 from __future__ import annotations
@@ -17,12 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError, IntegrityRefusal
-
-if TYPE_CHECKING:
-    from alembic.config import Config
+from ophelia_db.run.driver import script_directory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,17 +56,6 @@ class ChainSpec:
         """The project's chain, or the one ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` name."""
         ini = Path(os.environ.get("OPHELIA_ALEMBIC_INI") or PROJECT_ROOT / "alembic.ini")
         return cls(alembic_ini=ini.resolve(), version_locations=os.environ.get("OPHELIA_VERSION_LOCATIONS"))
-
-    def config(self) -> Config:
-        """Return a fresh Alembic ``Config`` for this chain."""
-        from alembic.config import Config
-
-        if not self.alembic_ini.is_file():
-            raise ConfigError(f"alembic.ini not found at {self.alembic_ini}; set OPHELIA_ALEMBIC_INI")
-        config = Config(str(self.alembic_ini))
-        if self.version_locations:
-            config.set_main_option("version_locations", self.version_locations)
-        return config
 
 
 class Chain:
@@ -143,9 +129,7 @@ def _single(down: str | tuple[str, ...] | list[str] | None) -> str | None:
 
 
 def _read_with_alembic(spec: ChainSpec) -> list[Revision]:
-    from alembic.script import ScriptDirectory
-
-    script_dir = ScriptDirectory.from_config(spec.config())
+    script_dir = script_directory(spec)
     heads = script_dir.get_heads()
     if len(heads) > 1:
         raise _many_heads(heads)
@@ -176,8 +160,6 @@ _TIME_BOXES = ("lock_timeout", "statement_timeout")
 def _revision(
     rev_id: str, doc: str | None, path: Path, down: str | None, values: dict[str, object]
 ) -> Revision:
-    from ophelia_db.fleet.config import parse_duration
-
     name = (doc or rev_id).strip().splitlines()[0][:255] if (doc or rev_id).strip() else rev_id
     boxes: dict[str, float | None] = {}
     for key in _TIME_BOXES:

@@ -26,6 +26,7 @@ from ophelia_db.fleet.connections import (
 )
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult
+from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
@@ -209,20 +210,13 @@ def _time_box_each_revision(
 def _run_alembic(
     connection: Any, target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook
 ) -> None:
-    from alembic import command
-
     if connection.in_transaction():
         # Only reads can be pending here (a failed revision was rolled back), and
         # Alembic must not see an outer transaction: it would nest every revision in it.
         connection.rollback()
-    config = chain.spec.config()
-    config.attributes["connection"] = connection
-    config.attributes["on_version_apply"] = hook
-    config.attributes["instance"] = target.name
-    if downgrade:
-        command.downgrade(config, goal or "base")
-    else:
-        command.upgrade(config, goal or "base")
+    driver.migrate(
+        chain.spec, goal, connection=connection, hook=hook, instance=target.name, downgrade=downgrade
+    )
 
 
 def refused(target: Target, problem: str, started: float, known: dict[str, Any]) -> InstanceResult:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import re
 
-from alembic import command
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Target, Timeouts
+from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.mirror import MirrorHook
 from ophelia_db.run.script import mark_non_transactional
@@ -37,17 +36,11 @@ def offline_sql(
         raise ConfigError("offline SQL goes up the chain; --to base makes no sense here")
     if start is not None and not chain.is_after(goal, start):
         return f"-- {target.name if target else 'instance'} is already at {start}: nothing to apply\n"
-    buffer = io.StringIO()
-    config = chain.spec.config()
-    config.attributes["output_buffer"] = buffer
-    config.attributes["on_version_apply"] = MirrorHook(
-        chain=chain, instance_id=target.name if target else None
-    )
-    revision_range = f"{start}:{goal}" if start else goal
-    command.upgrade(config, revision_range, sql=True)
+    hook = MirrorHook(chain=chain, instance_id=target.name if target else None)
+    script = driver.render_sql(chain.spec, start, goal, hook=hook)
     # Statements that cannot run in a transaction become separate, labelled sections.
     timeouts = target.timeouts if target is not None else Timeouts()
-    return mark_non_transactional(_with_time_boxes(buffer.getvalue(), chain, timeouts))
+    return mark_non_transactional(_with_time_boxes(script, chain, timeouts))
 
 
 _RUNNING = re.compile(r"^-- Running upgrade \S+ -> (\S+)\s*$")

@@ -20,6 +20,7 @@ from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.connections import connect, engine_for, migration_lock
 from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
 from ophelia_db.run.chain import Chain, ChainSpec
+from ophelia_db.run.driver import EnvAttributes
 from ophelia_db.run.mirror import MirrorHook
 from ophelia_db.run.state import read_state
 
@@ -66,7 +67,7 @@ def run_online(context: Any, configure: Callable[..., None]) -> None:
     target, hub = _target(context)
     chain = Chain.load(_spec(context))
     hook = MirrorHook(chain=chain, instance_id=target.name)
-    context.config.attributes["on_version_apply"] = hook
+    EnvAttributes(on_version_apply=hook).install(context.config)
     failure: str | None = None
     try:
         with migration_lock(target):
@@ -108,5 +109,5 @@ def _report(target: Target, hub: Target, run_status: str, error: str | None) -> 
     )
     reporter.close()
     if reporter.state != "ok":
-        # alembic.ini's logging sends warnings to stderr, next to Alembic's own lines.
+        # Unconfigured logging sends warnings to stderr, next to Alembic's own lines.
         logging.getLogger(__name__).warning("hub report %s: %s", reporter.state, reporter.error)

@@ -13,7 +13,6 @@ an existing table, and a revision that locks existing tables without its own
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 from ophelia_db.errors import ConfigError, ExitCode
 from ophelia_db.results import Record
+from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.script import Statement, statements
 
@@ -117,16 +117,9 @@ def _silent(**_: Any) -> None:
 
 def render(chain: Chain, start: str | None, goal: str | None) -> str:
     """Alembic's offline SQL for ``start`` (exclusive) to ``goal``, without mirror statements."""
-    from alembic import command
-
     if goal is None:
         raise ConfigError("lint goes up the chain; --to base makes no sense here")
-    buffer = io.StringIO()
-    config = chain.spec.config()
-    config.attributes["output_buffer"] = buffer
-    config.attributes["on_version_apply"] = _silent
-    command.upgrade(config, f"{start}:{goal}" if start else goal, sql=True)
-    return buffer.getvalue()
+    return driver.render_sql(chain.spec, start, goal, hook=_silent)
 
 
 def lint(

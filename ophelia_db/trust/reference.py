@@ -31,6 +31,7 @@ from ophelia_db.fleet.config import Fleet, Target, Timeouts
 from ophelia_db.fleet.connections import connect, engine_for, sql_identifier
 from ophelia_db.fleet.urls import parse
 from ophelia_db.redaction import register_secret
+from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain
 
 BASE = "base"
@@ -168,20 +169,15 @@ def _build(chain: Chain, server: Target) -> dict[str, Snapshot]:
 
 
 def _apply_and_snapshot(chain: Chain, scratch: Target) -> dict[str, Snapshot]:
-    from alembic import command
-
     built: dict[str, Snapshot] = {}
     with connect(scratch, autocommit=True) as conn:
         built[BASE] = snapshot(conn)
     engine = engine_for(scratch)
     try:
         with engine.connect() as alembic_conn:
-            config = chain.spec.config()
-            config.attributes["connection"] = alembic_conn
-            config.attributes["instance"] = "scratch"
             for rev in chain.revisions:
                 try:
-                    command.upgrade(config, rev.id)
+                    driver.migrate(chain.spec, rev.id, connection=alembic_conn, hook=None, instance="scratch")
                 except OpheliaError:
                     raise
                 except Exception as exc:
