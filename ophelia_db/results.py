@@ -141,7 +141,7 @@ class InstanceResult(Record):
 class RunReport(Record):
     """The outcome of ``upgrade``/``downgrade`` over a selection."""
 
-    json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted"})
+    json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted", "inactive"})
     json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
 
     run_id: str
@@ -150,6 +150,8 @@ class RunReport(Record):
     hub_report: str = "ok"
     hub_error: str | None = None
     interrupted: int | None = None
+    # Instances left out because the hub marks them archived or suspended.
+    inactive: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:

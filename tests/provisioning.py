@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from ophelia_db.cli.app import app
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.instances import answers as provision
-from ophelia_db.instances import apply as provision_apply
+from ophelia_db.instances.apply import apply
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "ophelia-db"
@@ -79,7 +79,7 @@ def provisioned(
     data = answers_data(subdomain, **overrides)
     env = {data["database_url_env"]: instance_url, "TEST_ANON_KEY": ANON_KEY}
     (directory / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8")
-    report = provision_apply.apply(load_fleet(path), provision.build_answers(data), env=env)
+    report = apply(load_fleet(path), provision.build_answers(data), env=env)
     assert report.exit_code == 0, report.as_record()
     return path, env
 

@@ -15,7 +15,7 @@ import pytest
 
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY
-from ophelia_db.run import shard
+from ophelia_db.run import select_shard as shard
 from ophelia_db.run.chain import Chain, ChainSpec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,10 @@ from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.instances import answers as provision
-from ophelia_db.instances import apply as provision_apply
 from ophelia_db.instances import sql as sqlgen
-from ophelia_db.instances.vault import SeedRow
+from ophelia_db.instances.apply import STEPS, add_to_fleet, apply, instance_target
+from ophelia_db.instances.files import write_outputs
+from ophelia_db.instances.seed import SeedRow
 from ophelia_db.local.cluster import find_bin_dir
 from tests.conftest import MakeDatabase
 from tests.provisioning import (
@@ -113,7 +114,7 @@ def test_instance_schema_json_stays_in_sync_with_the_model(tmp_path: Path) -> No
     committed = ROOT / "instances" / "instance-schema.json"
     assert committed.read_text(encoding="utf-8") == provision.schema_text(), (
         "instances/instance-schema.json is stale: regenerate it with "
-        "`python -c 'from ophelia_db import provision; print(provision.schema_text(), end=\"\")'"
+        "`python -c 'from ophelia_db.instances import answers; print(answers.schema_text(), end=\"\")'"
         " > instances/instance-schema.json`"
     )
     schema = json.loads(committed.read_text(encoding="utf-8"))
@@ -179,7 +180,7 @@ def test_generated_files_round_trip_names_and_secrets(head_database: HeadDatabas
         "lisula", community_name=name, city="Università di Corsica", region_name="Corse 'du Sud'", code=None
     )
     answers = provision.build_answers({**data, "api_keys": {"MISTRAL_API_KEY": secret}})
-    outputs = provision.write_outputs(answers, tmp_path, include_secrets=True, env={"TEST_ANON_KEY": anon})
+    outputs = write_outputs(answers, tmp_path, include_secrets=True, env={"TEST_ANON_KEY": anon})
 
     assert set(outputs.secret_files) == {outputs.vault_sql, outputs.registry_sql}
     for path in outputs.secret_files:
@@ -212,7 +213,7 @@ def test_secrets_are_placeholders_unless_asked(head_database: HeadDatabase, tmp_
     url = head_database("inst")
     data = answers_data(api_key_envs={"MISTRAL_API_KEY": "TEST_MISTRAL"})
     env = {"TEST_ANON_KEY": ANON_KEY, "TEST_MISTRAL": "mistral-secret-value"}
-    outputs = provision.write_outputs(provision.build_answers(data), tmp_path, env=env)
+    outputs = write_outputs(provision.build_answers(data), tmp_path, env=env)
 
     assert outputs.secret_files == ()
     assert set(outputs.left_out) == {"MISTRAL_API_KEY", "SUPABASE_ANON_KEY"}
@@ -286,7 +287,7 @@ def test_fleet_toml_keeps_comments_and_order(tmp_path: Path) -> None:
     path.write_text(FLEET, encoding="utf-8")
     answers = provision.build_answers(answers_data(community_name="L'Île-Rousse", subdomain="lisula"))
 
-    assert provision_apply.add_to_fleet(path, answers) is True
+    assert add_to_fleet(path, answers) is True
     text = path.read_text(encoding="utf-8")
     assert text.startswith(FLEET)
     assert text[len(FLEET) :] == (
@@ -297,17 +298,17 @@ def test_fleet_toml_keeps_comments_and_order(tmp_path: Path) -> None:
     )
     assert list(load_fleet(path, environ={}).instances) == ["ajaccio", "lisula"]
 
-    assert provision_apply.add_to_fleet(path, answers) is False
+    assert add_to_fleet(path, answers) is False
     assert path.read_text(encoding="utf-8") == text
 
     renamed = provision.build_answers(answers_data(community_name="Isula Rossa", subdomain="lisula"))
-    assert provision_apply.add_to_fleet(path, renamed) is True
+    assert add_to_fleet(path, renamed) is True
     assert path.read_text(encoding="utf-8") == text.replace("L'Île-Rousse", "Isula Rossa")
 
     bare = tmp_path / "bare" / "fleet.toml"
     bare.parent.mkdir()
     bare.write_text('[hub]\nurl = "postgresql://postgres@127.0.0.1:1/hub"\n', encoding="utf-8")
-    assert provision_apply.add_to_fleet(bare, answers) is True
+    assert add_to_fleet(bare, answers) is True
     assert list(load_fleet(bare, environ={}).instances) == ["lisula"]
 
 
@@ -337,7 +338,7 @@ def test_provision_from_json_apply_brings_an_empty_database_to_a_registered_inst
 
     assert done.returncode == 0, done.stdout + done.stderr
     checklist = [line for line in done.stdout.splitlines() if line.startswith("[")]
-    assert [line[:4] for line in checklist] == ["[x] "] * len(provision_apply.STEPS)
+    assert [line[:4] for line in checklist] == ["[x] "] * len(STEPS)
     assert "corte: provisioned" in done.stdout
     assert ANON_KEY not in done.stdout + done.stderr
 
@@ -411,8 +412,8 @@ def test_interactive_provisioning_asks_validates_and_ends_with_the_checklist(
     assert "Settings > API" in out and "ophelia-universita-di-corsic (region eu-west-3)" in out
     assert "choose one of" in out and "is not a UAI code" in out and "is not an email address" in out
     tail = out[out.index("Provisioning checklist:") :].splitlines()[1:]
-    assert [line.split(":")[0] for line in tail[: len(provision_apply.STEPS)]] == [
-        f"[x] {s}" for s in provision_apply.STEPS
+    assert [line.split(":")[0] for line in tail[: len(STEPS)]] == [
+        f"[x] {s}" for s in STEPS
     ]
     assert "typed-anon-key-0001" not in out + result.stderr
     assert "typed-mistral-secret-0002" not in out + result.stderr
@@ -436,7 +437,7 @@ def test_apply_stops_at_the_first_failure_and_resumes(
     answers = provision.build_answers(answers_data())
     env = {"TEST_CORTE_URL": instance, "TEST_ANON_KEY": ANON_KEY}
 
-    stopped = provision_apply.apply(load_fleet(fleet_path), answers, env=env)
+    stopped = apply(load_fleet(fleet_path), answers, env=env)
     assert stopped.exit_code == 2
     states = [(s.name, s.state) for s in stopped.steps]
     assert states[:2] == [("project reachable", "ok"), ("hub reachable", "failed")]
@@ -447,11 +448,11 @@ def test_apply_stops_at_the_first_failure_and_resumes(
     # Interrupted later: the hub row is pending and the instance half migrated.
     fleet = load_fleet(fleet_path)
     assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
-    target = provision_apply.instance_target(fleet, answers, env)
+    target = instance_target(fleet, answers, env)
     assert runner.upgrade(fleet, [target], to="0002", jobs=1).exit_code == 0
     rows(hub, "UPDATE public.instance_registry SET status = 'pending' WHERE subdomain = 'corte'")
 
-    resumed = provision_apply.apply(fleet, answers, env=env)
+    resumed = apply(fleet, answers, env=env)
     assert resumed.exit_code == 0, resumed.as_record()
     by_name = {s.name: s for s in resumed.steps}
     assert by_name["registry row pending"].state == "ok"
@@ -462,8 +463,8 @@ def test_apply_stops_at_the_first_failure_and_resumes(
     assert registry_row(hub, "corte")["status"] == "active"  # type: ignore[index]
 
     rows(hub, "UPDATE public.instance_registry SET status = 'archived' WHERE subdomain = 'corte'")
-    refused = provision_apply.apply(load_fleet(fleet_path), answers, env=env)
+    refused = apply(load_fleet(fleet_path), answers, env=env)
     assert refused.exit_code == 2 and "ophelia-db activate corte" in refused.steps[1].detail
 
     hub_name = provision.build_answers(answers_data(subdomain="hub"))
-    assert provision_apply.apply(fleet, hub_name, env={"TEST_HUB_URL": hub}).steps[0].state == "failed"
+    assert apply(fleet, hub_name, env={"TEST_HUB_URL": hub}).steps[0].state == "failed"

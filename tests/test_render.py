@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db.cli.render import progress_display
+from ophelia_db.cli.render.run import progress_display
 from ophelia_db.results import InstanceResult
 from tests.conftest import write_fleet
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ophelia_db.instances import answers as provision
-from ophelia_db.instances import vault
+from ophelia_db.instances import seed, vault
 from tests.conftest import write_fleet
 from tests.provisioning import (
     HeadDatabase,
@@ -37,7 +37,7 @@ SECRET = "sk-vault-S3cret-value-0042"
 def test_seed_rows_carry_identity_branding_map_and_wording(kind: str, body: str, decision: str) -> None:
     code = {"municipality": "2B096", "university": "0200860D"}.get(kind)
     answers = provision.build_answers(answers_data(community_type=kind, code=code))
-    seeds = {row.key: row for row in vault.seed_rows(answers, {"MISTRAL_API_KEY": SECRET})}
+    seeds = {row.key: row for row in seed.seed_rows(answers, {"MISTRAL_API_KEY": SECRET})}
 
     assert seeds["GOVERNING_BODY"].value == body and seeds["DECISION_TERM"].value == decision
     assert seeds["BOT_NAME"].value == "Ophélia"
@@ -53,8 +53,8 @@ def test_seed_rows_carry_identity_branding_map_and_wording(kind: str, body: str,
         "SUPABASE_URL": "https://corte.supabase.example",
     }
     assert {key: seeds[key].value for key in expected} == expected
-    assert seeds["MAP_ZOOM"].value == vault.MAP_ZOOM[kind]
-    assert all(seeds[key].is_public for key in vault.APP_PUBLIC_KEYS)
+    assert seeds["MAP_ZOOM"].value == seed.MAP_ZOOM[kind]
+    assert all(seeds[key].is_public for key in seed.APP_PUBLIC_KEYS)
     assert not seeds["CONTACT_EMAIL"].is_public
     secret = seeds["MISTRAL_API_KEY"]
     assert (secret.is_secret, secret.is_public, secret.value) == (True, False, SECRET)

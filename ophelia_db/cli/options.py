@@ -1,8 +1,9 @@
-"""What every command module shares: option types and the error-to-exit-code translation.
+"""What every command shares: option types, global options, and errors turned into exit codes.
 
 The one place where library errors become ``error: ...`` on stderr plus
-their exit code (DESIGN §3), so that no command prints a traceback for a
-user's mistake.
+their exit code (docs/design.md §3), so that no command prints a traceback
+for a user's mistake. An error that is not an ``OpheliaError`` is a bug of
+ours: it becomes one line and exit 70, or its traceback with ``--debug``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from ophelia_db.errors import OpheliaError
+from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, load_fleet
+from ophelia_db.redaction import redact
 from ophelia_db.run.interrupts import exit_code_of
 
 FleetOpt = Annotated[
@@ -25,9 +28,22 @@ FleetOpt = Annotated[
 InstanceOpt = Annotated[
     list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")
 ]
+OneInstanceOpt = Annotated[str, typer.Option("--instance", "-i", help="Instance name.")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance of the fleet, hub first.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Instances carrying this tag (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")]
+
+
+@dataclass
+class GlobalOptions:
+    """Options given before the subcommand (``ophelia-db --fleet F status``)."""
+
+    fleet: Path | None = None
+    debug: bool = False
+
+
+GLOBAL = GlobalOptions()
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -45,13 +61,36 @@ def errors() -> Iterator[None]:
     except KeyboardInterrupt as exc:
         sys.stderr.write("interrupted\n")
         raise typer.Exit(exit_code_of(exc)) from None
-
-
-def hub_warning(state: str, error: str | None) -> None:
-    """With --json the document says it too, but diagnostics belong on stderr (DESIGN §3)."""
-    if error:
-        sys.stderr.write(f"warning: hub report {state}: {error}\n")
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if GLOBAL.debug:
+            raise
+        fail(
+            f"internal error (a bug in ophelia-db): {type(exc).__name__}: {redact(str(exc))}; "
+            "run it again with --debug for the traceback, and please report it",
+            ExitCode.INTERNAL,
+        )
 
 
 def fleet_at(path: Path | None) -> Fleet:
-    return load_fleet(path)
+    """The fleet named by the command's ``--fleet``, else the global one, else the default."""
+    return load_fleet(path or GLOBAL.fleet)
+
+
+def confirmed(question: str, *, yes: bool, refuse: str, ask: bool = True) -> None:
+    """Go on when ``--yes`` was given or the answer to ``question`` is yes; else exit 2 with ``refuse``.
+
+    Every destructive command asks the same way (on stderr, the answer read
+    from stdin) and refuses with the same code and wording. ``ask=False``
+    (JSON mode) refuses without asking.
+    """
+    if yes:
+        return
+    if ask:
+        try:
+            if typer.confirm(question, err=True):
+                return
+        except typer.Abort:
+            sys.stderr.write("\n")
+    fail(f"not confirmed (pass --yes); {refuse}", ExitCode.USAGE)

@@ -1,30 +1,35 @@
-"""Command-line commands for the trust features: validate, repair, adopt, drift, lint.
+"""The trust commands: `validate`, `repair`, `adopt`, `drift`, `lint`.
 
-Registered on the main app by cli.py. Each command parses its options, calls
-the library (``integrity``, ``reference``/``adopt``, ``lint``), renders the
-result as plain lines or JSON, and exits with the code DESIGN §3 gives it;
-library errors become one ``error: ...`` line on stderr through
-``cli_common.errors()``.
+Each parses its options, calls ``ophelia_db.trust``, renders the report
+through ``render.emit`` (renderers in ``render/trust.py``) and exits with
+the code docs/design.md §3 gives it.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
 from ophelia_db import trust
-from ophelia_db.cli.options import AllOpt, FleetOpt, InstanceOpt, JsonOpt, TagOpt, errors, fail, fleet_at
-from ophelia_db.cli.render import emit_json
-from ophelia_db.errors import ExitCode
-from ophelia_db.fleet.catalog import Difference
+from ophelia_db.cli.options import (
+    AllOpt,
+    FleetOpt,
+    InstanceOpt,
+    JsonOpt,
+    TagOpt,
+    YesOpt,
+    confirmed,
+    errors,
+    fail,
+    fleet_at,
+)
+from ophelia_db.cli.render import emit, emit_json, err, show
+from ophelia_db.cli.render.trust import render_repair_plan
 from ophelia_db.fleet.config import Fleet
 from ophelia_db.run.chain import chain_for
 from ophelia_db.trust.reference import References, build_references
 
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")]
 ScratchOpt = Annotated[
     str | None,
     typer.Option(
@@ -35,15 +40,6 @@ ScratchOpt = Annotated[
         show_envvar=False,
     ),
 ]
-
-
-def _out(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-
-
-def _differences(differences: Iterable[Difference], indent: str = "    ") -> None:
-    for difference in differences:
-        _out(f"{indent}{difference.describe()}")
 
 
 def validate(
@@ -65,17 +61,7 @@ def validate(
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
         report = trust.validate(loaded, targets)
-    if json_:
-        emit_json(report.as_record())
-        raise typer.Exit(report.exit_code)
-    for row in report.instances:
-        at = f" (at {row.current or 'base'})" if row.state not in ("unreachable", "error") else ""
-        _out(f"{row.name} {row.role} {row.state}{at}" + (f": {row.error}" if row.error else ""))
-        for finding in row.findings:
-            _out(f"    {finding.kind}: {finding.message}")
-    failed = [row.name for row in report.instances if row.exit_code]
-    _out(f"{len(report.instances) - len(failed)} valid, {len(failed)} failed (head {report.head or '-'})")
-    raise typer.Exit(report.exit_code)
+    emit(report, as_json=json_)
 
 
 def repair(
@@ -113,44 +99,14 @@ def repair(
         )
         plan = trust.plan_repair(target, request)
     if not json_:
-        _show_repair_plan(plan)
+        render_repair_plan(plan)
     if plan.steps:
-        if not yes and (json_ or not _confirmed(f"Apply these changes to {instance}?")):
-            if json_:
-                emit_json(plan.as_record())
-            fail("not confirmed (pass --yes); nothing was changed", ExitCode.USAGE)
+        if json_ and not yes:
+            emit_json(plan.as_record())
+        confirmed(f"Apply these changes to {instance}?", yes=yes, refuse="nothing was changed", ask=not json_)
         with errors():
             plan = trust.repair(target, plan, request)
-    if json_:
-        emit_json(plan.as_record())
-    elif plan.applied:
-        _out(
-            f"repaired {instance}: {len(plan.steps)} change(s), recorded in ophelia_repairs "
-            f"by {plan.performed_by}"
-        )
-    raise typer.Exit(ExitCode.INTEGRITY if plan.remaining else ExitCode.OK)
-
-
-def _confirmed(question: str) -> bool:
-    try:
-        return bool(typer.confirm(question, err=True))
-    except typer.Abort:
-        sys.stderr.write("\n")
-        return False
-
-
-def _show_repair_plan(plan: trust.RepairPlan) -> None:
-    if not plan.steps:
-        _out(f"{plan.instance}: nothing to change")
-    else:
-        _out(f"{plan.instance} (at {plan.current or 'base'}): the repair will")
-        for step in plan.steps:
-            change = f" [{step.before or '-'} -> {step.after or '-'}]" if (step.before or step.after) else ""
-            _out(f"  - {step.description}{change}")
-    if plan.remaining:
-        _out("still wrong afterwards (not covered by this repair):")
-        for finding in plan.remaining:
-            _out(f"    {finding.kind}: {finding.message}")
+    emit(plan, as_json=json_)
 
 
 def _references(loaded: Fleet, scratch_url: str | None) -> References:
@@ -181,31 +137,15 @@ def adopt(
         loaded = fleet_at(fleet)
         target = loaded.get(instance)
         references = _references(loaded, scratch_url)
-        plan = trust.plan_adoption(target, references, at=at)
-        if yes and plan.revision is not None and (plan.matched or plan.forced):
-            plan = trust.adopt(target, plan, references)
-    if json_:
-        emit_json(plan.as_record())
-    else:
-        _out(f"{instance}:")
-        for line in plan.evidence:
-            _out(f"  {line}")
-        if plan.differences:
-            _out(f"  differences from the reference of {plan.revision or 'base'} ({len(plan.differences)}):")
-            _differences(plan.differences)
-        if plan.stamped:
-            _out(
-                f"stamped {instance} at {plan.revision} "
-                f"(baseline rows: {', '.join(plan.add_rows) or 'none'}); "
-                f"next: ophelia-db upgrade --instance {instance}"
-            )
+        plan = trust.examine(target, references, at=at, stamp=yes)
+    show(plan, as_json=json_)
     if plan.exit_code:
         fail(
             f"{instance} matches no revision exactly; nothing was stamped (see the differences)",
             plan.exit_code,
         )
     if plan.revision is not None and not plan.stamped:
-        sys.stderr.write(f"not stamped: run again with --yes to stamp {instance} at {plan.revision}\n")
+        err(f"not stamped: run again with --yes to stamp {instance} at {plan.revision}")
 
 
 def drift(
@@ -228,33 +168,7 @@ def drift(
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
         report = trust.drift(targets, lambda: _references(loaded, scratch_url))
-    if json_:
-        emit_json(report.as_record())
-        raise typer.Exit(report.exit_code)
-    for row in report.instances:
-        short = f", {row.fingerprint[:19]}…" if row.fingerprint else ""
-        at = row.revision or "unversioned"
-        if row.state == "identical":
-            _out(f"{row.name}: identical to the reference of {at}{short}")
-        elif row.state == "drifted":
-            hint = "; adopt it first" if row.revision is None else ""
-            _out(
-                f"{row.name}: differs from the reference of {at} in {len(row.differences)} ways{hint}{short}"
-            )
-            _differences(row.differences)
-        else:
-            _out(f"{row.name}: {row.state}: {row.error}")
-    groups = report.groups
-    if len(groups) > 1:
-        _out("schemas by fingerprint:")
-        for group in groups:
-            label = "identical to its reference" if group.identical else "differs"
-            _out(
-                f"  {group.fingerprint[:19]}… {group.revision or 'unversioned'} ({label}): "
-                + ", ".join(group.instances)
-            )
-    _out(report.summary)
-    raise typer.Exit(report.exit_code)
+    emit(report, as_json=json_)
 
 
 def lint(
@@ -275,15 +189,7 @@ def lint(
     """
     with errors():
         report = trust.lint(start=from_, to=to, squawk=not no_squawk)
-    if json_:
-        emit_json(report.as_record())
-        raise typer.Exit(report.exit_code)
-    for finding in report.findings:
-        _out(f"{finding.revision} ({finding.file}) [{finding.source}: {finding.rule}] {finding.message}")
-        _out(f"    > {finding.statement}")
-    linted = ", ".join(report.revisions) or "none"
-    _out(f"{len(report.findings)} finding(s) in revisions {linted} ({report.squawk})")
-    raise typer.Exit(report.exit_code)
+    emit(report, as_json=json_)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,22 +1,20 @@
-"""Provisioning a new instance: the answers, and the files for operators who paste.
+"""`provision`'s answers: one model for every answer, wherever it comes from.
 
 This module owns the one pydantic model every provisioning answer goes
 through (``Answers``; its JSON schema is ``instances/instance-schema.json``),
-the subdomain proposed from a community name, reading and writing
-``instances/<subdomain>.json`` (never a secret), resolving the secret
-answers from the prompt or the environment, and writing the vault and hub
-SQL files that ``sqlgen`` renders (mode 0600 when they hold secrets). The
-live path is ``provision_apply``. It never prints, prompts or exits.
+where answers come from (``gather``: the prompts, an answers file with flags
+over it, or flags alone), the subdomain proposed from a community name,
+reading ``instances/<subdomain>.json`` (never a secret) and resolving the
+secret answers from the prompt or the environment. The files are written by
+``files``, the live path is ``apply``. It never prints, prompts or exits.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,9 +34,7 @@ from pydantic import (
 
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import SUBDOMAIN, CommunityType
-from ophelia_db.fleet.config import environment as fleet_environment
-from ophelia_db.instances import sql as sqlgen
-from ophelia_db.instances import vault
+from ophelia_db.instances import seed
 from ophelia_db.redaction import register_secret
 
 SECRET_FIELDS = frozenset({"supabase_anon_key", "api_keys"})
@@ -116,7 +112,7 @@ HttpUrl = Annotated[
     AfterValidator(_no_trailing_slash),
     WithJsonSchema({"type": "string", "pattern": _URL}),
 ]
-VaultKey = Annotated[str, _matching(vault.KEY_PATTERN, "an UPPER_SNAKE_CASE vault key")]
+VaultKey = Annotated[str, _matching(seed.KEY_PATTERN, "an UPPER_SNAKE_CASE vault key")]
 Latitude = Annotated[float, Field(ge=-90, le=90)]
 Longitude = Annotated[float, Field(ge=-180, le=180)]
 MapCenter = Annotated[tuple[Latitude, Longitude], BeforeValidator(_coordinates)]
@@ -180,7 +176,7 @@ class Answers(BaseModel):
     def _coherent(self) -> Answers:
         if self.code:
             check_code(self.community_type, self.code)
-        clash = sorted((set(self.api_key_envs) | set(self.api_keys)) & vault.SEED_KEYS)
+        clash = sorted((set(self.api_key_envs) | set(self.api_keys)) & seed.SEED_KEYS)
         if clash:
             raise ValueError(f"api keys {', '.join(clash)} would overwrite seeded vault keys")
         return self
@@ -272,21 +268,15 @@ def instance_schema() -> dict[str, Any]:
     schema = Answers.model_json_schema(mode="serialization")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$comment": "Generated from ophelia_db.provision.Answers by `ophelia-db provision`; do not edit.",
+        "$comment": (
+            "Generated from ophelia_db.instances.answers.Answers by `ophelia-db provision`; do not edit."
+        ),
         **schema,
     }
 
 
 def schema_text() -> str:
     return json.dumps(instance_schema(), indent=2, ensure_ascii=False) + "\n"
-
-
-# --- secrets and the environment ----------------------------------------------------------------
-
-
-def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment over the ``.env`` beside fleet.toml, as ``load_fleet`` reads them."""
-    return fleet_environment(fleet_path, environ)
 
 
 @dataclass(frozen=True)
@@ -317,90 +307,21 @@ def resolve_secrets(answers: Answers, env: Mapping[str, str]) -> Secrets:
     return Secrets(anon, keys, tuple(unset))
 
 
-# --- files ----------------------------------------------------------------------------------------
+Ask = Callable[[dict[str, Any]], "Answers"]
 
 
-@dataclass(frozen=True)
-class Outputs:
-    answers_file: Path
-    vault_sql: Path
-    registry_sql: Path
-    schema_file: Path
-    changed: tuple[Path, ...]
-    secret_files: tuple[Path, ...]
-    left_out: tuple[str, ...]
-    unset: tuple[str, ...]
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "files": [
-                str(p) for p in (self.answers_file, self.vault_sql, self.registry_sql, self.schema_file)
-            ],
-            "changed": [str(p) for p in self.changed],
-            "secret_files": [str(p) for p in self.secret_files],
-            "secrets_left_out": list(self.left_out),
-        }
-
-
-def write_text(path: Path, text: str, *, private: bool = False) -> bool:
-    """Write atomically (mode 0600 when ``private``); return False if the file already says so."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    same = path.is_file() and path.read_text(encoding="utf-8") == text
-    if same and (not private or path.stat().st_mode & 0o077 == 0):
-        return False
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp creates the file 0600; files without secrets get the usual mode.
-        if not private:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return True
-
-
-def _secret_rows(answers: Answers, api_keys: Mapping[str, str]) -> list[vault.SeedRow]:
-    return [
-        vault.SeedRow(name, None, "api", "API key", is_secret=True)
-        for name in answers.api_key_names
-        if name not in api_keys
-    ]
-
-
-def write_outputs(
-    answers: Answers, out_dir: Path, *, include_secrets: bool = False, env: Mapping[str, str] | None = None
-) -> Outputs:
-    """Write the answers JSON, the vault and hub SQL, and the schema under ``out_dir``."""
-    secrets = resolve_secrets(answers, os.environ if env is None else env)
-    api_keys = dict(secrets.api_keys) if include_secrets else {}
-    anon = secrets.anon_key if include_secrets else None
-    paths = {
-        "answers": out_dir / f"{answers.subdomain}.json",
-        "vault": out_dir / "sql" / f"{answers.subdomain}-vault.sql",
-        "registry": out_dir / "sql" / f"{answers.subdomain}-registry.sql",
-        "schema": out_dir / SCHEMA_FILE,
-    }
-    missing = _secret_rows(answers, api_keys)
-    texts = {
-        "answers": (answers_json(answers), False),
-        "vault": (sqlgen.vault_script(answers, vault.seed_rows(answers, api_keys), missing), bool(api_keys)),
-        "registry": (sqlgen.registry_script(answers, anon), anon is not None),
-        "schema": (schema_text(), False),
-    }
-    changed = [
-        paths[k] for k, (text, private) in texts.items() if write_text(paths[k], text, private=private)
-    ]
-    left_out = [row.key for row in missing] + ([] if anon else ["SUPABASE_ANON_KEY"])
-    return Outputs(
-        answers_file=paths["answers"],
-        vault_sql=paths["vault"],
-        registry_sql=paths["registry"],
-        schema_file=paths["schema"],
-        changed=tuple(changed),
-        secret_files=tuple(paths[k] for k, (_, private) in texts.items() if private),
-        left_out=tuple(left_out),
-        unset=secrets.unset,
-    )
+def gather(from_: Path | None, flags: Mapping[str, Any], ask: Ask | None = None) -> Answers:
+    """The answers: asked (the file's, then the flags', as defaults), else the file with the
+    flags over it, else the flags alone."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    if ask is not None:
+        defaults = load_answers(from_).model_dump() if from_ is not None else {}
+        return ask({**defaults, **given})
+    if from_ is not None:
+        return load_answers(from_, flags)
+    if not given:
+        raise ConfigError(
+            "nothing to provision: pass --from instances/<name>.json or the answers as flags "
+            "(see --help), or run it on a terminal to be asked"
+        )
+    return build_answers(given)

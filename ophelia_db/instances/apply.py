@@ -25,12 +25,12 @@ from pydantic import SecretStr
 from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal, OpheliaError
 from ophelia_db.fleet import hub
-from ophelia_db.fleet.config import Fleet, Target, Timeouts, load_fleet
-from ophelia_db.fleet.connections import connect, describe_error
+from ophelia_db.fleet.config import Fleet, Target, Timeouts, environment, load_fleet
+from ophelia_db.fleet.connections import connect, describe_error, sqlstate_of
 from ophelia_db.fleet.urls import parse as parse_url
+from ophelia_db.instances import seed
 from ophelia_db.instances import sql as sqlgen
-from ophelia_db.instances import vault
-from ophelia_db.instances.answers import Answers, environment, resolve_secrets
+from ophelia_db.instances.answers import Answers, resolve_secrets
 from ophelia_db.instances.doctor import query_as
 from ophelia_db.redaction import register_secret
 from ophelia_db.results import Record
@@ -234,7 +234,7 @@ class _Apply:
         return "done", f"{moved} ({len(result.applied)} revision(s))"
 
     def write_vault(self) -> tuple[StepState, str]:
-        statements = sqlgen.vault_statements(vault.seed_rows(self.answers, self.secrets.api_keys))
+        statements = sqlgen.vault_statements(seed.seed_rows(self.answers, self.secrets.api_keys))
         with connect(self.target) as conn:
             written = sum(max(conn.execute(statement).rowcount, 0) for statement in statements)  # type: ignore[call-overload]
             conn.commit()
@@ -314,7 +314,7 @@ def apply(
             except OpheliaError as error:
                 step, code = Step(name, "failed", error.message), error.exit_code
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) is None:
+                if sqlstate_of(exc) is None:
                     raise
                 step, code = Step(name, "failed", describe_error(exc)), ExitCode.USAGE
         steps.append(step)

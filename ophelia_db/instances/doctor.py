@@ -17,7 +17,7 @@ from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet import hub
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import Connection, connect, describe_error, sql_identifier
-from ophelia_db.instances.vault import APP_PUBLIC_KEYS
+from ophelia_db.instances.seed import APP_PUBLIC_KEYS
 from ophelia_db.results import Record
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.state import classify, read_state

@@ -6,7 +6,7 @@ and every identifier by ``connections.sql_identifier``, never by string
 formatting. Every statement is an upsert that changes nothing when run
 again. A secret appears only when the caller passes its value; otherwise it
 is a commented-out statement holding a clearly marked placeholder, so that
-pasting a file as it is can never store a placeholder. ``provision_apply.apply``
+pasting a file as it is can never store a placeholder. ``apply``
 executes these same statements, so the files and the live path cannot drift.
 """
 
@@ -21,7 +21,7 @@ from ophelia_db.fleet.hub import RegistryIdentity, anon_key_update, registry_ups
 
 if TYPE_CHECKING:
     from ophelia_db.instances.answers import Answers
-    from ophelia_db.instances.vault import SeedRow
+    from ophelia_db.instances.seed import SeedRow
 
 VAULT = ("public", "instance_config")
 _VAULT_COLUMNS = ("key", "value", "category", "description", "is_secret", "is_public")

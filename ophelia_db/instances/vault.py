@@ -1,9 +1,7 @@
-"""The instance vault: ``instance_config`` rows, the keys provisioning seeds, and ``config`` commands.
+"""The instance vault of a live instance: `config list|get|set|unset` on ``instance_config``.
 
-This module owns what goes into an instance's vault (DESIGN §6): the seed
-rows written from the provisioning answers (identity, branding, map, the
-per-community-type wording, API keys as secrets), and reading and changing
-keys on a live instance for ``ophelia-db config list|get|set|unset``. Values
+This module owns reading and changing keys on a live instance (the seed
+written at provisioning is ``seed``'s, docs/design.md §6). Values
 are JSON; a plain string is stored as a JSON string. An unrevealed secret
 value never leaves the database (the query masks it), and a secret being
 written is registered for redaction first, so no error can show it.
@@ -13,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,123 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.connections import Connection, connect, describe_error
+from ophelia_db.instances.seed import check_key
 from ophelia_db.redaction import MASK, register_secret
 from ophelia_db.results import Record
 
+_LOOKS_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)")
+
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
-    from ophelia_db.instances.answers import Answers
-
-KEY_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
-_KEY = re.compile(KEY_PATTERN)
-_LOOKS_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)")
-BOT_NAME = "Ophélia"
-
-# How each kind of community names its bodies and acts; the app words its answers with these.
-WORDING: dict[str, dict[str, str]] = {
-    "municipality": {
-        "GOVERNING_BODY": "conseil municipal",
-        "DECISION_TERM": "délibération",
-        "MEMBERS_TERM": "conseillers municipaux",
-        "LEADER_TITLE": "maire",
-        "AUDIENCE_TERM": "habitants",
-    },
-    "intercommunality": {
-        "GOVERNING_BODY": "conseil communautaire",
-        "DECISION_TERM": "délibération",
-        "MEMBERS_TERM": "conseillers communautaires",
-        "LEADER_TITLE": "président",
-        "AUDIENCE_TERM": "habitants",
-    },
-    "university": {
-        "GOVERNING_BODY": "conseil d'administration",
-        "DECISION_TERM": "délibération",
-        "MEMBERS_TERM": "administrateurs",
-        "LEADER_TITLE": "président",
-        "AUDIENCE_TERM": "étudiants et personnels",
-    },
-    "association": {
-        "GOVERNING_BODY": "assemblée générale",
-        "DECISION_TERM": "résolution",
-        "MEMBERS_TERM": "membres du bureau",
-        "LEADER_TITLE": "président",
-        "AUDIENCE_TERM": "adhérents",
-    },
-    "region": {
-        "GOVERNING_BODY": "assemblée régionale",
-        "DECISION_TERM": "délibération",
-        "MEMBERS_TERM": "conseillers régionaux",
-        "LEADER_TITLE": "président",
-        "AUDIENCE_TERM": "habitants",
-    },
-}
-MAP_ZOOM = {"municipality": 14, "intercommunality": 11, "university": 16, "association": 13, "region": 8}
-# The keys the Ophelia app reads through the anon key before anyone logs in (doctor checks them).
-APP_PUBLIC_KEYS = ("COMMUNITY_NAME", "COMMUNITY_TYPE", "SUBDOMAIN", "BOT_NAME", "MAP_CENTER")
-SEED_KEYS = frozenset(
-    {
-        "COMMUNITY_NAME", "COMMUNITY_TYPE", "CITY", "SUBDOMAIN", "COMMUNITY_CODE", "REGION_CODE",
-        "REGION_NAME", "CONTACT_EMAIL", "BOT_NAME", "WELCOME_MESSAGE", "MAP_CENTER", "MAP_ZOOM",
-        "SUPABASE_URL", *WORDING["municipality"],
-    }
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SeedRow:
-    """One vault row written by provisioning.
-
-    ``overwrite`` rows follow the answers on every run; the others are
-    defaults written once, so that an operator's later ``config set`` wins.
-    """
-
-    key: str
-    value: Any
-    category: str
-    description: str
-    is_public: bool = False
-    is_secret: bool = False
-    overwrite: bool = True
-
-
-def seed_rows(answers: Answers, api_keys: Mapping[str, str] | None = None) -> list[SeedRow]:
-    """The vault rows for an instance: identity, branding, map, wording, then API keys (secret)."""
-    kind = answers.community_type
-    rows = [
-        SeedRow("COMMUNITY_NAME", answers.community_name, "identity", "Community name", True),
-        SeedRow("COMMUNITY_TYPE", kind, "identity", "Community type", True),
-        SeedRow("CITY", answers.city, "identity", "City", True),
-        SeedRow("SUBDOMAIN", answers.subdomain, "identity", "Instance subdomain", True),
-    ]
-    if answers.code:
-        rows.append(SeedRow("COMMUNITY_CODE", answers.code, "identity", "INSEE/UAI code", True))
-    rows += [
-        SeedRow("REGION_CODE", answers.region_code, "identity", "Region code", True),
-        SeedRow("REGION_NAME", answers.region_name, "identity", "Region name", True),
-        SeedRow("CONTACT_EMAIL", answers.contact_email, "identity", "Contact email (not public)"),
-        SeedRow("BOT_NAME", BOT_NAME, "branding", "Assistant name", True, overwrite=False),
-        SeedRow(
-            "WELCOME_MESSAGE",
-            f"Bonjour, je suis {BOT_NAME}, l'assistante de {answers.community_name}.",
-            "branding",
-            "First message of the assistant",
-            True,
-            overwrite=False,
-        ),
-        SeedRow("MAP_CENTER", list(answers.map_center), "map", "Map centre [lat, lon]", True),
-        SeedRow("MAP_ZOOM", MAP_ZOOM[kind], "map", "Initial map zoom", True, overwrite=False),
-    ]
-    if answers.supabase_url:
-        rows.append(SeedRow("SUPABASE_URL", answers.supabase_url, "supabase", "Supabase project URL", True))
-    for key, text in WORDING[kind].items():
-        rows.append(SeedRow(key, text, "wording", f"Wording for a {kind}", True, overwrite=False))
-    for key, secret in sorted((api_keys or {}).items()):
-        register_secret(secret)
-        rows.append(SeedRow(key, secret, "api", "API key", is_secret=True))
-    return rows
-
-
-# --- the vault of a live instance --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -203,6 +92,17 @@ class InstanceConfig(Record):
     def get(self, key: str) -> ConfigEntry | None:
         return next((e for e in self.entries if e.key == key), None)
 
+    def shown(self, key: str, *, missing: str = "-", failed: str = "?") -> str:
+        entry = self.get(key)
+        return failed if self.error else entry.shown if entry else missing
+
+
+def compare(
+    configs: Sequence[InstanceConfig], key: str, *, missing: str = "-", failed: str = "?"
+) -> list[str]:
+    """What each instance shows for ``key``, in ``configs``' order; a set of it counts the variants."""
+    return [config.shown(key, missing=missing, failed=failed) for config in configs]
+
 
 _SELECT = """SELECT key, CASE WHEN is_secret AND NOT %(reveal)s THEN NULL ELSE value END,
   category, description, is_secret, is_public, version, updated_at
@@ -221,13 +121,6 @@ WHERE (c.value, c.category, c.description, c.is_secret, c.is_public) IS DISTINCT
   (EXCLUDED.value, COALESCE(%(category)s, c.category), COALESCE(%(description)s, c.description),
    EXCLUDED.is_secret, EXCLUDED.is_public)
 RETURNING version"""
-
-
-def check_key(key: str) -> str:
-    """Refuse a key that is not UPPER_SNAKE_CASE (at most 64 characters)."""
-    if not _KEY.match(key):
-        raise ConfigError(f"invalid key {key!r}: use UPPER_SNAKE_CASE, e.g. MAP_ZOOM (at most 64 characters)")
-    return key
 
 
 def parse_value(text: str) -> Any:

@@ -12,15 +12,14 @@ only writer), and the commands built on them: ``status``/``history``,
 from ophelia_db.run.offline import offline_sql
 from ophelia_db.run.status import history, probe_all, status
 from ophelia_db.run.sync import sync
-from ophelia_db.run.upgrade import downgrade, shard, skip_inactive, upgrade
+from ophelia_db.run.upgrade import downgrade, select_shard, upgrade
 
 __all__ = [
     "downgrade",
     "history",
     "offline_sql",
     "probe_all",
-    "shard",
-    "skip_inactive",
+    "select_shard",
     "status",
     "sync",
     "upgrade",

@@ -14,6 +14,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
@@ -32,7 +33,7 @@ from ophelia_db.run.status import probe_all
 ProgressCallback = Callable[[InstanceResult], None]
 
 
-def skip_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], list[str]]:
+def _drop_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], list[str]]:
     """Drop archived and suspended instances (per the hub registry) from an ``--all`` run."""
     registry = registry_statuses(fleet.hub)
     if not registry:
@@ -69,71 +70,110 @@ def upgrade(
     dry_run: bool = False,
     canary: str | None = None,
     max_failures: int | None = None,
+    skip_inactive: bool = True,
+    shard: str | None = None,
     chain: Chain | None = None,
+    on_plan: Callable[[list[Target]], None] | None = None,
     on_start: Callable[[Target], None] | None = None,
     on_result: ProgressCallback | None = None,
 ) -> RunReport:
     """Upgrade the selected instances to ``to``: the hub first, canaries next, then the rest.
 
-    A failing hub or canary stops the run before the others are touched;
+    ``skip_inactive`` leaves out the instances the hub registry marks archived
+    or suspended; ``shard`` (``"K/N"``) keeps one shard of the selection. A
+    failing hub or canary stops the run before the others are touched;
     ``max_failures`` stops starting new instances once that many have failed.
+    ``on_plan`` hears the final selection, ``on_start``/``on_result`` each instance.
     """
     chain = chain or chain_for()
     goal = chain.resolve(to)
-    jobs = jobs or fleet.defaults.jobs
-    results: dict[str, InstanceResult] = {}
+    inactive: list[str] = []
+    if skip_inactive:
+        targets, inactive = _drop_inactive(fleet, targets)
+    if shard:
+        targets = select_shard(targets, shard)
+    if on_plan:
+        on_plan(targets)
     reporter = None if dry_run else HubReporter(fleet.hub)
-    halt = Halt(max_failures=max_failures)
-
-    def finish(target: Target, result: InstanceResult) -> None:
-        results[target.name] = result
-        if reporter is not None and result.result != "skipped":
-            reporter.report(_registry_update(result, target))
-        if on_result:
-            on_result(result)
-
-    hub = [t for t in targets if t.role == "hub"]
-    canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
-    rest = [t for t in targets if t.role != "hub" and t not in canaries]
-    waves = [(hub, 1, "the hub"), (canaries, jobs, f"canary instances tagged '{canary}'"), (rest, jobs, "")]
-    # One concurrent read of every instance up front; each wave settles its
-    # own instances from it, so a failed hub still leaves the others untouched.
-    states = probe_all(targets)
-    outcomes = {t.name: _triage(t, states[t.name], chain, goal, dry_run) for t in targets}
-    parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
+    jobs = jobs or fleet.defaults.jobs
+    run = _FleetRun(chain, goal, jobs, Halt(max_failures), reporter, on_start, on_result)
     try:
-        with fanout.Workers(jobs, warm=parallel_work > 1) as workers:
-            for index, (wave, wave_jobs, label) in enumerate(waves):
-                if halt.reason:
-                    for target in wave:
-                        finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
-                    continue
-                work = []
-                for target in wave:
-                    outcome = outcomes[target.name]
-                    if outcome is None:
-                        work.append(target)
-                    else:
-                        halt.record(outcome)
-                        finish(target, outcome)
-                fanout.run(work, chain.spec, goal, wave_jobs, halt, finish, on_start, workers)
-                failed = [t.name for t in wave if not results[t.name].succeeded]
-                if label and failed and index < len(waves) - 1 and not halt.reason:
-                    halt.reason = (
-                        f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
-                    )
+        run.waves(targets, canary, dry_run)
     finally:
         if reporter is not None:
             reporter.close()
-    ordered = tuple(sorted(results.values(), key=lambda r: (r.role != "hub", r.name)))
     return RunReport(
         run_id=uuid.uuid4().hex[:12],
         target=to,
-        instances=ordered,
+        instances=tuple(sorted(run.results.values(), key=lambda r: (r.role != "hub", r.name))),
         hub_report="ok" if reporter is None else reporter.state,
         hub_error=None if reporter is None else reporter.error,
-        interrupted=halt.interrupted,
+        interrupted=run.halt.interrupted,
+        inactive=tuple(inactive),
     )
+
+
+@dataclass
+class _FleetRun:
+    """One ``upgrade`` over a selection: its waves, its halt, its results as they come."""
+
+    chain: Chain
+    goal: str | None
+    jobs: int
+    halt: Halt
+    reporter: HubReporter | None
+    on_start: Callable[[Target], None] | None
+    on_result: ProgressCallback | None
+    results: dict[str, InstanceResult] = field(default_factory=dict)
+
+    def finish(self, target: Target, result: InstanceResult) -> None:
+        self.results[target.name] = result
+        if self.reporter is not None and result.result != "skipped":
+            self.reporter.report(_registry_update(result, target))
+        if self.on_result:
+            self.on_result(result)
+
+    def waves(self, targets: list[Target], canary: str | None, dry_run: bool) -> None:
+        hub = [t for t in targets if t.role == "hub"]
+        canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
+        rest = [t for t in targets if t.role != "hub" and t not in canaries]
+        # One concurrent read of every instance up front; each wave settles its
+        # own instances from it, so a failed hub still leaves the others untouched.
+        states = probe_all(targets)
+        outcomes = {t.name: _triage(t, states[t.name], self.chain, self.goal, dry_run) for t in targets}
+        parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
+        waves = [(hub, 1, "the hub"), (canaries, self.jobs, f"canary instances tagged '{canary}'")]
+        waves.append((rest, self.jobs, ""))
+        with fanout.Workers(self.jobs, warm=parallel_work > 1) as workers:
+            for index, (wave, wave_jobs, label) in enumerate(waves):
+                self.wave(wave, wave_jobs, outcomes, workers)
+                failed = [t.name for t in wave if not self.results[t.name].succeeded]
+                if label and failed and index < len(waves) - 1 and not self.halt.reason:
+                    self.halt.reason = (
+                        f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
+                    )
+
+    def wave(
+        self,
+        wave: list[Target],
+        jobs: int,
+        outcomes: dict[str, InstanceResult | None],
+        workers: fanout.Workers,
+    ) -> None:
+        halt = self.halt
+        if halt.reason:
+            for target in wave:
+                self.finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+            return
+        work = []
+        for target in wave:
+            outcome = outcomes[target.name]
+            if outcome is None:
+                work.append(target)
+            else:
+                self.halt.record(outcome)
+                self.finish(target, outcome)
+        fanout.run(work, self.chain.spec, self.goal, jobs, self.halt, self.finish, self.on_start, workers)
 
 
 def _triage(
@@ -177,7 +217,7 @@ def downgrade(fleet: Fleet, target: Target, *, to: str, chain: Chain | None = No
     )
 
 
-def shard(targets: list[Target], spec: str) -> list[Target]:
+def select_shard(targets: list[Target], spec: str) -> list[Target]:
     """Keep the instances of shard ``K/N`` (1-based), leaving the hub out.
 
     Membership depends only on each instance's name (a CRC32 of it), so

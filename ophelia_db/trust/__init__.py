@@ -9,7 +9,7 @@ revision by revision to a scratch database) and ``lint`` (revisions rendered
 to SQL and checked for blocking DDL, offline).
 """
 
-from ophelia_db.trust.adopt import AdoptionPlan, adopt, plan_adoption
+from ophelia_db.trust.adopt import AdoptionPlan, adopt, examine, plan_adoption
 from ophelia_db.trust.drift import DriftReport, drift
 from ophelia_db.trust.lint import lint
 from ophelia_db.trust.reference import References, build_references
@@ -26,6 +26,7 @@ __all__ = [
     "adopt",
     "build_references",
     "drift",
+    "examine",
     "lint",
     "plan_adoption",
     "plan_repair",

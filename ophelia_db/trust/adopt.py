@@ -57,8 +57,20 @@ class AdoptionPlan(Record):
     stamped: bool = False
 
     @property
+    def stampable(self) -> bool:
+        return self.revision is not None and (self.matched or self.forced)
+
+    @property
     def exit_code(self) -> int:
         return ExitCode.OK if self.matched or self.forced else ExitCode.INTEGRITY
+
+
+def examine(
+    target: Target, references: References, *, at: str | None = None, stamp: bool = False
+) -> AdoptionPlan:
+    """Plan the adoption of ``target`` and, with ``stamp``, stamp it when the plan allows."""
+    plan = plan_adoption(target, references, at=at)
+    return adopt(target, plan, references) if stamp and plan.stampable else plan
 
 
 def plan_adoption(

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ophelia_db.errors import ConfigError, IntegrityRefusal
+from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import connect, migration_lock
 from ophelia_db.results import Record
@@ -82,6 +82,11 @@ class RepairPlan(Record):
     remaining: tuple[Finding, ...] = ()
     applied: bool = False
     performed_by: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """4 while problems this repair does not cover remain, else 0."""
+        return ExitCode.INTEGRITY if self.remaining else ExitCode.OK
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,10 @@
-"""Rendering results for people and programs.
+"""How `status`, `upgrade`/`downgrade`, `sync` and `history` look, and the live progress of a run.
 
-This module owns how results look: a rich table on a terminal, one plain
-line per instance otherwise, and JSON (stdout carries only the document;
-diagnostics go to stderr). It reads result objects and never touches a
-database.
+A rich table on a terminal, one plain line per instance otherwise.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ophelia_db.cli.render import console, is_tty, renders, styled
 from ophelia_db.results import (
     HistoryReport,
     InstanceResult,
@@ -29,39 +26,11 @@ from ophelia_db.results import (
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
 
-_STATE_STYLE = {
-    "up-to-date": "green",
-    "ok": "green",
-    "noop": "green",
-    "planned": "cyan",
-    "outdated": "yellow",
-    "unversioned": "yellow",
-    "skipped": "yellow",
-    "locked": "magenta",
-}
 
-
-def _console(stream: TextIO) -> Console:
-    return Console(file=stream, highlight=False, soft_wrap=False)
-
-
-def _is_tty(stream: TextIO) -> bool:
-    return hasattr(stream, "isatty") and stream.isatty()
-
-
-def emit_json(record: Any, stream: TextIO | None = None) -> None:
-    stream = stream or sys.stdout
-    stream.write(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n")
-
-
-def _styled(value: str) -> str:
-    style = _STATE_STYLE.get(value, "red")
-    return f"[{style}]{value}[/{style}]"
-
-
+@renders(StatusReport)
 def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    if _is_tty(stream):
+    if is_tty(stream):
         table = Table(title=f"ophelia-db status (head {report.head or '-'})")
         for column in ("instance", "role", "state", "current", "pending", "migrations", "detail"):
             table.add_column(column)
@@ -70,13 +39,13 @@ def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
             table.add_row(
                 row.name,
                 row.role,
-                _styled(row.state) if not row.registry_status else state,
+                styled(row.state) if not row.registry_status else state,
                 row.current or "-",
                 ", ".join(row.pending) or "-",
                 "-" if row.migrations_count is None else str(row.migrations_count),
                 row.error or "",
             )
-        _console(stream).print(table)
+        console(stream).print(table)
         return
     stream.write(f"head {report.head or '-'}\n")
     for row in report.instances:
@@ -101,13 +70,16 @@ def result_line(result: InstanceResult) -> str:
     return f"{result.name} {result.result} {moved}{applied} {result.duration_ms}ms{error}"
 
 
+@renders(RunReport)
 def render_run(
     report: RunReport, stream: TextIO | None = None, err: TextIO | None = None, *, streamed: bool = False
 ) -> None:
     """Show a run; ``streamed`` means each instance's line was already printed as it finished."""
     stream = stream or sys.stdout
     err = err or sys.stderr
-    if _is_tty(stream):
+    if report.inactive:
+        err.write(f"skipped (archived or suspended in the hub): {', '.join(report.inactive)}\n")
+    if is_tty(stream):
         table = Table(title=f"ophelia-db run {report.run_id} → {report.target}")
         for column in ("instance", "role", "result", "from", "to", "applied", "ms", "error"):
             table.add_column(column)
@@ -115,14 +87,14 @@ def render_run(
             table.add_row(
                 row.name,
                 row.role,
-                _styled(row.result),
+                styled(row.result),
                 row.from_revision or "-",
                 row.to_revision or "-",
                 ", ".join(row.applied or row.reverted) or "-",
                 str(row.duration_ms),
                 row.error or "",
             )
-        _console(stream).print(table)
+        console(stream).print(table)
     elif not streamed:
         for row in report.instances:
             stream.write(result_line(row) + "\n")
@@ -135,6 +107,7 @@ def render_run(
         err.write(f"warning: hub report {report.hub_report}: {report.hub_error}\n")
 
 
+@renders(SyncReport)
 def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     err = err or sys.stderr
@@ -145,9 +118,10 @@ def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | 
         err.write(f"error: {report.hub_error}\n")
 
 
+@renders(HistoryReport)
 def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    if _is_tty(stream):
+    if is_tty(stream):
         table = Table(title=f"{report.name}: at {report.current or 'base'} (head {report.head or '-'})")
         for column in ("version", "name", "state", "applied at", "ms", "applied by"):
             table.add_column(column)
@@ -155,12 +129,12 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
             table.add_row(
                 entry.version,
                 entry.name,
-                _styled("ok" if entry.state == "applied" else entry.state),
+                styled("ok" if entry.state == "applied" else entry.state),
                 entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-",
                 "-" if entry.execution_time_ms is None else str(entry.execution_time_ms),
                 entry.applied_by or "-",
             )
-        _console(stream).print(table)
+        console(stream).print(table)
         return
     stream.write(f"{report.name} current={report.current or '-'} head={report.head or '-'}\n")
     for entry in report.entries:
@@ -174,7 +148,7 @@ class RunProgress:
     def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
         self.stream = stream
         self.enabled = enabled
-        self.tty = _is_tty(stream)
+        self.tty = is_tty(stream)
         self.streamed = enabled and not self.tty
         self.failures = 0
         self.current: set[str] = set()
@@ -186,6 +160,12 @@ class RunProgress:
         now = ", ".join(sorted(self.current)[:4]) + (" ..." if len(self.current) > 4 else "")
         failed = f"[red]{self.failures} failed[/red] " if self.failures else ""
         return f"{failed}{now}"
+
+    def planned(self, targets: list[Target]) -> None:
+        """The library's final selection (archived instances and other shards left out)."""
+        self.total = len(targets)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
 
     def started(self, target: Target) -> None:
         self.current.add(target.name)

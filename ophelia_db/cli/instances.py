@@ -1,0 +1,240 @@
+"""Looking after live instances: `config`, `archive`/`suspend`/`activate`, `instances`, `doctor`.
+
+Each parses its options, calls one function of ``ophelia_db.instances``,
+renders the report through ``render.emit`` (renderers in
+``render/instances.py``) and exits with its code. Secrets are typed at
+hidden prompts or read from stdin, never echoed, and shown as ``***``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ophelia_db import instances as library
+from ophelia_db.cli.options import (
+    AllOpt,
+    FleetOpt,
+    InstanceOpt,
+    JsonOpt,
+    OneInstanceOpt,
+    errors,
+    fail,
+    fleet_at,
+)
+from ophelia_db.cli.render import emit, emit_json, err, out, table
+from ophelia_db.cli.render.instances import entry_row
+from ophelia_db.errors import combine_exit_codes
+from ophelia_db.fleet.hub import Status
+from ophelia_db.instances import vault
+
+RevealOpt = Annotated[bool, typer.Option("--reveal", help="Show secret values instead of ***.")]
+NameArg = Annotated[str, typer.Argument(help="Instance name (its subdomain).")]
+KeyArg = Annotated[str, typer.Argument(help="Vault key, UPPER_SNAKE_CASE.")]
+
+config_app = typer.Typer(
+    help="The instance vault: list, get, set and unset keys (secrets masked).", no_args_is_help=True
+)
+
+
+@config_app.command("list")
+def config_list(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    reveal: RevealOpt = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """List one instance's vault, or compare every key across several (--all).
+
+    Example: ophelia-db config list -i corte
+    """
+    with errors():
+        targets = fleet_at(fleet).select(instance or (), all_=all_)
+        configs = vault.read_fleet(targets, reveal=reveal)
+    if len(configs) == 1 and configs[0].error:
+        fail(configs[0].error, configs[0].exit_code)
+    if json_:
+        emit_json({"instances": [c.as_record() for c in configs]})
+    elif len(configs) == 1:
+        title = f"{configs[0].instance}: instance_config"
+        headers = ["key", "value", "category", "access", "version"]
+        table(title, headers, [entry_row(e) for e in configs[0].entries])
+    else:
+        rows = []
+        for key in sorted({e.key for c in configs for e in c.entries}):
+            cells = vault.compare(configs, key)
+            same = "same" if len(set(cells)) == 1 else "differs"
+            rows.append(
+                [key, same, *(f"{c.instance}={cell}" for c, cell in zip(configs, cells, strict=True))]
+            )
+        table("instance_config across the fleet", ["key", "", *(c.instance for c in configs)], rows)
+    _exit_with_errors(configs)
+
+
+def _exit_with_errors(configs: list[vault.InstanceConfig]) -> None:
+    for config in configs:
+        if config.error:
+            err(f"error: {config.error}")
+    raise typer.Exit(combine_exit_codes([c.exit_code for c in configs]))
+
+
+@config_app.command("get")
+def config_get(
+    key: KeyArg,
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    reveal: RevealOpt = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Print one key's JSON value, or compare it across instances (--all).
+
+    Example: ophelia-db config get MAP_CENTER --all
+    """
+    with errors():
+        targets = fleet_at(fleet).select(instance or (), all_=all_)
+        if len(targets) == 1:
+            entry = vault.get_entry(targets[0], key, reveal=reveal)
+            if json_:
+                emit(entry, as_json=True, code=0)
+            out(entry.shown)
+            if entry.is_secret and not reveal:
+                err(f"note: {key} is secret; --reveal shows it")
+            raise typer.Exit(0)
+        configs = vault.read_fleet(targets, key, reveal=reveal)
+    if json_:
+        emit_json({"key": key, "instances": [c.as_record() for c in configs]})
+    else:
+        cells = vault.compare(configs, key, missing="(not set)", failed="(error)")
+        table(
+            key, ["instance", "value"], [[c.instance, cell] for c, cell in zip(configs, cells, strict=True)]
+        )
+        distinct = len(set(cells))
+        out(f"{key}: {'the same everywhere' if distinct == 1 else f'{distinct} different values'}")
+    _exit_with_errors(configs)
+
+
+@config_app.command("set")
+def config_set(
+    key: KeyArg,
+    instance: OneInstanceOpt,
+    value: Annotated[
+        str | None,
+        typer.Argument(help="JSON value, or a plain string; omitted: read from stdin or asked hidden."),
+    ] = None,
+    secret: Annotated[
+        bool | None,
+        typer.Option("--secret/--no-secret", help="Mark the key secret (never readable by anon)."),
+    ] = None,
+    public: Annotated[
+        bool | None, typer.Option("--public/--private", help="Readable by anon (the app before login).")
+    ] = None,
+    category: Annotated[str | None, typer.Option("--category", help="Category (default general).")] = None,
+    description: Annotated[str | None, typer.Option("--description", help="What the key is for.")] = None,
+    fleet: FleetOpt = None,
+) -> None:
+    """Create or change a vault key; the previous value is kept and the version bumped.
+
+    Example: ophelia-db config set MAP_ZOOM 13 -i corte
+    """
+    with errors():
+        target = fleet_at(fleet).select([instance])[0]
+        if value is None:
+            value = (
+                sys.stdin.read().rstrip("\n")
+                if not sys.stdin.isatty()
+                else typer.prompt(f"{key} (input hidden)", hide_input=True)
+            )
+        result = vault.set_entry(
+            target,
+            key,
+            vault.parse_value(value),
+            secret=secret,
+            public=public,
+            category=category,
+            description=description,
+        )
+    verb = "created" if result.created else "set" if result.changed else "unchanged"
+    suffix = ", secret" if result.is_secret else ""
+    out(f"{result.instance}: {result.key} {verb} (version {result.version}{suffix})")
+    if result.warning:
+        err(f"warning: {result.warning}")
+
+
+@config_app.command("unset")
+def config_unset(key: KeyArg, instance: OneInstanceOpt, fleet: FleetOpt = None) -> None:
+    """Delete a vault key.
+
+    Example: ophelia-db config unset OLD_KEY -i corte
+    """
+    with errors():
+        target = fleet_at(fleet).select([instance])[0]
+        removed = vault.unset_entry(target, key)
+    out(f"{target.name}: {key} {'removed' if removed else 'was not set'}")
+
+
+def _set_status(name: str, status: Status, json_: bool, fleet: FleetOpt) -> None:
+    with errors():
+        change = library.set_status(fleet_at(fleet), name, status)
+    emit(change, as_json=json_, code=0)
+
+
+def archive(name: NameArg, json_: JsonOpt = False, fleet: FleetOpt = None) -> None:
+    """Mark an instance archived in the hub: `upgrade --all` skips it, `status` shows it.
+
+    Example: ophelia-db archive corte
+    """
+    _set_status(name, "archived", json_, fleet)
+
+
+def suspend(name: NameArg, json_: JsonOpt = False, fleet: FleetOpt = None) -> None:
+    """Mark an instance suspended in the hub: `upgrade --all` skips it, the app stops resolving it.
+
+    Example: ophelia-db suspend corte
+    """
+    _set_status(name, "suspended", json_, fleet)
+
+
+def activate(name: NameArg, json_: JsonOpt = False, fleet: FleetOpt = None) -> None:
+    """Mark an instance active in the hub again (also ends a provisioning left pending).
+
+    Example: ophelia-db activate corte
+    """
+    _set_status(name, "active", json_, fleet)
+
+
+def instances(
+    json_: JsonOpt = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if fleet.toml and the registry differ.")
+    ] = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """List the fleet as the hub registry sees it, flagging names only one side knows.
+
+    Example: ophelia-db instances --check
+    """
+    with errors():
+        report = library.instances(fleet_at(fleet))
+    emit(report, as_json=json_, code=report.exit_code(check))
+
+
+def doctor(instance: OneInstanceOpt, json_: JsonOpt = False, fleet: FleetOpt = None) -> None:
+    """Check an instance as the Ophelia app sees it (anon role, hub, version); one line per check.
+
+    Example: ophelia-db doctor --instance corte
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        report = library.doctor(loaded, loaded.select([instance])[0])
+    emit(report, as_json=json_)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to ``app``."""
+    app.add_typer(config_app, name="config")
+    for command in (archive, suspend, activate, instances, doctor):
+        app.command()(command)

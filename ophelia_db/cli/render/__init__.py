@@ -1,0 +1,98 @@
+"""How results look: one entry point, ``emit``, for every report type.
+
+A report is shown as JSON with ``--json`` (stdout carries only the document;
+diagnostics go to stderr), otherwise by the renderer registered for its type
+(``@renders``): a rich table on a terminal, plain lines otherwise. The
+renderers live beside this module, one module per command area.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TextIO, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+Report = TypeVar("Report")
+_RENDERERS: dict[type, Callable[..., None]] = {}
+_STATE_STYLE = {
+    "up-to-date": "green",
+    "ok": "green",
+    "noop": "green",
+    "planned": "cyan",
+    "outdated": "yellow",
+    "unversioned": "yellow",
+    "skipped": "yellow",
+    "locked": "magenta",
+}
+
+
+def renders(kind: type[Report]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the plain renderer of a report type."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        _RENDERERS[kind] = function
+        return function
+
+    return register
+
+
+def show(report: Any, *, as_json: bool, **options: Any) -> None:
+    """Print ``report`` as JSON or through its registered renderer (given ``options``)."""
+    if as_json:
+        emit_json(report.as_record())
+    else:
+        _RENDERERS[type(report)](report, **options)
+
+
+def emit(report: Any, *, as_json: bool, code: int | None = None, **options: Any) -> NoReturn:
+    """Show ``report`` and exit with ``code`` (default: the report's own exit code)."""
+    show(report, as_json=as_json, **options)
+    if code is None:
+        code = report.exit_code() if callable(report.exit_code) else report.exit_code
+    raise typer.Exit(code)
+
+
+def emit_json(record: Any, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def is_tty(stream: TextIO) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def console(stream: TextIO) -> Console:
+    return Console(file=stream, highlight=False, soft_wrap=False)
+
+
+def styled(value: str) -> str:
+    style = _STATE_STYLE.get(value, "red")
+    return f"[{style}]{value}[/{style}]"
+
+
+def table(title: str | None, headers: list[str], rows: list[list[str]], stream: TextIO | None = None) -> None:
+    """A rich table on a terminal, one plain line per row otherwise."""
+    stream = stream or sys.stdout
+    if is_tty(stream):
+        shown = Table(title=title)
+        for header in headers:
+            shown.add_column(header)
+        for row in rows:
+            shown.add_row(*row)
+        console(stream).print(shown)
+        return
+    for row in rows:
+        stream.write("  ".join(row).rstrip() + "\n")

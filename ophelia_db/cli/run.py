@@ -1,0 +1,187 @@
+"""The commands that run the chain: `status`, `upgrade`, `downgrade`, `history`, `sql`, `sync`.
+
+Each parses its options, calls one function of ``ophelia_db.run``, renders
+the report through ``render.emit`` and exits with the report's code.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ophelia_db import run
+from ophelia_db.cli.options import (
+    AllOpt,
+    FleetOpt,
+    InstanceOpt,
+    JsonOpt,
+    OneInstanceOpt,
+    TagOpt,
+    errors,
+    fleet_at,
+)
+from ophelia_db.cli.render import emit, err
+from ophelia_db.cli.render.run import progress_display
+from ophelia_db.fleet.config import Fleet
+from ophelia_db.local import commands as local
+from ophelia_db.run.interrupts import raising_on_signals
+
+
+def _local_hint(fleet: Fleet) -> None:
+    hint = local.down_hint(fleet)
+    if hint:
+        err(f"hint: {hint}")
+
+
+def _hub_warning(as_json: bool, state: str, error: str | None) -> None:
+    """With --json the document says it too, but diagnostics belong on stderr (docs/design.md §3)."""
+    if as_json and error:
+        err(f"warning: hub report {state}: {error}")
+
+
+def status(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    tag: TagOpt = None,
+    json_: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 unless every instance is at head.")] = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Show which instances are up to date, behind, unversioned, ahead or unreachable.
+
+    Example: ophelia-db status --check
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
+        report = run.status(loaded, targets)
+    if any(row.state == "unreachable" for row in report.instances):
+        _local_hint(loaded)
+    emit(report, as_json=json_, code=report.exit_code(check=check))
+
+
+def upgrade(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    tag: TagOpt = None,
+    to: Annotated[str, typer.Option("--to", help="Target revision.", show_default=True)] = "head",
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing, lock nothing.")
+    ] = False,
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Run instances with this tag first; stop if one fails.")
+    ] = None,
+    max_failures: Annotated[
+        int | None, typer.Option("--max-failures", min=1, help="Stop starting instances after K failures.")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="Only shard K/N of the selection (hub excluded), for CI matrices."),
+    ] = None,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Upgrade the selected instances (the hub first with --all), each under its own lock.
+
+    Example: ophelia-db upgrade --all --canary canary --max-failures 3
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        targets = loaded.select(instance or (), all_=all_, tags=tag or ())
+        with progress_display(len(targets), enabled=not json_) as progress, raising_on_signals():
+            report = run.upgrade(
+                loaded,
+                targets,
+                to=to,
+                jobs=jobs,
+                dry_run=dry_run,
+                canary=canary,
+                max_failures=max_failures,
+                # Archived and suspended instances are left alone by --all, not when named.
+                skip_inactive=all_,
+                shard=shard,
+                on_plan=progress.planned,
+                on_start=progress.started,
+                on_result=progress.finished,
+            )
+    _hub_warning(json_, report.hub_report, report.hub_error)
+    if any(row.result == "unreachable" for row in report.instances):
+        _local_hint(loaded)
+    emit(report, as_json=json_, streamed=progress.streamed)
+
+
+def downgrade(
+    instance: Annotated[str, typer.Option("--instance", "-i", help="The one instance to downgrade.")],
+    to: Annotated[str, typer.Option("--to", help="Revision to go down to (or 'base').")],
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Revert one instance down to a revision, removing the reverted history rows.
+
+    Example: ophelia-db downgrade --instance corte --to 0003
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        target = loaded.select([instance])[0]
+        report = run.downgrade(loaded, target, to=to)
+    _hub_warning(json_, report.hub_report, report.hub_error)
+    emit(report, as_json=json_)
+
+
+def history(instance: OneInstanceOpt, json_: JsonOpt = False, fleet: FleetOpt = None) -> None:
+    """List an instance's applied revisions (with checksums and timings) and pending ones.
+
+    Example: ophelia-db history --instance corte
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        report = run.history(loaded.select([instance])[0])
+    emit(report, as_json=json_, code=0)
+
+
+def sql(
+    instance: OneInstanceOpt,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start revision (default: the instance's current).")
+    ] = None,
+    to: Annotated[str, typer.Option("--to", help="Last revision.", show_default=True)] = "head",
+    fleet: FleetOpt = None,
+) -> None:
+    """Print the offline SQL (with register_migration calls) to paste by hand.
+
+    Example: ophelia-db sql --instance corte > corte.sql
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        target = loaded.get(instance)
+        text = run.offline_sql(target, start=from_, to=to, from_database=from_ is None)
+    sys.stdout.write(text)
+
+
+def sync(
+    instance: InstanceOpt = None,
+    all_: AllOpt = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Re-read each instance's version and push it to the hub registry.
+
+    Example: ophelia-db sync --all
+    """
+    with errors():
+        loaded = fleet_at(fleet)
+        targets = loaded.select(instance or (), all_=all_)
+        report = run.sync(loaded, targets)
+    _hub_warning(json_, report.hub_report, report.hub_error)
+    emit(report, as_json=json_)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to ``app``."""
+    for command in (status, upgrade, downgrade, history, sql, sync):
+        app.command()(command)
