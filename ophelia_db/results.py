@@ -7,25 +7,80 @@ the exit code each one implies. It imports nothing but ``errors``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from datetime import datetime
-from enum import Enum
-from typing import Any, ClassVar
+from enum import Enum, StrEnum
+from typing import Any, ClassVar, Protocol
 
-from ophelia_db.errors import ExitCode, combine_exit_codes
+from ophelia_db.errors import ExitCode, OpheliaError, combine_exit_codes
+
+
+class State(StrEnum):
+    """Where an instance stands against the chain (``status``, docs/design.md §3)."""
+
+    UP_TO_DATE = "up-to-date"
+    OUTDATED = "outdated"
+    UNVERSIONED = "unversioned"
+    AHEAD = "ahead"
+    CHECKSUM_MISMATCH = "checksum-mismatch"
+    MIRROR_MISMATCH = "mirror-mismatch"
+    LOCKED = "locked"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+
+
+class Outcome(StrEnum):
+    """What a run did to an instance (``upgrade``/``downgrade``, docs/design.md §3)."""
+
+    OK = "ok"
+    NOOP = "noop"
+    PLANNED = "planned"
+    FAILED = "failed"
+    REFUSED = "refused"
+    LOCKED = "locked"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+
+# Outcomes that count as success: nothing is wrong with the instance.
+SUCCESSFUL = frozenset({Outcome.OK, Outcome.NOOP, Outcome.PLANNED, Outcome.SKIPPED})
+_OUTCOME_OF_CODE = {
+    ExitCode.USAGE: Outcome.REFUSED,
+    ExitCode.LOCKED: Outcome.LOCKED,
+    ExitCode.INTEGRITY: Outcome.REFUSED,
+    ExitCode.REVISION_FAILED: Outcome.FAILED,
+    ExitCode.NEEDS_ATTENTION: Outcome.FAILED,
+    ExitCode.UNREACHABLE: Outcome.UNREACHABLE,
+}
+
+
+class Named(Protocol):
+    """What a result needs of a fleet member (``fleet.config.Target`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+
+def ms_since(started: float | None) -> int:
+    return int((time.monotonic() - started) * 1000) if started is not None else 0
+
 
 # status --check: states that only mean "not migrated yet" exit 1; a broken or
 # unreachable instance keeps its own, more serious code.
-_STATE_CODES = {
-    "up-to-date": ExitCode.OK,
-    "outdated": ExitCode.NOT_AT_HEAD,
-    "unversioned": ExitCode.NOT_AT_HEAD,
-    "ahead": ExitCode.INTEGRITY,
-    "checksum-mismatch": ExitCode.INTEGRITY,
-    "mirror-mismatch": ExitCode.INTEGRITY,
-    "locked": ExitCode.LOCKED,
-    "unreachable": ExitCode.UNREACHABLE,
-    "error": ExitCode.USAGE,
+_STATE_CODES: dict[str, ExitCode] = {
+    State.UP_TO_DATE: ExitCode.OK,
+    State.OUTDATED: ExitCode.NOT_AT_HEAD,
+    State.UNVERSIONED: ExitCode.NOT_AT_HEAD,
+    State.AHEAD: ExitCode.INTEGRITY,
+    State.CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
+    State.MIRROR_MISMATCH: ExitCode.INTEGRITY,
+    State.LOCKED: ExitCode.LOCKED,
+    State.UNREACHABLE: ExitCode.UNREACHABLE,
+    State.ERROR: ExitCode.USAGE,
 }
 
 
@@ -88,7 +143,11 @@ class InstanceStatus(Record):
 
     @property
     def exit_code(self) -> int:
-        return _STATE_CODES.get(self.state, ExitCode.INTERNAL)
+        return (
+            _STATE_CODES.get(State(self.state), ExitCode.INTERNAL)
+            if self.state in _STATE_CODES
+            else ExitCode.INTERNAL
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +194,39 @@ class InstanceResult(Record):
     @property
     def succeeded(self) -> bool:
         return self.exit_code == ExitCode.OK
+
+    @classmethod
+    def of(
+        cls, target: Named, result: Outcome, *, started: float | None = None, **fields: Any
+    ) -> InstanceResult:
+        return cls(name=target.name, role=target.role, result=result, duration_ms=ms_since(started), **fields)
+
+    @classmethod
+    def from_error(
+        cls, target: Named, error: OpheliaError, started: float | None = None, **known: Any
+    ) -> InstanceResult:
+        """An expected error as this instance's result."""
+        outcome = _OUTCOME_OF_CODE.get(ExitCode(error.exit_code), Outcome.FAILED)
+        return cls.of(
+            target, outcome, started=started, exit_code=error.exit_code, error=error.message, **known
+        )
+
+    @classmethod
+    def refused(
+        cls, target: Named, problem: str, started: float | None = None, **known: Any
+    ) -> InstanceResult:
+        return cls.of(
+            target,
+            Outcome.REFUSED,
+            started=started,
+            exit_code=ExitCode.INTEGRITY,
+            error=f"{target.name}: {problem}; nothing was changed",
+            **known,
+        )
+
+    @classmethod
+    def skipped(cls, target: Named, why: str, code: int = ExitCode.MIXED) -> InstanceResult:
+        return cls.of(target, Outcome.SKIPPED, exit_code=code, error=why)
 
 
 @dataclass(frozen=True)

@@ -412,9 +412,7 @@ def test_interactive_provisioning_asks_validates_and_ends_with_the_checklist(
     assert "Settings > API" in out and "ophelia-universita-di-corsic (region eu-west-3)" in out
     assert "choose one of" in out and "is not a UAI code" in out and "is not an email address" in out
     tail = out[out.index("Provisioning checklist:") :].splitlines()[1:]
-    assert [line.split(":")[0] for line in tail[: len(STEPS)]] == [
-        f"[x] {s}" for s in STEPS
-    ]
+    assert [line.split(":")[0] for line in tail[: len(STEPS)]] == [f"[x] {s}" for s in STEPS]
     assert "typed-anon-key-0001" not in out + result.stderr
     assert "typed-mistral-secret-0002" not in out + result.stderr
 

@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ophelia_db.errors import OpheliaError
+from ophelia_db.fleet import catalog_queries as queries
+from ophelia_db.fleet.connections import connect, is_connection_error, sqlstate_of
 from ophelia_db.results import Record
 
 if TYPE_CHECKING:
@@ -46,128 +49,6 @@ CATEGORIES = (
     "type",
     "grant",
 )
-
-_NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass
-  AND e.objid = {oid} AND e.deptype = 'e')"""
-
-_RELATIONS = f"""
-SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
-       c.relowner,
-       coalesce(c.relacl,
-                acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))::text
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-  AND {_NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")}
-  AND n.nspname || '.' || c.relname <> ALL(%(excluded)s)
-  AND NOT EXISTS (
-    SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
-    JOIN pg_namespace tn ON tn.oid = t.relnamespace
-    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-      AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-      AND tn.nspname || '.' || t.relname = ANY(%(excluded)s))
-"""
-
-_SCHEMAS = """
-SELECT n.nspname, n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner))::text
-FROM pg_namespace n WHERE n.nspname = ANY(%(schemas)s)
-"""
-
-_COLUMNS = """
-SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END, a.attacl::text
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-LEFT JOIN pg_collation co ON co.oid = a.attcollation
-WHERE a.attrelid = ANY(%(oids)s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-_SEQUENCES = """
-SELECT s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-       s.seqcache, s.seqcycle
-FROM pg_sequence s WHERE s.seqrelid = ANY(%(oids)s::oid[])
-"""
-
-_INDEXES = """
-SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = ANY(%(oids)s::oid[])
-"""
-
-_CONSTRAINTS = """
-SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), c.convalidated
-FROM pg_constraint c WHERE c.conrelid = ANY(%(oids)s::oid[])
-"""
-
-_TRIGGERS = """
-SELECT t.tgrelid, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled
-FROM pg_trigger t WHERE t.tgrelid = ANY(%(oids)s::oid[]) AND NOT t.tgisinternal
-"""
-
-_POLICIES = """
-SELECT p.polrelid, p.polname, p.polpermissive, p.polcmd,
-       ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END
-             FROM unnest(p.polroles) AS r ORDER BY 1),
-       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-FROM pg_policy p WHERE p.polrelid = ANY(%(oids)s::oid[])
-"""
-
-_FUNCTIONS = f"""
-SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
-       l.lanname, p.prokind, p.provolatile, p.prosecdef, p.proisstrict, p.proconfig, p.prosrc,
-       p.proowner, coalesce(p.proacl, acldefault('f', p.proowner))::text
-FROM pg_proc p
-JOIN pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_language l ON l.oid = p.prolang
-WHERE n.nspname = ANY(%(schemas)s) AND {_NOT_EXTENSION.format(catalog="pg_proc", oid="p.oid")}
-"""
-
-_TYPES = f"""
-SELECT n.nspname, t.typname, t.typtype,
-       CASE WHEN t.typtype = 'e' THEN
-              (SELECT string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder) FROM pg_enum e
-               WHERE e.enumtypid = t.oid)
-            ELSE format_type(t.typbasetype, t.typtypmod) || coalesce(' ' ||
-              (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
-               FROM pg_constraint c WHERE c.contypid = t.oid), '')
-       END
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
-  AND {_NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}
-"""
-
-# aclexplode() over the effective ACL (acldefault() where it is NULL), without the
-# owner's own entries: owners legitimately differ (postgres, supabase_admin, ...).
-_ACL = """
-SELECT x.kind, x.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END,
-       a.privilege_type, a.is_grantable
-FROM unnest(%(kinds)s::text[], %(names)s::text[], %(owners)s::oid[], %(acls)s::text[])
-     AS x(kind, name, owner, acl)
-CROSS JOIN LATERAL aclexplode(x.acl::aclitem[]) AS a
-WHERE a.grantee <> x.owner
-"""
-
-_RELKINDS = {
-    "r": "table",
-    "p": "partitioned table",
-    "v": "view",
-    "m": "materialized view",
-    "f": "foreign table",
-}
-_CONSTRAINT_TYPES = {
-    "p": "primary key",
-    "u": "unique",
-    "f": "foreign key",
-    "c": "check",
-    "x": "exclusion",
-    "t": "trigger",
-    "n": "not null",
-}
-_FUNCTION_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window"}
-_VOLATILITY = {"i": "immutable", "s": "stable", "v": "volatile"}
-_POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
 
 
 @dataclass(frozen=True)
@@ -235,16 +116,13 @@ def fingerprint_of(target: Target) -> str | None:
 
     For reports that must not fail because of it (the hub registry's metadata).
     """
-    from ophelia_db.errors import OpheliaError
-    from ophelia_db.fleet.connections import connect, is_connection_error
-
     try:
         with connect(target, autocommit=True) as conn:
             return fingerprint(conn)
     except OpheliaError:
         return None
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) is None and not is_connection_error(exc):
+        if sqlstate_of(exc) is None and not is_connection_error(exc):
             raise
         return None
 
@@ -303,98 +181,128 @@ def _rows(conn: Any, query: str, params: Mapping[str, Any]) -> list[tuple[Any, .
 
 
 def _read(conn: Any, schemas: list[str], excluded: list[str]) -> Snapshot:
-    objects: dict[str, dict[str, Any]] = {category: {} for category in CATEGORIES}
-    acls: list[tuple[str, str, int, str]] = []
-    for name, owner, acl in _rows(conn, _SCHEMAS, {"schemas": schemas}):
-        objects["schema"][name] = {"kind": "schema"}
-        acls.append(("schema", name, owner, acl))
-    relations = _rows(conn, _RELATIONS, {"schemas": schemas, "excluded": excluded})
-    names: dict[int, str] = {}
-    for oid, schema, name, kind, rls, force, view, owner, acl in relations:
-        qualified = f"{schema}.{name}"
-        names[oid] = qualified
-        if kind == "S":
-            acls.append(("sequence", qualified, owner, acl))
-            continue
-        objects["table"][qualified] = {
-            "kind": _RELKINDS[kind],
-            "rls": bool(rls),
-            "force_rls": bool(force),
-            "definition": view,
-        }
-        acls.append(("table", qualified, owner, acl))
-    params = {"oids": list(names)}
-    owners = {oid: owner for oid, *_, owner, _acl in relations}
-    for rel, col, type_, not_null, default, identity, generated, collation, acl in _rows(
-        conn, _COLUMNS, params
-    ):
-        key = f"{names[rel]}.{col}"
-        objects["column"][key] = {
-            "type": type_,
-            "not_null": bool(not_null),
-            "default": default,
-            "identity": identity or None,
-            "generated": generated or None,
-            "collation": collation,
-        }
-        if acl is not None:
-            acls.append(("column", key, owners[rel], acl))
-    for rel, type_, start, step, low, high, cache, cycle in _rows(conn, _SEQUENCES, params):
-        objects["sequence"][names[rel]] = {
-            "type": type_,
-            "start": start,
-            "increment": step,
-            "min": low,
-            "max": high,
-            "cache": cache,
-            "cycle": bool(cycle),
-        }
-    schema_of = {oid: qualified.split(".", 1)[0] for oid, qualified in names.items()}
-    for rel, name, definition, valid in _rows(conn, _INDEXES, params):
-        objects["index"][f"{schema_of[rel]}.{name}"] = {
-            "table": names[rel],
-            "definition": definition,
-            "valid": bool(valid),
-        }
-    for rel, name, kind, definition, validated in _rows(conn, _CONSTRAINTS, params):
-        objects["constraint"][f"{names[rel]}.{name}"] = {
-            "type": _CONSTRAINT_TYPES.get(kind, kind),
-            "definition": definition,
-            "validated": bool(validated),
-        }
-    for rel, name, definition, enabled in _rows(conn, _TRIGGERS, params):
-        objects["trigger"][f"{names[rel]}.{name}"] = {"definition": definition, "enabled": enabled}
-    for rel, name, permissive, command, roles, using, check in _rows(conn, _POLICIES, params):
-        objects["policy"][f"{names[rel]}.{name}"] = {
-            "command": _POLICY_COMMANDS.get(command, command),
-            "permissive": bool(permissive),
-            "roles": list(roles),
-            "using": using,
-            "with_check": check,
-        }
-    for row in _rows(conn, _FUNCTIONS, {"schemas": schemas}):
-        schema, name, args, result, language, kind, volatility, definer, strict, config, body, owner, acl = (
-            row
-        )
-        key = f"{schema}.{name}({args})"
-        objects["function"][key] = {
-            "kind": _FUNCTION_KINDS.get(kind, kind),
-            "result": result,
-            "language": language,
-            "volatility": _VOLATILITY.get(volatility, volatility),
-            "security_definer": bool(definer),
-            "strict": bool(strict),
-            "config": sorted(config or []),
-            "definition": body,
-        }
-        acls.append(("function", key, owner, acl))
-    for schema, name, kind, definition in _rows(conn, _TYPES, {"schemas": schemas}):
-        objects["type"][f"{schema}.{name}"] = {
-            "kind": "enum" if kind == "e" else "domain",
-            "definition": definition,
-        }
-    objects["grant"] = _grants(conn, acls)
+    reader = _Reader(conn, schemas)
+    reader.schemas()
+    reader.relations(excluded)
+    reader.columns_and_sequences()
+    reader.indexes_constraints_triggers_policies()
+    reader.functions_and_types()
+    objects = reader.objects
+    objects["grant"] = _grants(conn, reader.acls)
     return Snapshot(objects={category: dict(sorted(found.items())) for category, found in objects.items()})
+
+
+class _Reader:
+    """Fills ``objects`` category by category; ``acls`` collects every object's ACL for ``_grants``."""
+
+    def __init__(self, conn: Any, schemas: list[str]) -> None:
+        self.conn = conn
+        self.params: dict[str, Any] = {"schemas": schemas}
+        self.objects: dict[str, dict[str, Any]] = {category: {} for category in CATEGORIES}
+        self.acls: list[tuple[str, str, int, str]] = []
+        self.names: dict[int, str] = {}
+        self.owners: dict[int, int] = {}
+
+    def rows(self, query: str, **extra: Any) -> list[tuple[Any, ...]]:
+        return _rows(self.conn, query, {**self.params, **extra})
+
+    def schemas(self) -> None:
+        for name, owner, acl in self.rows(queries.SCHEMAS):
+            self.objects["schema"][name] = {"kind": "schema"}
+            self.acls.append(("schema", name, owner, acl))
+
+    def relations(self, excluded: list[str]) -> None:
+        for oid, schema, name, kind, rls, force, view, owner, acl in self.rows(
+            queries.RELATIONS, excluded=excluded
+        ):
+            qualified = f"{schema}.{name}"
+            self.names[oid], self.owners[oid] = qualified, owner
+            if kind == "S":
+                self.acls.append(("sequence", qualified, owner, acl))
+                continue
+            self.objects["table"][qualified] = {
+                "kind": queries.RELKINDS[kind],
+                "rls": bool(rls),
+                "force_rls": bool(force),
+                "definition": view,
+            }
+            self.acls.append(("table", qualified, owner, acl))
+        self.params["oids"] = list(self.names)
+
+    def columns_and_sequences(self) -> None:
+        names = self.names
+        for rel, col, type_, not_null, default, identity, generated, collation, acl in self.rows(
+            queries.COLUMNS
+        ):
+            key = f"{names[rel]}.{col}"
+            self.objects["column"][key] = {
+                "type": type_,
+                "not_null": bool(not_null),
+                "default": default,
+                "identity": identity or None,
+                "generated": generated or None,
+                "collation": collation,
+            }
+            if acl is not None:
+                self.acls.append(("column", key, self.owners[rel], acl))
+        for rel, type_, start, step, low, high, cache, cycle in self.rows(queries.SEQUENCES):
+            self.objects["sequence"][names[rel]] = {
+                "type": type_,
+                "start": start,
+                "increment": step,
+                "min": low,
+                "max": high,
+                "cache": cache,
+                "cycle": bool(cycle),
+            }
+
+    def indexes_constraints_triggers_policies(self) -> None:
+        names, objects = self.names, self.objects
+        schema_of = {oid: qualified.split(".", 1)[0] for oid, qualified in names.items()}
+        for rel, name, definition, valid in self.rows(queries.INDEXES):
+            objects["index"][f"{schema_of[rel]}.{name}"] = {
+                "table": names[rel],
+                "definition": definition,
+                "valid": bool(valid),
+            }
+        for rel, name, kind, definition, validated in self.rows(queries.CONSTRAINTS):
+            objects["constraint"][f"{names[rel]}.{name}"] = {
+                "type": queries.CONSTRAINT_TYPES.get(kind, kind),
+                "definition": definition,
+                "validated": bool(validated),
+            }
+        for rel, name, definition, enabled in self.rows(queries.TRIGGERS):
+            objects["trigger"][f"{names[rel]}.{name}"] = {"definition": definition, "enabled": enabled}
+        for rel, name, permissive, command, roles, using, check in self.rows(queries.POLICIES):
+            objects["policy"][f"{names[rel]}.{name}"] = {
+                "command": queries.POLICY_COMMANDS.get(command, command),
+                "permissive": bool(permissive),
+                "roles": list(roles),
+                "using": using,
+                "with_check": check,
+            }
+
+    def functions_and_types(self) -> None:
+        for row in self.rows(queries.FUNCTIONS):
+            schema, name, args, result, language, kind, volatility, *rest = row
+            definer, strict, config, body, owner, acl = rest
+            key = f"{schema}.{name}({args})"
+            self.objects["function"][key] = {
+                "kind": queries.FUNCTION_KINDS.get(kind, kind),
+                "result": result,
+                "language": language,
+                "volatility": queries.VOLATILITY.get(volatility, volatility),
+                "security_definer": bool(definer),
+                "strict": bool(strict),
+                "config": sorted(config or []),
+                "definition": body,
+            }
+            self.acls.append(("function", key, owner, acl))
+        for schema, name, kind, definition in self.rows(queries.TYPES):
+            self.objects["type"][f"{schema}.{name}"] = {
+                "kind": "enum" if kind == "e" else "domain",
+                "definition": definition,
+            }
 
 
 def _grants(conn: Any, acls: list[tuple[str, str, int, str]]) -> dict[str, Any]:
@@ -403,7 +311,7 @@ def _grants(conn: Any, acls: list[tuple[str, str, int, str]]) -> dict[str, Any]:
         return {}
     rows = _rows(
         conn,
-        _ACL,
+        queries.ACL,
         {
             "kinds": [kind for kind, *_ in acls],
             "names": [name for _, name, *_ in acls],

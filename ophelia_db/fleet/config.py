@@ -18,14 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.urls import describe_url, url_has_password
 from ophelia_db.fleet.urls import parse as parse_url
 from ophelia_db.redaction import register_secret
+from ophelia_db.settings import environment_settings
 
 SUBDOMAIN = re.compile(r"^[a-z0-9-]{1,20}$")
 COMMUNITY_TYPES = ("municipality", "intercommunality", "university", "association", "region")
@@ -100,21 +101,15 @@ class LocalFile(_Strict):
     state_dir: str = ".ophelia"
 
 
-class FleetFile(BaseSettings):
-    """The schema of fleet.toml, read by pydantic-settings' TOML source."""
+class FleetFile(BaseModel):
+    """The schema of fleet.toml."""
 
-    model_config = SettingsConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     defaults: Defaults = Defaults()
     hub: HubFile
     instances: dict[str, InstanceFile] = {}
     local: LocalFile | None = None
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def,override]
-        # fleet.toml is the only source: environment variables must not
-        # silently reshape the fleet.
-        return (init_settings, TomlConfigSettingsSource(settings_cls))
 
 
 @dataclass(frozen=True)
@@ -209,10 +204,11 @@ class Fleet:
 
 def find_fleet_file(path: str | os.PathLike[str] | None = None) -> Path:
     """Return the fleet file: ``--fleet``, else ``$OPHELIA_FLEET``, else ``./fleet.toml``."""
-    chosen = path or os.environ.get("OPHELIA_FLEET") or "fleet.toml"
+    from_environment = environment_settings().fleet
+    chosen = path or from_environment or "fleet.toml"
     resolved = Path(chosen).expanduser().resolve()
     if not resolved.is_file():
-        origin = "--fleet" if path else "$OPHELIA_FLEET" if os.environ.get("OPHELIA_FLEET") else "default"
+        origin = "--fleet" if path else "$OPHELIA_FLEET" if from_environment else "default"
         raise ConfigError(
             f"fleet file {resolved} not found ({origin}); pass --fleet PATH or set OPHELIA_FLEET"
         )
@@ -220,20 +216,20 @@ def find_fleet_file(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Fleet:
-    """Read, validate and resolve a fleet file (see DESIGN.md §2)."""
+    """Read, validate and resolve a fleet file (see docs/design.md §2)."""
     fleet_path = find_fleet_file(path)
     text = fleet_path.read_text(encoding="utf-8")
-    _refuse_duplicates(fleet_path, text)
     try:
-        tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib (3.11) has no lineno attribute: the line is only in the message.
         found = re.search(r"at line (\d+)", str(exc))
         line = found.group(1) if found else max(len(text.splitlines()), 1)
+        if "Cannot declare" in str(exc):
+            _refuse_duplicates(fleet_path, text)
         raise ConfigError(f"{fleet_path}:{line}: invalid TOML: {exc}") from None
-    source = type("FleetFileAt", (FleetFile,), {"model_config": SettingsConfigDict(toml_file=fleet_path)})
     try:
-        parsed: FleetFile = source()
+        parsed = FleetFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe_validation(fleet_path, text, exc)) from None
     env = environment(fleet_path, environ)
@@ -329,8 +325,6 @@ def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = Non
     env: dict[str, str] = {}
     dotenv = fleet_path.parent / ".env" if fleet_path else None
     if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
-
         env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
     env.update(os.environ if environ is None else environ)
     return env
@@ -340,6 +334,7 @@ _HEADER = re.compile(r"^\s*\[\s*instances\s*\.\s*\"?([^\]\"]+)\"?\s*\]\s*(?:#.*)
 
 
 def _refuse_duplicates(path: Path, text: str) -> None:
+    """tomllib names the second declaration only; say where the first one is too."""
     seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         match = _HEADER.match(line)

@@ -109,6 +109,7 @@ def engine_for(target: Target) -> Engine:
     global _engine
     _engine_target.value = target
     if _engine is None:
+        # SQLAlchemy is imported on first use: status and no-op runs never need it.
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet import hub
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.connections import Connection, connect, describe_error, sql_identifier
+from ophelia_db.fleet.connections import Connection, connect, describe_error, sql_identifier, sqlstate_of
 from ophelia_db.instances.seed import APP_PUBLIC_KEYS
 from ophelia_db.results import Record
 from ophelia_db.run.chain import Chain, chain_for
@@ -161,7 +161,7 @@ def doctor(fleet: Fleet, target: Target, *, chain: Chain | None = None) -> Docto
             except OpheliaError as error:
                 checks.append(Check(label, False, error.message))
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) is None:
+                if sqlstate_of(exc) is None:
                     raise
                 checks.append(Check(label, False, describe_error(exc)))
     failed = any(not c.ok for c in checks)

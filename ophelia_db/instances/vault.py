@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
-from ophelia_db.fleet.connections import Connection, connect, describe_error
+from ophelia_db.fleet.connections import Connection, connect, describe_error, sqlstate_of
 from ophelia_db.instances.seed import check_key
 from ophelia_db.redaction import MASK, register_secret
 from ophelia_db.results import Record
@@ -138,7 +138,7 @@ def parse_value(text: str) -> Any:
 
 
 def _vault_error(target: Target, exc: Exception) -> OpheliaError:
-    state = getattr(exc, "sqlstate", None)
+    state = sqlstate_of(exc)
     if state is None:
         raise exc
     if state == "42P01":

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from ophelia_db.errors import ClusterError
 from ophelia_db.fleet.connections import APPLICATION_NAME
+from ophelia_db.settings import environment_settings
 
 SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
 START_TIMEOUT_S = 30
@@ -55,7 +56,7 @@ def _holds_server(directory: Path) -> bool:
 
 def find_bin_dir() -> Path:
     """Return the directory holding initdb, pg_ctl and postgres."""
-    override = os.environ.get("OPHELIA_PG_BIN")
+    override = environment_settings().pg_bin
     if override:
         if _holds_server(Path(override)):
             return Path(override)

@@ -20,6 +20,7 @@ from pathlib import Path
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.run.driver import script_directory
+from ophelia_db.settings import environment_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,8 +55,9 @@ class ChainSpec:
     @classmethod
     def default(cls) -> ChainSpec:
         """The project's chain, or the one ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` name."""
-        ini = Path(os.environ.get("OPHELIA_ALEMBIC_INI") or PROJECT_ROOT / "alembic.ini")
-        return cls(alembic_ini=ini.resolve(), version_locations=os.environ.get("OPHELIA_VERSION_LOCATIONS"))
+        settings = environment_settings()
+        ini = settings.alembic_ini or PROJECT_ROOT / "alembic.ini"
+        return cls(alembic_ini=ini.resolve(), version_locations=settings.version_locations)
 
 
 class Chain:

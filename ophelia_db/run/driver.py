@@ -52,7 +52,7 @@ class EnvAttributes:
 
 def config_for(spec: ChainSpec, attributes: EnvAttributes | None = None) -> Config:
     """A fresh Alembic ``Config`` for the chain of ``spec``, carrying ``attributes``."""
-    from alembic.config import Config
+    from alembic.config import Config  # on use: see the module docstring
 
     if not spec.alembic_ini.is_file():
         raise ConfigError(f"alembic.ini not found at {spec.alembic_ini}; set OPHELIA_ALEMBIC_INI")
@@ -64,7 +64,7 @@ def config_for(spec: ChainSpec, attributes: EnvAttributes | None = None) -> Conf
 
 
 def script_directory(spec: ChainSpec) -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # on use: see the module docstring
 
     return ScriptDirectory.from_config(config_for(spec))
 
@@ -79,7 +79,7 @@ def migrate(
     downgrade: bool = False,
 ) -> None:
     """Run ``upgrade`` (or ``downgrade``) to ``goal`` (``None`` is base) on an open connection."""
-    from alembic import command
+    from alembic import command  # on use: see the module docstring
 
     config = config_for(spec, EnvAttributes(connection=connection, on_version_apply=hook, instance=instance))
     (command.downgrade if downgrade else command.upgrade)(config, goal or "base")
@@ -87,7 +87,7 @@ def migrate(
 
 def render_sql(spec: ChainSpec, start: str | None, goal: str, *, hook: VersionHook) -> str:
     """The offline SQL of the revisions after ``start`` (``None``: from base) up to ``goal``."""
-    from alembic import command
+    from alembic import command  # on use: see the module docstring
 
     buffer = io.StringIO()
     command.upgrade(

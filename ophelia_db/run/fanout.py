@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Target
-from ophelia_db.results import InstanceResult
-from ophelia_db.run.chain import ChainSpec
+from ophelia_db.results import SUCCESSFUL, InstanceResult, Outcome
+from ophelia_db.run.chain import ChainSpec, chain_for
 from ophelia_db.run.instance import migrate
 from ophelia_db.run.interrupts import exit_code_of, worker_initializer
 
@@ -54,7 +54,7 @@ class Halt:
         if result.exit_code in _INTERRUPT_CODES:
             self.interrupt(int(result.exit_code))
             return
-        if result.result in ("ok", "noop", "planned", "skipped"):
+        if result.result in SUCCESSFUL:
             return
         self.failures += 1
         self.failed_names.append(result.name)
@@ -63,14 +63,14 @@ class Halt:
                 f"halted after {self.failures} failed instance(s) (--max-failures {self.max_failures})"
             )
 
+    def skip(self, target: Target, reason: str = "not started", code: int = ExitCode.MIXED) -> InstanceResult:
+        """The result of an instance this halt keeps from starting."""
+        return InstanceResult.skipped(target, self.reason or reason, self.interrupted or code)
+
     def interrupt(self, code: int) -> None:
         self.interrupted = self.interrupted or code
         signame = "SIGTERM" if code == ExitCode.SIGTERM else "SIGINT"
         self.reason = f"not started: interrupted by {signame}"
-
-
-def skipped(target: Target, why: str, code: int = ExitCode.MIXED) -> InstanceResult:
-    return InstanceResult(name=target.name, role=target.role, result="skipped", exit_code=code, error=why)
 
 
 class Workers:
@@ -109,8 +109,6 @@ class Workers:
 
 
 def _warm_up() -> None:
-    from ophelia_db.run.chain import chain_for
-
     chain_for()
 
 
@@ -141,7 +139,7 @@ def _run_here(
 ) -> None:
     for target in targets:
         if halt.reason:
-            finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+            finish(target, halt.skip(target))
             continue
         if start:
             start(target)
@@ -149,7 +147,7 @@ def _run_here(
             result = migrate(target, spec, goal)
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
-            result = skipped(target, halt.reason or "interrupted", halt.interrupted or ExitCode.SIGINT)
+            result = halt.skip(target, "interrupted", ExitCode.SIGINT)
         halt.record(result)
         finish(target, result)
 
@@ -184,7 +182,10 @@ def _run_pool(
         for future, target in running.items():
             _collect(future, target, halt, finish)
     for target in reversed(queue):
-        finish(target, skipped(target, halt.reason or "not started", halt.interrupted or ExitCode.MIXED))
+        finish(
+            target,
+            halt.skip(target),
+        )
 
 
 def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish: Finish) -> None:
@@ -192,10 +193,9 @@ def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish:
         result = future.result()
     except BrokenProcessPool:
         code = halt.interrupted or ExitCode.INTERNAL
-        result = InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="failed",
+        result = InstanceResult.of(
+            target,
+            Outcome.FAILED,
             exit_code=code,
             error=(
                 f"{target.name}: its worker process ended abruptly; "

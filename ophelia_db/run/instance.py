@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ophelia_db.errors import ExitCode, OpheliaError
+from ophelia_db.fleet.catalog import fingerprint
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import (
     Connection,
@@ -25,21 +26,13 @@ from ophelia_db.fleet.connections import (
     sqlstate_of,
 )
 from ophelia_db.redaction import redact
-from ophelia_db.results import InstanceResult
+from ophelia_db.results import InstanceResult, Outcome
 from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_state
 
-_RESULT_OF_CODE = {
-    ExitCode.USAGE: "refused",
-    ExitCode.LOCKED: "locked",
-    ExitCode.INTEGRITY: "refused",
-    ExitCode.REVISION_FAILED: "failed",
-    ExitCode.NEEDS_ATTENTION: "failed",
-    ExitCode.UNREACHABLE: "unreachable",
-}
 log = logging.getLogger(__name__)
 LOCK_RETRIES = 2
 LOCK_BACKOFF_SECONDS = 0.5
@@ -55,31 +48,11 @@ def state_fields(state: InstanceState) -> dict[str, Any]:
     }
 
 
-def failure(target: Target, error: OpheliaError, started: float, **known: Any) -> InstanceResult:
-    """Turn an expected error into this instance's result."""
-    code = error.exit_code
-    return InstanceResult(
-        name=target.name,
-        role=target.role,
-        result=_RESULT_OF_CODE.get(code, "failed"),
-        exit_code=code,
-        error=error.message,
-        duration_ms=_ms_since(started),
-        **known,
-    )
-
-
 def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock."""
     started = time.monotonic()
     if worker_interrupted():
-        return InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="skipped",
-            exit_code=ExitCode.SIGTERM,
-            error=f"{target.name}: not started: interrupted",
-        )
+        return InstanceResult.skipped(target, f"{target.name}: not started: interrupted", ExitCode.SIGTERM)
     try:
         chain = chain_for(spec)
         # One connection per instance: the lock, the re-read, every revision and
@@ -90,31 +63,29 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
             with session_lock(driver, target):
                 return _migrate_locked(target, chain, goal, downgrade, started, connection)
     except OpheliaError as error:
-        return failure(target, error, started)
+        return InstanceResult.from_error(target, error, started)
     except Exception as exc:
         # A bug of ours: its traceback goes to the log (stderr by default), and
         # the instance's result says so, so that the other instances carry on.
         log.exception("internal error while migrating %s", target.name)
-        return InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="failed",
+        return InstanceResult.of(
+            target,
+            Outcome.FAILED,
+            started=started,
             exit_code=ExitCode.INTERNAL,
             error=(
                 f"{target.name}: internal error (a bug in ophelia-db): {type(exc).__name__}: "
                 f"{redact(str(exc))}; its revision was rolled back. Please report it with the traceback"
             ),
-            duration_ms=_ms_since(started),
         )
     except KeyboardInterrupt as exc:
         # Interrupted before any revision started (waiting for the lock, say).
-        return InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="skipped",
+        return InstanceResult.of(
+            target,
+            Outcome.SKIPPED,
+            started=started,
             exit_code=exit_code_of(exc),
             error=f"{target.name}: interrupted before any change; nothing was done",
-            duration_ms=_ms_since(started),
         )
 
 
@@ -130,33 +101,66 @@ def _migrate_locked(
     # Decide the plan only now, under the lock: another runner may have
     # moved the instance between our first look and taking the lock.
     state = read_state(driver)
+    planned = _plan(target, chain, state, goal, downgrade, started)
+    if isinstance(planned, InstanceResult):
+        return planned
+    hook = MirrorHook(chain=chain, instance_id=target.name)
+    _time_box_each_revision(connection, target, chain, hook, planned)
+    failed = _run_with_lock_retries(connection, target, chain, state, goal, downgrade, hook, planned, started)
+    if failed is not None:
+        return failed
+    return InstanceResult.of(
+        target,
+        Outcome.OK,
+        started=started,
+        schema_fingerprint=_fingerprint(driver),
+        from_revision=state.revision,
+        to_revision=goal,
+        applied=tuple(hook.applied),
+        reverted=tuple(hook.reverted),
+        migrations_count=len(chain.applied_through(goal)) if state.has_mirror or hook.applied else 0,
+        updated_at=None,
+    )
+
+
+def _plan(
+    target: Target, chain: Chain, state: InstanceState, goal: str | None, downgrade: bool, started: float
+) -> list[str] | InstanceResult:
+    """The revisions to run, in order, or the result that settles the instance without running any."""
     verdict = classify(state, chain, goal)
     current = state.revision
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return refused(target, verdict.problem or verdict.state, started, known)
+        return InstanceResult.refused(target, verdict.problem or verdict.state, started, **known)
     if downgrade:
         if goal is not None and not chain.is_after(current, goal) and current != goal:
-            return refused(
-                target,
-                f"cannot downgrade to {goal}: the instance is at {current or 'base'}, below it",
-                started,
-                known,
-            )
+            below = f"cannot downgrade to {goal}: the instance is at {current or 'base'}, below it"
+            return InstanceResult.refused(target, below, started, **known)
         planned = list(reversed(chain.between(goal, current)))
     else:
         planned = list(verdict.pending)
     if not planned:
-        return InstanceResult(
-            name=target.name, role=target.role, result="noop", duration_ms=_ms_since(started), **known
-        )
-    hook = MirrorHook(chain=chain, instance_id=target.name)
-    _time_box_each_revision(connection, target, chain, hook, planned)
+        return InstanceResult.of(target, Outcome.NOOP, started=started, **known)
+    return planned
+
+
+def _run_with_lock_retries(
+    connection: Any,
+    target: Target,
+    chain: Chain,
+    state: InstanceState,
+    goal: str | None,
+    downgrade: bool,
+    hook: MirrorHook,
+    planned: list[str],
+    started: float,
+) -> InstanceResult | None:
+    """Run Alembic; ``None`` when every planned revision committed, else the failure's result."""
     attempt = 0
     while True:
         try:
             _run_alembic(connection, target, chain, goal, downgrade, hook)
-            break
+            return None
         except KeyboardInterrupt as exc:
             return _interrupted(target, chain, state, planned, hook, exc, started)
         except Exception as exc:
@@ -169,25 +173,13 @@ def _migrate_locked(
                 continue
             blocker = _blockers(target) if sqlstate_of(exc) == "55P03" else None
             return _revision_failed(target, chain, state, planned, hook, exc, started, blocker)
-    new_revision = goal
-    return InstanceResult(
-        schema_fingerprint=_fingerprint(driver),
-        name=target.name,
-        role=target.role,
-        result="ok",
-        from_revision=current,
-        to_revision=new_revision,
-        applied=tuple(hook.applied),
-        reverted=tuple(hook.reverted),
-        duration_ms=_ms_since(started),
-        migrations_count=len(chain.applied_through(new_revision)) if state.has_mirror or hook.applied else 0,
-        updated_at=None,
-    )
 
 
 def _time_box_each_revision(
     connection: Any, target: Target, chain: Chain, hook: MirrorHook, planned: list[str]
 ) -> None:
+    # Imported on use: this module is loaded by every command that may upgrade,
+    # and SQLAlchemy is only needed once an instance really migrates.
     from sqlalchemy import event
 
     timeouts = target.timeouts
@@ -219,18 +211,6 @@ def _run_alembic(
     )
 
 
-def refused(target: Target, problem: str, started: float, known: dict[str, Any]) -> InstanceResult:
-    return InstanceResult(
-        name=target.name,
-        role=target.role,
-        result="refused",
-        exit_code=ExitCode.INTEGRITY,
-        error=f"{target.name}: {problem}; nothing was changed",
-        duration_ms=_ms_since(started),
-        **known,
-    )
-
-
 def _revision_failed(
     target: Target,
     chain: Chain,
@@ -247,14 +227,14 @@ def _revision_failed(
     stays_at = _stays_at(chain, state, hook)
     detail = describe_error(exc) if sqlstate_of(exc) or is_connection_error(exc) else str(exc)
     if is_connection_error(exc):
-        code, result = ExitCode.UNREACHABLE, "unreachable"
+        code, result = ExitCode.UNREACHABLE, Outcome.UNREACHABLE
         message = (
             f"{target.name}: lost the connection during revision {failed_revision} "
             f"({revision.path.name}): {detail}; run `ophelia-db status --instance {target.name}` "
             "to see where it stands, then upgrade again"
         )
     elif sqlstate_of(exc) == "55P03":
-        code, result = ExitCode.LOCKED, "locked"
+        code, result = ExitCode.LOCKED, Outcome.LOCKED
         message = (
             f"{target.name}: revision {failed_revision} ({revision.path.name}) could not get a table "
             f"lock within lock_timeout {revision.lock_timeout or target.timeouts.lock_timeout:g}s "
@@ -263,21 +243,20 @@ def _revision_failed(
             f"stays at {stays_at or 'base'}; retry when that session is done"
         )
     else:
-        code, result = ExitCode.REVISION_FAILED, "failed"
+        code, result = ExitCode.REVISION_FAILED, Outcome.FAILED
         message = (
             f"{target.name}: revision {failed_revision} ({revision.path.name}) failed and was "
             f"rolled back: {detail}; the instance stays at {stays_at or 'base'}. Fix the revision "
             f"and run `ophelia-db upgrade --instance {target.name}` again"
         )
-    return InstanceResult(
-        name=target.name,
-        role=target.role,
-        result=result,
+    return InstanceResult.of(
+        target,
+        result,
+        started=started,
         from_revision=state.revision,
         to_revision=stays_at,
         applied=tuple(hook.applied),
         reverted=tuple(hook.reverted),
-        duration_ms=_ms_since(started),
         exit_code=code,
         error=message,
         migrations_count=len(chain.applied_through(stays_at)),
@@ -299,12 +278,10 @@ def _raised_by_revision_or_database(exc: BaseException, chain: Chain) -> bool:
 
 def _fingerprint(conn: Connection) -> str | None:
     """The schema fingerprint after a run, for the hub; never fails the run."""
-    from ophelia_db.fleet.catalog import fingerprint
-
     try:
         return fingerprint(conn)
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) is None and not isinstance(exc, OpheliaError):
+        if sqlstate_of(exc) is None and not isinstance(exc, OpheliaError):
             raise
         return None
 
@@ -331,15 +308,14 @@ def _interrupted(
     current = planned[done] if done < len(planned) else None
     stays_at = _stays_at(chain, state, hook)
     during = f" during revision {current}, which was rolled back" if current else ""
-    return InstanceResult(
-        name=target.name,
-        role=target.role,
-        result="failed",
+    return InstanceResult.of(
+        target,
+        Outcome.FAILED,
+        started=started,
         from_revision=state.revision,
         to_revision=stays_at,
         applied=tuple(hook.applied),
         reverted=tuple(hook.reverted),
-        duration_ms=_ms_since(started),
         exit_code=exit_code_of(exc),
         error=(
             f"{target.name}: interrupted{during}; the instance stays at {stays_at or 'base'} "
@@ -373,7 +349,3 @@ def _blockers(target: Target) -> str | None:
         f"in a transaction since {since:%H:%M:%S})"
         for pid, app, user, state, since in rows
     )
-
-
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alembic.util import CommandError
+
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.connections import connect, engine_for, migration_lock
@@ -26,8 +28,6 @@ from ophelia_db.run.state import read_state
 
 
 def _command_error(message: str) -> Exception:
-    from alembic.util import CommandError
-
     return CommandError(message)
 
 

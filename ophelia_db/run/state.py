@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY, sqlstate_of
-from ophelia_db.results import Record
+from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
 
 _LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
@@ -28,7 +28,7 @@ _LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND
 # The fast path: one statement, valid once the chain's versioning revision
 # has run, which is the state of almost every instance on almost every run.
 # States in which no run may touch the instance: its history does not match the code.
-REFUSED_STATES = frozenset({"ahead", "checksum-mismatch", "mirror-mismatch", "error"})
+REFUSED_STATES = frozenset({State.AHEAD, State.CHECKSUM_MISMATCH, State.MIRROR_MISMATCH, State.ERROR})
 
 _STATE_SQL = f"""SELECT
   true, (SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version),

@@ -16,17 +16,18 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
+from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.hub import HubReporter, RegistryUpdate, registry_statuses
 from ophelia_db.results import (
     InstanceResult,
+    Outcome,
     RunReport,
 )
 from ophelia_db.run import fanout
 from ophelia_db.run.chain import Chain, chain_for
-from ophelia_db.run.fanout import Halt, skipped
-from ophelia_db.run.instance import failure, migrate, refused, state_fields
+from ophelia_db.run.fanout import Halt
+from ophelia_db.run.instance import migrate, state_fields
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify
 from ophelia_db.run.status import probe_all
 
@@ -163,7 +164,7 @@ class _FleetRun:
         halt = self.halt
         if halt.reason:
             for target in wave:
-                self.finish(target, skipped(target, halt.reason, halt.interrupted or ExitCode.MIXED))
+                self.finish(target, halt.skip(target))
             return
         work = []
         for target in wave:
@@ -182,21 +183,20 @@ def _triage(
     """Settle an instance without a lock when its first look says so; ``None`` means migrate."""
     started = time.monotonic()
     if isinstance(state, OpheliaError):
-        return failure(target, state, started)
+        return InstanceResult.from_error(target, state, started)
     verdict = classify(state, chain, goal)
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return refused(target, verdict.problem or verdict.state, started, known)
+        return InstanceResult.refused(target, verdict.problem or verdict.state, started, **known)
     if dry_run:
-        return InstanceResult(
-            name=target.name,
-            role=target.role,
-            result="planned" if verdict.pending else "noop",
+        return InstanceResult.of(
+            target,
+            Outcome.PLANNED if verdict.pending else Outcome.NOOP,
             applied=verdict.pending,
             **{**known, "to_revision": verdict.pending[-1] if verdict.pending else state.revision},
         )
     if not verdict.pending and not state.locked:
-        return InstanceResult(name=target.name, role=target.role, result="noop", **known)
+        return InstanceResult.of(target, Outcome.NOOP, **known)
     return None
 
 

@@ -28,8 +28,9 @@ from pydantic import SecretStr
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.catalog import CATALOG_FORMAT, Snapshot, snapshot
 from ophelia_db.fleet.config import Fleet, Target, Timeouts
-from ophelia_db.fleet.connections import connect, engine_for, sql_identifier
+from ophelia_db.fleet.connections import connect, engine_for, sql_identifier, sqlstate_of
 from ophelia_db.fleet.urls import parse
+from ophelia_db.local.commands import cluster_of
 from ophelia_db.redaction import register_secret
 from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain
@@ -133,8 +134,6 @@ def _scratch_server(fleet: Fleet | None, scratch_url: str | None) -> Target:
             "building reference schemas needs a scratch PostgreSQL server: pass --scratch-url URL "
             "(a server where a temporary database may be created) or add a [local] table to fleet.toml"
         )
-    from ophelia_db.local.commands import cluster_of
-
     cluster = cluster_of(fleet)
     cluster.start()
     return _scratch_target(cluster.url("postgres"), "the embedded local cluster", Timeouts())
@@ -154,7 +153,7 @@ def _build(chain: Chain, server: Target) -> dict[str, Snapshot]:
         try:
             admin.execute(f"CREATE DATABASE {sql_identifier(name)}")
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) is None:
+            if sqlstate_of(exc) is None:
                 raise
             raise ConfigError(
                 f"cannot create a scratch database on {server.display_url} ({server.url_source}): "

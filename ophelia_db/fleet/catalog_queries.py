@@ -1,0 +1,127 @@
+"""The catalog queries behind ``catalog.snapshot``, and the codes they return spelled out.
+
+Each query reads one kind of object of the given schemas, leaving out what
+extensions own, so that a snapshot holds only what migrations created.
+"""
+
+NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass
+  AND e.objid = {oid} AND e.deptype = 'e')"""
+
+RELATIONS = f"""
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+       c.relowner,
+       coalesce(c.relacl,
+                acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND {NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")}
+  AND n.nspname || '.' || c.relname <> ALL(%(excluded)s)
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
+    JOIN pg_namespace tn ON tn.oid = t.relnamespace
+    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+      AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+      AND tn.nspname || '.' || t.relname = ANY(%(excluded)s))
+"""
+
+SCHEMAS = """
+SELECT n.nspname, n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner))::text
+FROM pg_namespace n WHERE n.nspname = ANY(%(schemas)s)
+"""
+
+COLUMNS = """
+SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END, a.attacl::text
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+LEFT JOIN pg_collation co ON co.oid = a.attcollation
+WHERE a.attrelid = ANY(%(oids)s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+SEQUENCES = """
+SELECT s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
+       s.seqcache, s.seqcycle
+FROM pg_sequence s WHERE s.seqrelid = ANY(%(oids)s::oid[])
+"""
+
+INDEXES = """
+SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = ANY(%(oids)s::oid[])
+"""
+
+CONSTRAINTS = """
+SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), c.convalidated
+FROM pg_constraint c WHERE c.conrelid = ANY(%(oids)s::oid[])
+"""
+
+TRIGGERS = """
+SELECT t.tgrelid, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled
+FROM pg_trigger t WHERE t.tgrelid = ANY(%(oids)s::oid[]) AND NOT t.tgisinternal
+"""
+
+POLICIES = """
+SELECT p.polrelid, p.polname, p.polpermissive, p.polcmd,
+       ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END
+             FROM unnest(p.polroles) AS r ORDER BY 1),
+       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+FROM pg_policy p WHERE p.polrelid = ANY(%(oids)s::oid[])
+"""
+
+FUNCTIONS = f"""
+SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
+       l.lanname, p.prokind, p.provolatile, p.prosecdef, p.proisstrict, p.proconfig, p.prosrc,
+       p.proowner, coalesce(p.proacl, acldefault('f', p.proowner))::text
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+WHERE n.nspname = ANY(%(schemas)s) AND {NOT_EXTENSION.format(catalog="pg_proc", oid="p.oid")}
+"""
+
+TYPES = f"""
+SELECT n.nspname, t.typname, t.typtype,
+       CASE WHEN t.typtype = 'e' THEN
+              (SELECT string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder) FROM pg_enum e
+               WHERE e.enumtypid = t.oid)
+            ELSE format_type(t.typbasetype, t.typtypmod) || coalesce(' ' ||
+              (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
+               FROM pg_constraint c WHERE c.contypid = t.oid), '')
+       END
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
+  AND {NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}
+"""
+
+# aclexplode() over the effective ACL (acldefault() where it is NULL), without the
+# owner's own entries: owners legitimately differ (postgres, supabase_admin, ...).
+ACL = """
+SELECT x.kind, x.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END,
+       a.privilege_type, a.is_grantable
+FROM unnest(%(kinds)s::text[], %(names)s::text[], %(owners)s::oid[], %(acls)s::text[])
+     AS x(kind, name, owner, acl)
+CROSS JOIN LATERAL aclexplode(x.acl::aclitem[]) AS a
+WHERE a.grantee <> x.owner
+"""
+
+RELKINDS = {
+    "r": "table",
+    "p": "partitioned table",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+}
+CONSTRAINT_TYPES = {
+    "p": "primary key",
+    "u": "unique",
+    "f": "foreign key",
+    "c": "check",
+    "x": "exclusion",
+    "t": "trigger",
+    "n": "not null",
+}
+FUNCTION_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window"}
+VOLATILITY = {"i": "immutable", "s": "stable", "v": "volatile"}
+POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
