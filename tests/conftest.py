@@ -21,7 +21,8 @@ import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from ophelia_db.errors import ClusterError
-from ophelia_db.local.cluster import LocalCluster, find_bin_dir, free_port
+from ophelia_db.local.binaries import find_bin_dir, free_port
+from ophelia_db.local.cluster import LocalCluster
 
 MakeDatabase = Callable[..., str]
 FleetDbs = Callable[[int], tuple[str, dict[str, str]]]

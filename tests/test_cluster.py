@@ -16,7 +16,8 @@ import pytest
 from psycopg import sql
 
 from ophelia_db.errors import ClusterError, ExitCode
-from ophelia_db.local.cluster import LocalCluster, find_bin_dir, free_port
+from ophelia_db.local.binaries import find_bin_dir, free_port
+from ophelia_db.local.cluster import LocalCluster
 from tests.conftest import FleetDbs, MakeDatabase, make_state_dir, write_fleet
 
 pytestmark = pytest.mark.pg

@@ -11,7 +11,7 @@ import pytest
 
 from ophelia_db import run as runner
 from ophelia_db.fleet.config import load_fleet
-from ophelia_db.local.cluster import find_bin_dir
+from ophelia_db.local.binaries import find_bin_dir
 from tests.conftest import FleetDbs, MakeDatabase, write_fleet
 from tests.test_upgrade import (
     ALEMBIC_INI,

@@ -17,7 +17,7 @@ from ophelia_db.instances import sql as sqlgen
 from ophelia_db.instances.apply import STEPS, add_to_fleet, apply, instance_target
 from ophelia_db.instances.files import write_outputs
 from ophelia_db.instances.seed import SeedRow
-from ophelia_db.local.cluster import find_bin_dir
+from ophelia_db.local.binaries import find_bin_dir
 from tests.conftest import MakeDatabase
 from tests.provisioning import (
     ANON_KEY,

@@ -13,7 +13,8 @@ import pytest
 
 from ophelia_db import run as runner
 from ophelia_db.fleet.config import load_fleet
-from ophelia_db.local.cluster import LocalCluster, free_port
+from ophelia_db.local.binaries import free_port
+from ophelia_db.local.cluster import LocalCluster
 from tests.conftest import make_state_dir, write_fleet
 
 pytestmark = pytest.mark.pg

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from ophelia_db import run as runner
-from ophelia_db.local.cluster import LocalCluster, find_bin_dir
+from ophelia_db.local.binaries import find_bin_dir
+from ophelia_db.local.cluster import LocalCluster
 from ophelia_db.run.chain import Chain, ChainSpec
 from ophelia_db.run.script import statements
 from ophelia_db.trust.reference import References, build_references

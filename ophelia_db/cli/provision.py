@@ -90,6 +90,11 @@ def _interactive(given: dict[str, Any], hub: str) -> Answers:
     data["supabase_url"] = _ask(
         "supabase_url", "Supabase project URL (optional)", given.get("supabase_url"), optional=True
     )
+    _ask_secrets(data, given, hub)
+    return answers_model.build_answers(data)
+
+
+def _ask_secrets(data: dict[str, Any], given: dict[str, Any], hub: str) -> None:
     anon = typer.prompt(
         "Supabase anon key (input hidden; empty to skip)", default="", show_default=False, hide_input=True
     )
@@ -112,7 +117,6 @@ def _interactive(given: dict[str, Any], hub: str) -> Answers:
             break
         api_keys[key] = typer.prompt(f"{key} (input hidden)", hide_input=True)
     data["api_keys"] = api_keys
-    return answers_model.build_answers(data)
 
 
 def _api_key_envs(pairs: list[str] | None) -> dict[str, str] | None:
@@ -129,51 +133,61 @@ def _api_key_envs(pairs: list[str] | None) -> dict[str, str] | None:
     return found
 
 
+FromOpt = Annotated[
+    Path | None, typer.Option("--from", help="Answers file (instances/<name>.json); flags override it.")
+]
+TypeOpt = Annotated[str | None, typer.Option("--type", help=f"One of {', '.join(COMMUNITY_TYPES)}.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help='Community name, e.g. "L\'Île-Rousse".')]
+CityOpt = Annotated[str | None, typer.Option("--city", help="City (the community's seat).")]
+SubdomainOpt = Annotated[str | None, typer.Option("--subdomain", help="Default: proposed from the name.")]
+CodeOpt = Annotated[str | None, typer.Option("--code", help="INSEE code (municipality) or UAI (university).")]
+RegionCodeOpt = Annotated[str | None, typer.Option("--region-code", help="Region code (default COR).")]
+RegionNameOpt = Annotated[str | None, typer.Option("--region-name", help="Region name (default Corse).")]
+EmailOpt = Annotated[str | None, typer.Option("--email", help="Contact email (not public).")]
+MapCenterOpt = Annotated[str | None, typer.Option("--map-center", help="Map centre as 'lat,lon'.")]
+DbUrlEnvOpt = Annotated[
+    str | None, typer.Option("--db-url-env", help="Environment variable holding the database URL.")
+]
+SupabaseUrlOpt = Annotated[str | None, typer.Option("--supabase-url", help="Supabase project URL.")]
+AnonKeyEnvOpt = Annotated[
+    str | None, typer.Option("--anon-key-env", help="Environment variable holding the anon key.")
+]
+ApiKeyOpt = Annotated[
+    list[str] | None, typer.Option("--api-key", help="NAME=ENV_VAR: a vault secret from a variable.")
+]
+ApplyOpt = Annotated[
+    bool, typer.Option("--apply", help="Also migrate, write the vault, register, add to fleet.toml.")
+]
+IncludeSecretsOpt = Annotated[
+    bool, typer.Option("--include-secrets", help="Write secrets into the SQL files (mode 0600).")
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Output folder (default: instances/ beside fleet.toml).")
+]
+InteractiveOpt = Annotated[
+    bool, typer.Option("--interactive", "-I", help="Ask every question, flags giving the defaults.")
+]
+
+
 def provision_command(
-    from_: Annotated[
-        Path | None, typer.Option("--from", help="Answers file (instances/<name>.json); flags override it.")
-    ] = None,
-    community_type: Annotated[
-        str | None, typer.Option("--type", help=f"One of {', '.join(COMMUNITY_TYPES)}.")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help='Community name, e.g. "L\'Île-Rousse".')] = None,
-    city: Annotated[str | None, typer.Option("--city", help="City (the community's seat).")] = None,
-    subdomain: Annotated[
-        str | None, typer.Option("--subdomain", help="Default: proposed from the name.")
-    ] = None,
-    code: Annotated[
-        str | None, typer.Option("--code", help="INSEE code (municipality) or UAI (university).")
-    ] = None,
-    region_code: Annotated[
-        str | None, typer.Option("--region-code", help="Region code (default COR).")
-    ] = None,
-    region_name: Annotated[
-        str | None, typer.Option("--region-name", help="Region name (default Corse).")
-    ] = None,
-    email: Annotated[str | None, typer.Option("--email", help="Contact email (not public).")] = None,
-    map_center: Annotated[str | None, typer.Option("--map-center", help="Map centre as 'lat,lon'.")] = None,
-    db_url_env: Annotated[
-        str | None, typer.Option("--db-url-env", help="Environment variable holding the database URL.")
-    ] = None,
-    supabase_url: Annotated[str | None, typer.Option("--supabase-url", help="Supabase project URL.")] = None,
-    anon_key_env: Annotated[
-        str | None, typer.Option("--anon-key-env", help="Environment variable holding the anon key.")
-    ] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option("--api-key", help="NAME=ENV_VAR: a vault secret from a variable.")
-    ] = None,
-    apply: Annotated[
-        bool, typer.Option("--apply", help="Also migrate, write the vault, register, add to fleet.toml.")
-    ] = False,
-    include_secrets: Annotated[
-        bool, typer.Option("--include-secrets", help="Write secrets into the SQL files (mode 0600).")
-    ] = False,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default: instances/ beside fleet.toml).")
-    ] = None,
-    interactive: Annotated[
-        bool, typer.Option("--interactive", "-I", help="Ask every question, flags giving the defaults.")
-    ] = False,
+    from_: FromOpt = None,
+    community_type: TypeOpt = None,
+    name: NameOpt = None,
+    city: CityOpt = None,
+    subdomain: SubdomainOpt = None,
+    code: CodeOpt = None,
+    region_code: RegionCodeOpt = None,
+    region_name: RegionNameOpt = None,
+    email: EmailOpt = None,
+    map_center: MapCenterOpt = None,
+    db_url_env: DbUrlEnvOpt = None,
+    supabase_url: SupabaseUrlOpt = None,
+    anon_key_env: AnonKeyEnvOpt = None,
+    api_key: ApiKeyOpt = None,
+    apply: ApplyOpt = False,
+    include_secrets: IncludeSecretsOpt = False,
+    out_dir: OutOpt = None,
+    interactive: InteractiveOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:

@@ -138,7 +138,9 @@ class Target:
 
 
 @dataclass(frozen=True)
-class LocalCluster:
+class LocalSettings:
+    """fleet.toml's ``[local]`` table, resolved: where the embedded cluster lives and listens."""
+
     state_dir: Path
     port: int
 
@@ -151,7 +153,7 @@ class Fleet:
     defaults: Defaults
     hub: Target
     instances: Mapping[str, Target]
-    local: LocalCluster | None = None
+    local: LocalSettings | None = None
     members: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -259,7 +261,7 @@ def _build(path: Path, parsed: FleetFile, env: Mapping[str, str]) -> Fleet:
     local = None
     if parsed.local is not None:
         state_dir = (path.parent / parsed.local.state_dir).resolve()
-        local = LocalCluster(state_dir=state_dir, port=parsed.local.port)
+        local = LocalSettings(state_dir=state_dir, port=parsed.local.port)
     return Fleet(path=path, defaults=defaults, hub=hub, instances=instances, local=local)
 
 

@@ -201,34 +201,9 @@ def set_entry(
     encoded = json.dumps(value, ensure_ascii=False)
     with connect(target) as conn:
         try:
-            row = conn.execute(
-                "SELECT is_secret, is_public FROM public.instance_config WHERE key = %s FOR UPDATE", (key,)
-            ).fetchone()
-            was_secret, was_public = row if row else (False, False)
-            is_secret = was_secret if secret is None else secret
-            is_public = was_public if public is None else public
-            if is_secret and public:
-                raise ConfigError(f"{key} is secret and a secret is never public; add --no-secret first")
-            if is_secret:
-                is_public = False
-                register_secret(value if isinstance(value, str) else encoded)
-            params = {
-                "key": key,
-                "value": encoded,
-                "category": category,
-                "description": description,
-                "secret": is_secret,
-                "public": is_public,
-            }
-            changed = conn.execute(_UPSERT, params).fetchone()
-            if changed is None:
-                changed_row = None
-                current = conn.execute(
-                    "SELECT version FROM public.instance_config WHERE key = %s", (key,)
-                ).fetchone()
-                version = current[0] if current else 0
-            else:
-                changed_row, version = changed, changed[0]
+            row, is_secret, is_public, changed, version = _upsert(
+                conn, key, value, encoded, secret, public, category, description
+            )
             conn.commit()
         except OpheliaError:
             raise
@@ -241,12 +216,49 @@ def set_entry(
         instance=target.name,
         key=key,
         created=row is None,
-        changed=changed_row is not None,
+        changed=changed,
         version=version,
         is_secret=is_secret,
         is_public=is_public,
         warning=warning,
     )
+
+
+def _upsert(
+    conn: Connection,
+    key: str,
+    value: Any,
+    encoded: str,
+    secret: bool | None,
+    public: bool | None,
+    category: str | None,
+    description: str | None,
+) -> tuple[Any, bool, bool, bool, int]:
+    """Write the row under a row lock: (the row before, secret, public, changed, version)."""
+    row = conn.execute(
+        "SELECT is_secret, is_public FROM public.instance_config WHERE key = %s FOR UPDATE", (key,)
+    ).fetchone()
+    was_secret, was_public = row if row else (False, False)
+    is_secret = was_secret if secret is None else secret
+    is_public = was_public if public is None else public
+    if is_secret and public:
+        raise ConfigError(f"{key} is secret and a secret is never public; add --no-secret first")
+    if is_secret:
+        is_public = False
+        register_secret(value if isinstance(value, str) else encoded)
+    params = {
+        "key": key,
+        "value": encoded,
+        "category": category,
+        "description": description,
+        "secret": is_secret,
+        "public": is_public,
+    }
+    changed = conn.execute(_UPSERT, params).fetchone()
+    if changed is not None:
+        return row, is_secret, is_public, True, changed[0]
+    current = conn.execute("SELECT version FROM public.instance_config WHERE key = %s", (key,)).fetchone()
+    return row, is_secret, is_public, False, current[0] if current else 0
 
 
 def unset_entry(target: Target, key: str) -> bool:

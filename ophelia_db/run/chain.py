@@ -19,10 +19,7 @@ from pathlib import Path
 
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError, IntegrityRefusal
-from ophelia_db.run.driver import script_directory
-from ophelia_db.settings import environment_settings
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from ophelia_db.run.driver import ChainSpec, script_directory
 
 
 def file_checksum(path: Path) -> str:
@@ -43,21 +40,6 @@ class Revision:
     down_revision: str | None
     lock_timeout: float | None = None
     statement_timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class ChainSpec:
-    """Where a chain lives; small and picklable so worker processes can rebuild it."""
-
-    alembic_ini: Path
-    version_locations: str | None = None
-
-    @classmethod
-    def default(cls) -> ChainSpec:
-        """The project's chain, or the one ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` name."""
-        settings = environment_settings()
-        ini = settings.alembic_ini or PROJECT_ROOT / "alembic.ini"
-        return cls(alembic_ini=ini.resolve(), version_locations=settings.version_locations)
 
 
 class Chain:

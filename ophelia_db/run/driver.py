@@ -13,17 +13,33 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ophelia_db.errors import ConfigError
+from ophelia_db.settings import environment_settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from ophelia_db.run.chain import ChainSpec
-
 VersionHook = Callable[..., None]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """Where a chain lives; small and picklable so worker processes can rebuild it."""
+
+    alembic_ini: Path
+    version_locations: str | None = None
+
+    @classmethod
+    def default(cls) -> ChainSpec:
+        """The project's chain, or the one ``$OPHELIA_ALEMBIC_INI``/``$OPHELIA_VERSION_LOCATIONS`` name."""
+        settings = environment_settings()
+        ini = settings.alembic_ini or PROJECT_ROOT / "alembic.ini"
+        return cls(alembic_ini=ini.resolve(), version_locations=settings.version_locations)
 
 
 @dataclass(frozen=True)
