@@ -112,80 +112,72 @@ def _warm_up() -> None:
     chain_for()
 
 
-def run(
-    targets: list[Target],
-    spec: ChainSpec,
-    goal: str | None,
-    jobs: int,
-    halt: Halt,
-    finish: Finish,
-    start: Start | None = None,
-    workers: Workers | None = None,
-) -> None:
-    """Migrate ``targets`` to ``goal``, calling ``finish`` for every one of them exactly once."""
+@dataclass(frozen=True)
+class Batch:
+    """What every instance of a wave is migrated to, and who hears about it."""
+
+    spec: ChainSpec
+    goal: str | None
+    halt: Halt
+    finish: Finish
+    start: Start | None = None
+
+    def started(self, target: Target) -> None:
+        if self.start:
+            self.start(target)
+
+
+def run(targets: list[Target], batch: Batch, jobs: int, workers: Workers | None = None) -> None:
+    """Migrate ``targets`` to ``batch.goal``, calling ``batch.finish`` for every one of them exactly once."""
     if not targets:
         return
     if jobs <= 1 or len(targets) == 1:
-        _run_here(targets, spec, goal, halt, finish, start)
+        _run_here(targets, batch)
     elif workers is not None:
-        _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, workers.pool())
+        _run_pool(targets, batch, min(jobs, len(targets)), workers.pool())
     else:
         with Workers(jobs) as own:
-            _run_pool(targets, spec, goal, min(jobs, len(targets)), halt, finish, start, own.pool())
+            _run_pool(targets, batch, min(jobs, len(targets)), own.pool())
 
 
-def _run_here(
-    targets: list[Target], spec: ChainSpec, goal: str | None, halt: Halt, finish: Finish, start: Start | None
-) -> None:
+def _run_here(targets: list[Target], batch: Batch) -> None:
+    halt = batch.halt
     for target in targets:
         if halt.reason:
-            finish(target, halt.skip(target))
+            batch.finish(target, halt.skip(target))
             continue
-        if start:
-            start(target)
+        batch.started(target)
         try:
-            result = migrate(target, spec, goal)
+            result = migrate(target, batch.spec, batch.goal)
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
             result = halt.skip(target, "interrupted", ExitCode.SIGINT)
         halt.record(result)
-        finish(target, result)
+        batch.finish(target, result)
 
 
-def _run_pool(
-    targets: list[Target],
-    spec: ChainSpec,
-    goal: str | None,
-    jobs: int,
-    halt: Halt,
-    finish: Finish,
-    start: Start | None,
-    pool: ProcessPoolExecutor,
-) -> None:
+def _run_pool(targets: list[Target], batch: Batch, jobs: int, pool: ProcessPoolExecutor) -> None:
+    halt = batch.halt
     queue = list(reversed(targets))
     running: dict[Future[InstanceResult], Target] = {}
     try:
         while queue or running:
             while queue and len(running) < jobs and not halt.reason:
                 target = queue.pop()
-                if start:
-                    start(target)
-                running[pool.submit(migrate, target, spec, goal)] = target
+                batch.started(target)
+                running[pool.submit(migrate, target, batch.spec, batch.goal)] = target
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                _collect(future, running.pop(future), halt, finish)
+                _collect(future, running.pop(future), halt, batch.finish)
     except KeyboardInterrupt as exc:
         halt.interrupt(exit_code_of(exc))
         _stop_workers(pool)
         for future, target in running.items():
-            _collect(future, target, halt, finish)
+            _collect(future, target, halt, batch.finish)
     for target in reversed(queue):
-        finish(
-            target,
-            halt.skip(target),
-        )
+        batch.finish(target, halt.skip(target))
 
 
 def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish: Finish) -> None:

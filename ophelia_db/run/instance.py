@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ophelia_db.errors import ExitCode, OpheliaError
@@ -97,28 +98,28 @@ def _migrate_locked(
     started: float,
     connection: Any,
 ) -> InstanceResult:
-    driver = connection.connection.driver_connection
+    driver_connection = connection.connection.driver_connection
     # Decide the plan only now, under the lock: another runner may have
     # moved the instance between our first look and taking the lock.
-    state = read_state(driver)
+    state = read_state(driver_connection)
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned
-    hook = MirrorHook(chain=chain, instance_id=target.name)
-    _time_box_each_revision(connection, target, chain, hook, planned)
-    failed = _run_with_lock_retries(connection, target, chain, state, goal, downgrade, hook, planned, started)
+    run = _Run(target, chain, state, goal, downgrade, planned, started)
+    run.time_box_each_revision(connection)
+    failed = run.with_lock_retries(connection)
     if failed is not None:
         return failed
     return InstanceResult.of(
         target,
         Outcome.OK,
         started=started,
-        schema_fingerprint=_fingerprint(driver),
+        schema_fingerprint=_fingerprint(driver_connection),
         from_revision=state.revision,
         to_revision=goal,
-        applied=tuple(hook.applied),
-        reverted=tuple(hook.reverted),
-        migrations_count=len(chain.applied_through(goal)) if state.has_mirror or hook.applied else 0,
+        applied=tuple(run.hook.applied),
+        reverted=tuple(run.hook.reverted),
+        migrations_count=len(chain.applied_through(goal)) if state.has_mirror or run.hook.applied else 0,
         updated_at=None,
     )
 
@@ -144,123 +145,144 @@ def _plan(
     return planned
 
 
-def _run_with_lock_retries(
-    connection: Any,
-    target: Target,
-    chain: Chain,
-    state: InstanceState,
-    goal: str | None,
-    downgrade: bool,
-    hook: MirrorHook,
-    planned: list[str],
-    started: float,
-) -> InstanceResult | None:
-    """Run Alembic; ``None`` when every planned revision committed, else the failure's result."""
-    attempt = 0
-    while True:
-        try:
-            _run_alembic(connection, target, chain, goal, downgrade, hook)
-            return None
-        except KeyboardInterrupt as exc:
-            return _interrupted(target, chain, state, planned, hook, exc, started)
-        except Exception as exc:
-            if not _raised_by_revision_or_database(exc, chain):
-                raise
-            if sqlstate_of(exc) == "55P03" and attempt < LOCK_RETRIES:
-                # The whole revision is retried (it was rolled back), never a part of it.
-                attempt += 1
-                time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                continue
-            blocker = _blockers(target) if sqlstate_of(exc) == "55P03" else None
-            return _revision_failed(target, chain, state, planned, hook, exc, started, blocker)
+@dataclass
+class _Run:
+    """One instance's planned revisions, run on its locked connection, and how it ended."""
 
+    target: Target
+    chain: Chain
+    state: InstanceState
+    goal: str | None
+    downgrade: bool
+    planned: list[str]
+    started: float
+    hook: MirrorHook = field(init=False)
 
-def _time_box_each_revision(
-    connection: Any, target: Target, chain: Chain, hook: MirrorHook, planned: list[str]
-) -> None:
-    # Imported on use: this module is loaded by every command that may upgrade,
-    # and SQLAlchemy is only needed once an instance really migrates.
-    from sqlalchemy import event
+    def __post_init__(self) -> None:
+        self.hook = MirrorHook(chain=self.chain, instance_id=self.target.name)
 
-    timeouts = target.timeouts
+    @property
+    def done(self) -> int:
+        return len(self.hook.applied) + len(self.hook.reverted)
 
-    @event.listens_for(connection, "begin")
-    def _each_revision(conn: Any) -> None:
-        # Every revision gets its own time box, scoped to its transaction:
-        # the revision file's own setting, else the instance's, else the fleet's.
-        hook.mark_start()
-        done = len(hook.applied) + len(hook.reverted)
-        revision = chain.get(planned[done]) if done < len(planned) else None
-        lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
-        statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
-        conn.exec_driver_sql(
-            f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
-            f"SET LOCAL statement_timeout = {int(statement * 1000)}"
+    def with_lock_retries(self, connection: Any) -> InstanceResult | None:
+        """Run Alembic; ``None`` when every planned revision committed, else the failure's result."""
+        attempt = 0
+        while True:
+            try:
+                self.run_alembic(connection)
+                return None
+            except KeyboardInterrupt as exc:
+                return self.interrupted(exc)
+            except Exception as exc:
+                if not _raised_by_revision_or_database(exc, self.chain):
+                    raise
+                if sqlstate_of(exc) == "55P03" and attempt < LOCK_RETRIES:
+                    # The whole revision is retried (it was rolled back), never a part of it.
+                    attempt += 1
+                    time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                    continue
+                blocker = _blockers(self.target) if sqlstate_of(exc) == "55P03" else None
+                return self.revision_failed(exc, blocker)
+
+    def time_box_each_revision(self, connection: Any) -> None:
+        # Imported on use: this module is loaded by every command that may upgrade,
+        # and SQLAlchemy is only needed once an instance really migrates.
+        from sqlalchemy import event
+
+        timeouts, hook, planned = self.target.timeouts, self.hook, self.planned
+
+        @event.listens_for(connection, "begin")
+        def _each_revision(conn: Any) -> None:
+            # Every revision gets its own time box, scoped to its transaction:
+            # the revision file's own setting, else the instance's, else the fleet's.
+            hook.mark_start()
+            revision = self.chain.get(planned[self.done]) if self.done < len(planned) else None
+            lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
+            statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
+            conn.exec_driver_sql(
+                f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
+                f"SET LOCAL statement_timeout = {int(statement * 1000)}"
+            )
+
+    def run_alembic(self, connection: Any) -> None:
+        if connection.in_transaction():
+            # Only reads can be pending here (a failed revision was rolled back), and
+            # Alembic must not see an outer transaction: it would nest every revision in it.
+            connection.rollback()
+        driver.migrate(
+            self.chain.spec,
+            self.goal,
+            connection=connection,
+            hook=self.hook,
+            instance=self.target.name,
+            downgrade=self.downgrade,
         )
 
+    def stays_at(self) -> str | None:
+        """The revision the instance is left at: the last step this run committed, else where it was."""
+        if self.hook.applied:
+            return self.hook.applied[-1]
+        if self.hook.reverted:
+            return self.chain.get(self.hook.reverted[-1]).down_revision
+        return self.state.revision
 
-def _run_alembic(
-    connection: Any, target: Target, chain: Chain, goal: str | None, downgrade: bool, hook: MirrorHook
-) -> None:
-    if connection.in_transaction():
-        # Only reads can be pending here (a failed revision was rolled back), and
-        # Alembic must not see an outer transaction: it would nest every revision in it.
-        connection.rollback()
-    driver.migrate(
-        chain.spec, goal, connection=connection, hook=hook, instance=target.name, downgrade=downgrade
-    )
+    def ended(self, outcome: Outcome, code: int, message: str) -> InstanceResult:
+        stays_at = self.stays_at()
+        return InstanceResult.of(
+            self.target,
+            outcome,
+            started=self.started,
+            from_revision=self.state.revision,
+            to_revision=stays_at,
+            applied=tuple(self.hook.applied),
+            reverted=tuple(self.hook.reverted),
+            exit_code=code,
+            error=message,
+            migrations_count=len(self.chain.applied_through(stays_at)),
+        )
 
+    def revision_failed(self, exc: BaseException, blocker: str | None = None) -> InstanceResult:
+        name = self.target.name
+        failed = self.planned[min(self.done, len(self.planned) - 1)]
+        revision = self.chain.get(failed)
+        stays_at = self.stays_at() or "base"
+        detail = describe_error(exc) if sqlstate_of(exc) or is_connection_error(exc) else str(exc)
+        if is_connection_error(exc):
+            return self.ended(
+                Outcome.UNREACHABLE,
+                ExitCode.UNREACHABLE,
+                f"{name}: lost the connection during revision {failed} ({revision.path.name}): {detail}; "
+                f"run `ophelia-db status --instance {name}` to see where it stands, then upgrade again",
+            )
+        if sqlstate_of(exc) == "55P03":
+            waited = revision.lock_timeout or self.target.timeouts.lock_timeout
+            return self.ended(
+                Outcome.LOCKED,
+                ExitCode.LOCKED,
+                f"{name}: revision {failed} ({revision.path.name}) could not get a table lock within "
+                f"lock_timeout {waited:g}s ({LOCK_RETRIES + 1} attempts): {detail}; blocked by "
+                f"{blocker or 'a session that has since finished'}. It was rolled back and the instance "
+                f"stays at {stays_at}; retry when that session is done",
+            )
+        return self.ended(
+            Outcome.FAILED,
+            ExitCode.REVISION_FAILED,
+            f"{name}: revision {failed} ({revision.path.name}) failed and was rolled back: {detail}; "
+            f"the instance stays at {stays_at}. Fix the revision and run "
+            f"`ophelia-db upgrade --instance {name}` again",
+        )
 
-def _revision_failed(
-    target: Target,
-    chain: Chain,
-    state: InstanceState,
-    planned: list[str],
-    hook: MirrorHook,
-    exc: BaseException,
-    started: float,
-    blocker: str | None = None,
-) -> InstanceResult:
-    done = hook.applied if hook.applied else hook.reverted
-    failed_revision = planned[len(done)] if len(done) < len(planned) else planned[-1]
-    revision = chain.get(failed_revision)
-    stays_at = _stays_at(chain, state, hook)
-    detail = describe_error(exc) if sqlstate_of(exc) or is_connection_error(exc) else str(exc)
-    if is_connection_error(exc):
-        code, result = ExitCode.UNREACHABLE, Outcome.UNREACHABLE
-        message = (
-            f"{target.name}: lost the connection during revision {failed_revision} "
-            f"({revision.path.name}): {detail}; run `ophelia-db status --instance {target.name}` "
-            "to see where it stands, then upgrade again"
+    def interrupted(self, exc: BaseException) -> InstanceResult:
+        current = self.planned[self.done] if self.done < len(self.planned) else None
+        during = f" during revision {current}, which was rolled back" if current else ""
+        not_applied = ", ".join(self.planned[self.done :]) or "nothing"
+        return self.ended(
+            Outcome.FAILED,
+            exit_code_of(exc),
+            f"{self.target.name}: interrupted{during}; the instance stays at {self.stays_at() or 'base'} "
+            f"(not applied: {not_applied}); run upgrade again to finish",
         )
-    elif sqlstate_of(exc) == "55P03":
-        code, result = ExitCode.LOCKED, Outcome.LOCKED
-        message = (
-            f"{target.name}: revision {failed_revision} ({revision.path.name}) could not get a table "
-            f"lock within lock_timeout {revision.lock_timeout or target.timeouts.lock_timeout:g}s "
-            f"({LOCK_RETRIES + 1} attempts): {detail}; blocked by "
-            f"{blocker or 'a session that has since finished'}. It was rolled back and the instance "
-            f"stays at {stays_at or 'base'}; retry when that session is done"
-        )
-    else:
-        code, result = ExitCode.REVISION_FAILED, Outcome.FAILED
-        message = (
-            f"{target.name}: revision {failed_revision} ({revision.path.name}) failed and was "
-            f"rolled back: {detail}; the instance stays at {stays_at or 'base'}. Fix the revision "
-            f"and run `ophelia-db upgrade --instance {target.name}` again"
-        )
-    return InstanceResult.of(
-        target,
-        result,
-        started=started,
-        from_revision=state.revision,
-        to_revision=stays_at,
-        applied=tuple(hook.applied),
-        reverted=tuple(hook.reverted),
-        exit_code=code,
-        error=message,
-        migrations_count=len(chain.applied_through(stays_at)),
-    )
 
 
 def _raised_by_revision_or_database(exc: BaseException, chain: Chain) -> bool:
@@ -284,45 +306,6 @@ def _fingerprint(conn: Connection) -> str | None:
         if sqlstate_of(exc) is None and not isinstance(exc, OpheliaError):
             raise
         return None
-
-
-def _stays_at(chain: Chain, state: InstanceState, hook: MirrorHook) -> str | None:
-    """The revision an instance is left at: the last step this run committed, else where it was."""
-    if hook.applied:
-        return hook.applied[-1]
-    if hook.reverted:
-        return chain.get(hook.reverted[-1]).down_revision
-    return state.revision
-
-
-def _interrupted(
-    target: Target,
-    chain: Chain,
-    state: InstanceState,
-    planned: list[str],
-    hook: MirrorHook,
-    exc: BaseException,
-    started: float,
-) -> InstanceResult:
-    done = len(hook.applied) + len(hook.reverted)
-    current = planned[done] if done < len(planned) else None
-    stays_at = _stays_at(chain, state, hook)
-    during = f" during revision {current}, which was rolled back" if current else ""
-    return InstanceResult.of(
-        target,
-        Outcome.FAILED,
-        started=started,
-        from_revision=state.revision,
-        to_revision=stays_at,
-        applied=tuple(hook.applied),
-        reverted=tuple(hook.reverted),
-        exit_code=exit_code_of(exc),
-        error=(
-            f"{target.name}: interrupted{during}; the instance stays at {stays_at or 'base'} "
-            f"(not applied: {', '.join(planned[done:]) or 'nothing'}); run upgrade again to finish"
-        ),
-        migrations_count=len(chain.applied_through(stays_at)),
-    )
 
 
 _BLOCKERS_SQL = """

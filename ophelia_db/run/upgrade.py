@@ -174,7 +174,8 @@ class _FleetRun:
             else:
                 self.halt.record(outcome)
                 self.finish(target, outcome)
-        fanout.run(work, self.chain.spec, self.goal, jobs, self.halt, self.finish, self.on_start, workers)
+        batch = fanout.Batch(self.chain.spec, self.goal, self.halt, self.finish, self.on_start)
+        fanout.run(work, batch, jobs, workers)
 
 
 def _triage(
