@@ -1,6 +1,6 @@
 """Exit codes and the exception family that carries them.
 
-This module owns the one table of exit codes (DESIGN §3) and the root
+This module owns the one table of exit codes (docs/design.md §3) and the root
 exception, ``OpheliaError``. Every user-facing failure in the library is a
 subclass carrying its exit code; the CLI translates them in one place.
 Anything that is not an ``OpheliaError`` is a bug and keeps its traceback.
@@ -15,7 +15,7 @@ from ophelia_db.redaction import redact
 
 
 class ExitCode(IntEnum):
-    """Process exit codes, as documented in DESIGN.md §3."""
+    """Process exit codes, as documented in docs/design.md §3."""
 
     OK = 0
     NOT_AT_HEAD = 1

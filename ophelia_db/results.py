@@ -1,7 +1,7 @@
 """Results of library calls, as plain data for renderers and Python callers.
 
 This module owns the frozen result types (``StatusReport``, ``RunReport``,
-``SyncReport``, ``HistoryReport``), their JSON records (DESIGN §3 shapes) and
+``SyncReport``, ``HistoryReport``), their JSON records (docs/design.md §3 shapes) and
 the exit code each one implies. It imports nothing but ``errors``.
 """
 

@@ -44,7 +44,7 @@ def write_fleet(
     extra: str = "",
     defaults: str = "",
 ) -> Path:
-    """Write ``directory/fleet.toml`` in the DESIGN.md §2 format and return its path."""
+    """Write ``directory/fleet.toml`` in the docs/design.md §2 format and return its path."""
 
     def key(name: str) -> str:
         return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)

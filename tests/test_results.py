@@ -1,4 +1,4 @@
-"""Result objects: exit codes (DESIGN §3 table) and JSON records. No database."""
+"""Result objects: exit codes (docs/design.md §3 table) and JSON records. No database."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ class InstanceState:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A state classified against the chain; ``state`` uses DESIGN §3's words."""
+    """A state classified against the chain; ``state`` uses the words of docs/design.md §3."""
 
     state: str
     pending: tuple[str, ...] = ()

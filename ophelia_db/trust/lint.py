@@ -31,7 +31,7 @@ from ophelia_db.run.script import Statement, statements
 
 # squawk rules left out, and why:
 # - prefer-text-field, prefer-bigint-over-int, prefer-bigint-over-smallint, prefer-identity:
-#   column types are a contract with the app (DESIGN §4 fixes varchar, integer, serial columns);
+#   column types are a contract with the app (docs/design.md §4 fixes varchar, integer, serial columns);
 # - prefer-robust-stmts: every revision runs in one transaction that rolls back whole, so a
 #   failed revision is rerun from the start and IF [NOT] EXISTS would only hide drift;
 # - require-lock-timeout, require-statement-timeout: ophelia-db sets both with SET LOCAL in each
