@@ -2,20 +2,17 @@
 
 The session cluster is the embedded ``LocalCluster`` started in a private temp
 directory; tests get brand-new empty databases on it through ``make_database``
-(created and dropped by pytest-postgresql's ``DatabaseJanitor``) and write
-fleet.toml files with ``write_fleet``.
+(created and dropped by pytest-postgresql's ``DatabaseJanitor``). Every test
+that uses the cluster is marked ``pg``, so ``pytest -m "not pg"`` runs
+without PostgreSQL. Each area's own fixtures are in its folder's conftest.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -23,44 +20,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from ophelia_db.errors import ClusterError
 from ophelia_db.local.binaries import find_bin_dir, free_port
 from ophelia_db.local.cluster import LocalCluster
-
-MakeDatabase = Callable[..., str]
-FleetDbs = Callable[[int], tuple[str, dict[str, str]]]
-
-
-def make_state_dir() -> Path:
-    """Return a new /tmp directory the server user can use (pytest's tmp dirs are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ophelia-test-", dir="/tmp"))
-    if os.geteuid() == 0:
-        shutil.chown(path, "postgres", "postgres")
-    return path
-
-
-def write_fleet(
-    directory: Path,
-    hub_url: str,
-    instances: dict[str, str],
-    *,
-    extra: str = "",
-    defaults: str = "",
-) -> Path:
-    """Write ``directory/fleet.toml`` in the docs/design.md §2 format and return its path."""
-
-    def key(name: str) -> str:
-        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-
-    # JSON string literals are valid TOML basic strings.
-    parts = [f"[defaults]\n{defaults}\n", f"[hub]\nurl = {json.dumps(hub_url)}\n"]
-    for name, url in instances.items():
-        parts.append(
-            f"[instances.{key(name)}]\n"
-            f"community_name = {json.dumps(name.title(), ensure_ascii=False)}\n"
-            'community_type = "municipality"\n'
-            f"url = {json.dumps(url)}\n"
-        )
-    path = Path(directory) / "fleet.toml"
-    path.write_text("\n".join(parts) + extra, encoding="utf-8")
-    return path
+from tests.helpers import FleetDbs, MakeDatabase, make_state_dir
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +76,10 @@ def fleet_dbs(make_database: MakeDatabase) -> FleetDbs:
         return hub_url, {f"inst{i}": make_database(f"inst{i}") for i in range(1, n + 1)}
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``pg`` every test that reaches the database cluster, directly or through a fixture."""
+    for item in items:
+        if "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pg)

@@ -1,0 +1,148 @@
+"""The hub registry: what a run reports, a hub that is down, and `sync` replaying it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from tests.helpers import (
+    HEAD,
+    REVISIONS,
+    FleetDbs,
+    alembic_version,
+    assert_consistent,
+    exists,
+    invoke,
+    registry,
+    rows,
+    run_cli,
+    write_fleet,
+)
+
+pytestmark = pytest.mark.pg
+
+CLOSED_HUB = "postgresql://postgres@127.0.0.1:1/hub?connect_timeout=2"
+
+
+def test_registry_after_a_normal_upgrade(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(2)
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+
+    report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+
+    assert report.exit_code == 0, report.as_record()
+    assert report.hub_report == "ok"
+    rows_ = registry(hub_url)
+    assert set(rows_) == {"hub", "inst1", "inst2"}
+    hub = rows_["hub"]
+    assert hub["is_hub"] is True
+    assert hub["community_name"] == "Ophélia hub"
+    for name in ("inst1", "inst2"):
+        row = rows_[name]
+        assert row["is_hub"] is False
+        assert row["community_name"] == name.title()  # as write_fleet puts it in fleet.toml
+        assert row["community_type"] == "municipality"
+        assert row["status"] == "active"
+    for name, row in rows_.items():
+        assert (row["schema_version"], row["migrations_count"]) == (HEAD, len(REVISIONS)), name
+        assert (row["last_run_status"], row["last_error"]) == ("ok", None), name
+        assert row["last_run_at"] is not None and row["schema_updated_at"] is not None
+
+    # A second run is a no-op and upserts the same rows (no duplicates).
+    again = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+    assert {r.result for r in again.instances} == {"noop"}
+    after = registry(hub_url)
+    assert set(after) == set(rows_)
+    assert {row["id"] for row in after.values()} == {row["id"] for row in rows_.values()}
+    assert all(row["schema_version"] == HEAD and row["migrations_count"] == 4 for row in after.values())
+
+
+def test_hub_down_instances_still_upgrade_then_sync_fills_registry(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    hub_url, urls = fleet_dbs(3)
+    down_dir = tmp_path / "hub-down"
+    down_dir.mkdir()
+    down = write_fleet(down_dir, CLOSED_HUB, urls)
+
+    proc = run_cli(
+        ["upgrade", "--instance", "inst1", "--instance", "inst2", "--json", "--fleet", str(down)],
+        cwd=tmp_path,
+    )
+
+    assert proc.returncode == 7, (proc.stdout, proc.stderr)
+    record = json.loads(proc.stdout)
+    assert record["hub_report"] == "pending"
+    assert [(r["name"], r["result"], r["exit_code"]) for r in record["instances"]] == [
+        ("inst1", "ok", 0),
+        ("inst2", "ok", 0),
+    ]
+    assert "ophelia-db sync --all" in proc.stderr, f"stderr: {proc.stderr!r}"
+    assert_consistent(urls["inst1"], HEAD)
+    assert_consistent(urls["inst2"], HEAD)
+
+    # Without --json: a no-op run, still one pending hub report, the hint on stderr.
+    plain = invoke(["upgrade", "--instance", "inst1", "--fleet", str(down)])
+    assert plain.exit_code == 7, (plain.stdout, plain.stderr)
+    assert "ophelia-db sync --all" in plain.stderr
+    assert "pending" in plain.stdout
+    assert "sync --all" not in plain.stdout
+
+    # --all with the hub down: the hub fails first, every instance is skipped, untouched.
+    everything = invoke(["upgrade", "--all", "--json", "--fleet", str(down)])
+    assert everything.exit_code == 7, (everything.stdout, everything.stderr)
+    results = {r["name"]: r for r in json.loads(everything.stdout)["instances"]}
+    assert (results["hub"]["result"], results["hub"]["exit_code"]) == ("unreachable", 8)
+    for name in ("inst1", "inst2", "inst3"):
+        assert results[name]["result"] == "skipped", results[name]
+        assert results[name]["applied"] == []
+        assert "hub" in results[name]["error"]
+    assert alembic_version(urls["inst3"]) == []
+    assert not exists(urls["inst3"], "public.alembic_version")
+    assert_consistent(urls["inst1"], HEAD)
+    assert not exists(hub_url, "public.alembic_version"), "the real hub was never reached"
+
+    # The hub is back (the right URL in another fleet.toml): bring it to head, then sync.
+    up = write_fleet(tmp_path, hub_url, urls)
+    fleet = load_fleet(up)
+    assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
+    assert set(registry(hub_url)) == {"hub"}
+
+    synced = run_cli(["sync", "--all", "--fleet", str(up)], cwd=tmp_path)
+    assert synced.returncode == 0, (synced.stdout, synced.stderr)
+    first = registry(hub_url)
+    assert set(first) == {"hub", "inst1", "inst2", "inst3"}
+    for name in ("hub", "inst1", "inst2"):
+        assert (first[name]["schema_version"], first[name]["migrations_count"]) == (HEAD, 4), name
+        assert first[name]["last_run_status"] == "sync"
+    assert first["inst3"]["schema_version"] is None
+    assert first["inst3"]["migrations_count"] == 0
+    assert first["inst3"]["last_run_status"] == "sync"
+    assert first["hub"]["is_hub"] is True and first["inst1"]["is_hub"] is False
+
+    again = invoke(["sync", "--all", "--json", "--fleet", str(up)])
+    assert again.exit_code == 0, (again.stdout, again.stderr)
+    assert json.loads(again.stdout)["hub_report"] == "ok"
+    second = registry(hub_url)
+    assert rows(hub_url, "SELECT count(*) FROM public.instance_registry") == [(4,)]
+    assert {n: r["id"] for n, r in second.items()} == {n: r["id"] for n, r in first.items()}
+    assert {n: (r["schema_version"], r["migrations_count"]) for n, r in second.items()} == {
+        n: (r["schema_version"], r["migrations_count"]) for n, r in first.items()
+    }
+
+
+def test_sync_with_hub_down_says_so(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    _, urls = fleet_dbs(1)
+    path = write_fleet(tmp_path, CLOSED_HUB, urls)
+
+    result = invoke(["sync", "--instance", "inst1", "--json", "--fleet", str(path)])
+
+    assert result.exit_code != 0
+    assert "hub report" in result.stderr
+    record = json.loads(result.stdout)
+    assert record["hub_report"] in ("pending", "failed")
+    assert record["instances"][0]["name"] == "inst1"

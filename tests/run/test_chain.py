@@ -1,0 +1,61 @@
+"""The revision chain: the fast reader and Alembic's own ScriptDirectory agree, and
+`alembic revision --rev-id` writes files shaped like the committed ones. No database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ophelia_db.run.chain import Chain, ChainSpec, _read_linear, _read_with_alembic
+from tests.helpers import ROOT
+
+SHIPPED = ROOT / "alembic" / "versions"
+TEST_CHAINS = sorted(p for p in (ROOT / "tests" / "chains").iterdir() if p.is_dir())
+LOCATIONS = [str(SHIPPED)] + [os.pathsep.join([str(SHIPPED), str(extra)]) for extra in TEST_CHAINS]
+
+
+@pytest.mark.parametrize("locations", LOCATIONS, ids=["shipped"] + [p.name for p in TEST_CHAINS])
+def test_fast_reader_and_script_directory_agree(locations: str) -> None:
+    spec = ChainSpec(alembic_ini=ROOT / "alembic.ini", version_locations=locations)
+    fast = _read_linear(spec)
+    assert fast is not None, "a linear chain must take the fast path"
+    slow = _read_with_alembic(spec)
+    assert [r.id for r in fast] == [r.id for r in slow]
+    assert [r.down_revision for r in fast] == [r.down_revision for r in slow]
+    assert [r.path.resolve() for r in fast] == [r.path.resolve() for r in slow]
+    assert [(r.name, r.checksum, r.lock_timeout, r.statement_timeout) for r in fast] == [
+        (r.name, r.checksum, r.lock_timeout, r.statement_timeout) for r in slow
+    ]
+    assert Chain(spec, fast).head == Chain(spec, slow).head == fast[-1].id
+
+
+def test_alembic_revision_rev_id_writes_a_file_like_the_committed_ones(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for path in SHIPPED.glob("*.py"):
+        (versions / path.name).write_bytes(path.read_bytes())
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        (ROOT / "alembic.ini")
+        .read_text(encoding="utf-8")
+        .replace("%(here)s/alembic/versions", str(versions))
+        .replace("%(here)s/alembic", str(ROOT / "alembic")),
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini),
+         "revision", "--rev-id", "0005", "-m", "add something"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (created,) = versions.glob("0005_*.py")
+    assert created.name == "0005_add_something.py"
+    text = created.read_text(encoding="utf-8")
+    assert 'revision: str = "0005"' in text
+    assert 'down_revision: str | Sequence[str] | None = "0004"' in text
+    chain = Chain.load(ChainSpec(alembic_ini=ini))
+    assert chain.head == "0005" and chain.get("0005").name == "add something"

@@ -1,0 +1,122 @@
+"""The version mirror: integrity refusals, `history`, and what the app's roles may do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from tests.helpers import (
+    CHAIN,
+    HEAD,
+    REVISIONS,
+    FleetDbs,
+    assert_consistent,
+    execute,
+    invoke,
+    rows,
+    snapshot,
+    write_fleet,
+)
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.mark.parametrize(
+    ("tamper", "state", "needle"),
+    [
+        (
+            "UPDATE public.schema_migrations SET checksum = 'sha256:' || repeat('0', 64) "
+            "WHERE version = '0002'",
+            "checksum-mismatch",
+            "0002",
+        ),
+        ("DELETE FROM public.schema_migrations WHERE version = '0003'", "mirror-mismatch", "0003"),
+        ("UPDATE public.schema_version SET current_version = '0002'", "mirror-mismatch", "0002"),
+    ],
+    ids=["checksum", "missing-row", "current-version"],
+)
+def test_integrity_refusals_change_nothing(
+    fleet_dbs: FleetDbs, tmp_path: Path, tamper: str, state: str, needle: str
+) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    path = write_fleet(tmp_path, hub_url, urls)
+    fleet = load_fleet(path)
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    runner.upgrade(fleet, fleet.select(["inst1"]), to="0003", jobs=1)
+    execute(url, tamper)
+    before = snapshot(url)
+
+    status = runner.status(fleet, fleet.select(["inst1"])).instances[0]
+    assert status.state == state, status
+    assert needle in (status.error or "")
+
+    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    result = report.instances[0]
+    assert (result.result, result.exit_code, report.exit_code) == ("refused", 4, 4), result
+    assert "nothing was changed" in (result.error or "")
+    assert snapshot(url) == before
+
+    cli = invoke(["upgrade", "--instance", "inst1", "--json", "--fleet", str(path)])
+    assert cli.exit_code == 4, (cli.stdout, cli.stderr)
+    assert json.loads(cli.stdout)["instances"][0]["result"] == "refused"
+    assert snapshot(url) == before
+
+
+def test_history_lists_applied_and_pending(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    path = write_fleet(tmp_path, hub_url, urls)
+    fleet = load_fleet(path)
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+
+    result = invoke(["history", "--instance", "inst1", "--json", "--fleet", str(path)])
+
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["name"], record["current"], record["head"]) == ("inst1", "0002", HEAD)
+    entries = record["migrations"]
+    assert [(e["version"], e["state"]) for e in entries] == [
+        ("0001", "applied"),
+        ("0002", "applied"),
+        ("0003", "pending"),
+        ("0004", "pending"),
+    ]
+    for entry in entries[:2]:
+        assert entry["checksum"] == CHAIN.get(entry["version"]).checksum
+        assert entry["applied_by"].startswith("ophelia-db/")
+        assert entry["applied_at"] is not None
+    assert entries[0]["name"] == CHAIN.get("0001").name
+
+    plain = invoke(["history", "--instance", "inst1", "--fleet", str(path)])
+    assert plain.exit_code == 0
+    assert "0003 pending" in plain.stdout and "0001 applied" in plain.stdout
+
+
+def test_api_roles_read_but_never_write_the_mirror(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET ROLE anon")
+        assert conn.execute(
+            "SELECT current_version, instance_id, migrations_count FROM public.get_schema_version()"
+        ).fetchone() == (HEAD, "inst1", 4)
+        assert conn.execute("SELECT count(*) FROM public.schema_migrations").fetchone() == (4,)
+        assert conn.execute(
+            "SELECT public.get_pending_migrations(ARRAY['0004', '0100', '0099', '0100'])"
+        ).fetchall() == [("0100",), ("0099",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO public.schema_migrations (version, name) VALUES ('x', 'x')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT public.register_migration('0099', 'sneaky')")
+        conn.execute("RESET ROLE")
+    assert_consistent(url, HEAD)
+    assert [r[0] for r in rows(url, "SELECT version FROM public.schema_migrations")] == REVISIONS

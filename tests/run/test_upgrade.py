@@ -1,0 +1,238 @@
+"""Upgrading through the library: a fresh instance to head, the round trip, a failing revision."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.run.chain import file_checksum
+from tests.helpers import (
+    ALEMBIC_INI,
+    CHAIN,
+    HEAD,
+    REVISIONS,
+    FleetDbs,
+    alembic_version,
+    assert_consistent,
+    chain_locations,
+    exists,
+    failing_chain,
+    invoke,
+    registry,
+    rows,
+    run_cli,
+    snapshot,
+    write_fleet,
+)
+
+pytestmark = pytest.mark.pg
+
+FAILING_LOCATIONS = chain_locations("failing")
+CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+
+def test_chain_under_test_is_0001_to_0004() -> None:
+    assert REVISIONS == ["0001", "0002", "0003", "0004"], (
+        "tests/chains/failing builds on 0004 and these tests expect 4 revisions; update them with the chain"
+    )
+    assert failing_chain().head == "0006"
+
+
+def test_fresh_instance_to_head_writes_the_mirror(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+
+    report = runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+
+    assert report.exit_code == 0, report.as_record()
+    assert report.hub_report == "ok"
+    result = {r.name: r for r in report.instances}["inst1"]
+    assert (result.result, result.from_revision, result.to_revision) == ("ok", None, HEAD)
+    assert list(result.applied) == REVISIONS
+    assert alembic_version(url) == [HEAD]
+
+    history = rows(
+        url,
+        "SELECT version, name, checksum, execution_time_ms, applied_by, applied_at "
+        "FROM public.schema_migrations ORDER BY id",
+    )
+    assert [h[0] for h in history] == REVISIONS
+    for version, name, checksum, ms, by, applied_at in history:
+        revision = CHAIN.get(version)
+        assert name == revision.name and name, version
+        assert CHECKSUM.match(checksum), checksum
+        assert checksum == file_checksum(revision.path)
+        assert ms is not None and ms >= 0, f"{version}: execution_time_ms {ms!r}"
+        assert by.startswith("ophelia-db/"), by
+        assert applied_at is not None
+
+    assert rows(url, "SELECT current_version, instance_id FROM public.schema_version") == [(HEAD, "inst1")]
+    version, updated_at, instance_id, count = rows(url, "SELECT * FROM public.get_schema_version()")[0]
+    assert (version, instance_id, count) == (HEAD, "inst1", len(REVISIONS))
+    assert updated_at is not None
+    assert rows(url, "SELECT * FROM public.get_pending_migrations(ARRAY['0001','0099'])") == [("0099",)]
+
+    # A second run changes nothing.
+    before = snapshot(url)
+    again = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert [(r.result, r.exit_code) for r in again.instances] == [("noop", 0)]
+    assert snapshot(url) == before
+
+
+def test_two_step_upgrade_times_only_this_runs_revisions(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+
+    first = runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+    assert first.exit_code == 0, first.as_record()
+    assert_consistent(url, "0002")
+    early = rows(url, "SELECT version, applied_at, execution_time_ms FROM public.schema_migrations")
+
+    second = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert second.exit_code == 0, second.as_record()
+    assert list(second.instances[0].applied) == ["0003", "0004"]
+    assert_consistent(url, HEAD)
+    late = rows(
+        url, "SELECT version, applied_at, execution_time_ms FROM public.schema_migrations ORDER BY id"
+    )
+    assert late[:2] == sorted(early), "rows of the earlier run must be kept as they were"
+    assert all(ms is not None for _, _, ms in late[2:])
+
+
+def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    assert_consistent(url, HEAD)
+
+    down = runner.downgrade(fleet, fleet.get("inst1"), to="0003")
+    assert down.exit_code == 0, down.as_record()
+    assert list(down.instances[0].reverted) == ["0004"]
+    assert_consistent(url, "0003")
+    assert not exists(url, "public.instance_registry")
+    assert exists(url, "public.instance_config")
+    assert registry(hub_url)["inst1"]["schema_version"] == "0003"
+
+    up = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert up.exit_code == 0, up.as_record()
+    assert list(up.instances[0].applied) == ["0004"]
+    assert_consistent(url, HEAD)
+    assert exists(url, "public.instance_registry")
+
+    to_base = runner.downgrade(fleet, fleet.get("inst1"), to="base")
+    assert to_base.exit_code == 0, to_base.as_record()
+    assert list(to_base.instances[0].reverted) == list(reversed(REVISIONS))
+    assert alembic_version(url) == []
+    for relation in ("schema_migrations", "schema_version", "instance_config", "instance_registry"):
+        assert not exists(url, f"public.{relation}"), relation
+
+    back = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert back.exit_code == 0, back.as_record()
+    assert_consistent(url, HEAD)
+    assert rows(url, "SELECT instance_id FROM public.schema_version") == [("inst1",)]
+
+
+def test_downgrade_below_current_is_refused(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+    before = snapshot(urls["inst1"])
+
+    report = runner.downgrade(fleet, fleet.get("inst1"), to="0003")
+
+    result = report.instances[0]
+    assert (result.result, result.exit_code) == ("refused", 4), result
+    assert "0003" in (result.error or "")
+    assert snapshot(urls["inst1"]) == before
+
+
+def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)  # the hub stays on the project chain
+    chain = failing_chain()
+
+    report = runner.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
+
+    assert report.exit_code == 5, report.as_record()
+    result = report.instances[0]
+    assert (result.result, result.exit_code) == ("failed", 5)
+    assert list(result.applied) == [*REVISIONS, "0005"]
+    assert result.to_revision == "0005"
+    error = result.error or ""
+    for needle in ("inst1", "0006", "0006_broken.py", "rolled back", "stays at 0005"):
+        assert needle in error, f"{needle!r} missing from: {error}"
+    assert "ophelia-db upgrade --instance inst1" in error, f"no next step in: {error}"
+    assert "THIS IS NOT VALID SQL" in error or "syntax error" in error, error
+    assert "\n" not in error and "Traceback" not in error
+
+    assert_consistent(url, "0005", chain)
+    assert rows(url, "SELECT checksum FROM public.schema_migrations WHERE version = '0005'") == [
+        (file_checksum(chain.get("0005").path),)
+    ]
+    assert exists(url, "public.instance_notes")
+    assert not exists(url, "public.half_done"), "0006's CREATE TABLE must be rolled back"
+    assert not rows(
+        url,
+        "SELECT 1 FROM information_schema.columns "
+        "WHERE table_name = 'instance_notes' AND column_name = 'tag'",
+    )
+
+    hub_row = registry(hub_url)["inst1"]
+    assert (hub_row["last_run_status"], hub_row["schema_version"]) == ("failed", "0005")
+    assert hub_row["migrations_count"] == 5
+    assert "0006" in hub_row["last_error"]
+
+    # Where it stands now, seen with both chains.
+    status = runner.status(fleet, fleet.select(["inst1"]), chain=chain).instances[0]
+    assert (status.state, status.current, list(status.pending)) == ("outdated", "0005", ["0006"])
+    assert runner.status(fleet, fleet.select(["inst1"])).instances[0].state == "ahead"
+
+    # Running again fails the same way and still leaves 0005.
+    again = runner.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
+    assert (again.instances[0].result, again.instances[0].applied) == ("failed", ())
+    assert_consistent(url, "0005", chain)
+
+
+def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    path = write_fleet(tmp_path, hub_url, urls)
+    fleet = load_fleet(path)
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    env = {"OPHELIA_VERSION_LOCATIONS": FAILING_LOCATIONS, "OPHELIA_ALEMBIC_INI": str(ALEMBIC_INI)}
+
+    proc = run_cli(["upgrade", "--instance", "inst1", "--fleet", str(path)], cwd=tmp_path, env=env)
+
+    assert proc.returncode == 5, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "0006_broken.py" in out and "rolled back" in out, out
+    assert_consistent(url, "0005", failing_chain())
+
+    as_json = invoke(["upgrade", "--instance", "inst1", "--fleet", str(path), "--json"], env=env)
+    assert as_json.exit_code == 5, as_json.stderr
+    record = json.loads(as_json.stdout)
+    [row] = record["instances"]
+    assert (row["name"], row["result"], row["exit_code"], row["from"], row["to"]) == (
+        "inst1",
+        "failed",
+        5,
+        "0005",
+        "0005",
+    )
+    assert "0006" in row["error"]

@@ -1,0 +1,245 @@
+"""validate and repair against real PostgreSQL: each refusal leaves the database byte-for-byte untouched."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ophelia_db import run as runner
+from ophelia_db import trust
+from ophelia_db.errors import ConfigError, IntegrityRefusal
+from ophelia_db.fleet.config import Fleet, load_fleet
+from ophelia_db.local.cluster import LocalCluster
+from ophelia_db.run.chain import Chain, file_checksum
+from tests.helpers import FleetDbs, run_cli
+from tests.trust.support import (
+    assert_one_error_line,
+    chain_at,
+    execute,
+    extra_chain,
+    pg_dump,
+    rows,
+    trust_fleet,
+)
+
+pytestmark = pytest.mark.pg
+
+REVISION_0005 = '''"""A revision the trust tests edit after it was applied."""
+
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE public.trust_notes (id integer PRIMARY KEY, body text)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE public.trust_notes")
+'''
+
+
+@dataclass
+class Trusted:
+    url: str
+    fleet_path: Path
+    fleet: Fleet
+    locations: str
+    revision_file: Path
+
+    def chain(self) -> Chain:
+        return chain_at(self.locations)
+
+
+@pytest.fixture
+def trusted(tmp_path: Path, fleet_dbs: FleetDbs, pg_cluster: LocalCluster) -> Trusted:
+    """The hub and inst1 at 0005: the shipped chain plus a test revision."""
+    hub, urls = fleet_dbs(1)
+    path = trust_fleet(tmp_path, pg_cluster, hub, urls)
+    locations, revision_file = extra_chain(tmp_path, REVISION_0005)
+    fleet = load_fleet(path)
+    report = runner.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain_at(locations))
+    assert report.exit_code == 0, report.as_record()
+    return Trusted(urls["inst1"], path, fleet, locations, revision_file)
+
+
+def _edit(trusted: Trusted) -> tuple[str, str]:
+    old = file_checksum(trusted.revision_file)
+    trusted.revision_file.write_text(
+        trusted.revision_file.read_text().replace("body text", "body text, extra text"), encoding="utf-8"
+    )
+    return old, file_checksum(trusted.revision_file)
+
+
+def test_valid_instance_passes(trusted: Trusted) -> None:
+    report = trust.validate(trusted.fleet, trusted.fleet.select(all_=True), chain=trusted.chain())
+    assert report.exit_code == 0
+    assert {row.name: (row.state, row.current) for row in report.instances} == {
+        "hub": ("valid", "0005"),
+        "inst1": ("valid", "0005"),
+    }
+    done = run_cli(["validate"], fleet=trusted.fleet_path, locations=trusted.locations)
+    assert done.returncode == 0, done.stderr
+    assert "2 valid, 0 failed" in done.stdout
+
+
+def test_line_endings_and_bom_do_not_count(trusted: Trusted) -> None:
+    text = trusted.revision_file.read_text()
+    trusted.revision_file.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    assert report.exit_code == 0, report.as_record()
+
+
+def test_edited_file_is_refused_naming_everything_and_nothing_changes(trusted: Trusted) -> None:
+    before = pg_dump(trusted.url)
+    old, new = _edit(trusted)
+
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    (row,) = report.instances
+    assert (report.exit_code, row.state) == (4, "checksum-mismatch")
+    (finding,) = row.findings
+    assert (finding.revision, finding.recorded_checksum, finding.file_checksum) == ("0005", old, new)
+    assert finding.file == str(trusted.revision_file)
+
+    done = run_cli(["validate", "--instance", "inst1"], fleet=trusted.fleet_path, locations=trusted.locations)
+    assert done.returncode == 4, done.stderr
+    for needle in ("inst1", "0005", "0005_trust.py", old, new):
+        assert needle in done.stdout, needle
+
+    upgraded = run_cli(
+        ["upgrade", "--instance", "inst1", "--json"], fleet=trusted.fleet_path, locations=trusted.locations
+    )
+    assert upgraded.returncode == 4, upgraded.stderr
+    result = json.loads(upgraded.stdout)["instances"][0]
+    assert result["result"] == "refused" and "0005_trust.py" in result["error"]
+    assert pg_dump(trusted.url) == before
+
+
+def test_unknown_revision_is_refused_and_nothing_changes(trusted: Trusted) -> None:
+    execute(
+        trusted.url,
+        "UPDATE public.alembic_version SET version_num = '0099';"
+        "UPDATE public.schema_version SET current_version = '0099';"
+        "INSERT INTO public.schema_migrations (version, name) VALUES ('0099', 'from the future')",
+    )
+    before = pg_dump(trusted.url)
+
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    assert (report.exit_code, report.instances[0].state) == (4, "ahead")
+    assert "0099" in report.instances[0].findings[0].message
+
+    for args in (
+        ["validate", "-i", "inst1"],
+        ["upgrade", "-i", "inst1"],
+        ["repair", "-i", "inst1", "--rebuild-mirror"],
+    ):
+        done = run_cli([*args], fleet=trusted.fleet_path, locations=trusted.locations)
+        assert done.returncode == 4, (args, done.stdout, done.stderr)
+    assert pg_dump(trusted.url) == before
+
+
+def test_mirror_mismatch_is_refused_then_rebuilt_by_an_explicit_logged_repair(trusted: Trusted) -> None:
+    execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0003'")
+    before = pg_dump(trusted.url)
+
+    report = trust.validate(trusted.fleet, trusted.fleet.select(["inst1"]), chain=trusted.chain())
+    assert (report.exit_code, report.instances[0].state) == (4, "mirror-mismatch")
+    assert "0003" in report.instances[0].findings[0].message
+    upgraded = run_cli(["upgrade", "-i", "inst1"], fleet=trusted.fleet_path, locations=trusted.locations)
+    assert upgraded.returncode == 4, upgraded.stderr
+
+    # Without --yes the plan is shown and nothing happens (no terminal to confirm on).
+    unconfirmed = run_cli(
+        ["repair", "-i", "inst1", "--rebuild-mirror"], fleet=trusted.fleet_path, locations=trusted.locations
+    )
+    assert_one_error_line(unconfirmed, 2)
+    assert "add the missing schema_migrations row for 0003" in unconfirmed.stdout
+    assert pg_dump(trusted.url) == before
+
+    done = run_cli(
+        ["repair", "-i", "inst1", "--rebuild-mirror", "--yes", "--reason", "row lost in a restore"],
+        fleet=trusted.fleet_path,
+        locations=trusted.locations,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert (
+        run_cli(["validate", "-i", "inst1"], fleet=trusted.fleet_path, locations=trusted.locations).returncode
+        == 0
+    )
+    (log,) = rows(
+        trusted.url,
+        "SELECT performed_by, performed_at, database_user, action, revision, details FROM ophelia_repairs",
+    )
+    by, at, db_user, action, revision, details = log
+    assert by.startswith("ophelia-db/") and at is not None and db_user == "postgres"
+    assert (action, revision, details["reason"]) == ("add-history-row", "0003", "row lost in a restore")
+    # The log is the tool's own: RLS on, no access for the API roles.
+    assert rows(
+        trusted.url,
+        "SELECT c.relrowsecurity, has_table_privilege('anon', c.oid, 'SELECT'), "
+        "has_table_privilege('authenticated', c.oid, 'INSERT') FROM pg_class c "
+        "WHERE c.relname = 'ophelia_repairs'",
+    ) == [(True, False, False)]
+
+
+def test_accept_checksum_records_the_edit(trusted: Trusted) -> None:
+    old, new = _edit(trusted)
+    chain = trusted.chain()
+    target = trusted.fleet.get("inst1")
+    request = trust.RepairRequest(accept_checksums=("0005",), reason="typo in a comment")
+
+    plan = trust.plan_repair(target, request, chain=chain)
+    assert [(s.action, s.revision, s.before, s.after) for s in plan.steps] == [
+        ("accept-checksum", "0005", old, new)
+    ]
+    assert not plan.remaining
+    # Answering the confirmation prompt (no --yes) applies the shown plan.
+    done = run_cli(
+        ["repair", "-i", "inst1", "--accept-checksum", "0005", "--reason", "typo in a comment"],
+        fleet=trusted.fleet_path,
+        locations=trusted.locations,
+        stdin="y\n",
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert old in done.stdout and new in done.stdout and "repaired inst1: 1 change(s)" in done.stdout
+    assert rows(trusted.url, "SELECT checksum FROM schema_migrations WHERE version = '0005'") == [(new,)]
+    assert trust.validate(trusted.fleet, [target], chain=chain).exit_code == 0
+    (details,) = rows(trusted.url, "SELECT details FROM ophelia_repairs WHERE action = 'accept-checksum'")[0]
+    assert (details["before"], details["after"], details["reason"]) == (old, new, "typo in a comment")
+    # Nothing more to accept: an empty plan.
+    assert trust.plan_repair(target, request, chain=chain).steps == ()
+
+
+def test_repair_refuses_a_plan_the_instance_no_longer_matches(trusted: Trusted) -> None:
+    chain = trusted.chain()
+    target = trusted.fleet.get("inst1")
+    execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0003'")
+    request = trust.RepairRequest(rebuild_mirror=True)
+    plan = trust.plan_repair(target, request, chain=chain)
+    execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0002'")
+    before = pg_dump(trusted.url)
+    with pytest.raises(IntegrityRefusal, match="changed since the plan was shown"):
+        trust.repair(target, plan, request, chain=chain)
+    assert pg_dump(trusted.url) == before
+
+
+def test_repair_bad_input_is_one_line_with_exit_2(trusted: Trusted) -> None:
+    common = {"fleet": trusted.fleet_path, "locations": trusted.locations}
+    assert_one_error_line(run_cli(["repair", "-i", "inst1"], **common), 2)
+    assert_one_error_line(run_cli(["repair", "-i", "inst1", "--accept-checksum", "0077"], **common), 2)
+    assert_one_error_line(run_cli(["repair", "-i", "nope", "--rebuild-mirror"], **common), 2)
+    assert_one_error_line(run_cli(["validate", "-i", "nope"], **common), 2)
+    with pytest.raises(ConfigError, match="no row for revision 0005"):
+        execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0005'")
+        trust.plan_repair(
+            trusted.fleet.get("inst1"),
+            trust.RepairRequest(accept_checksums=("0005",)),
+            chain=trusted.chain(),
+        )
