@@ -68,12 +68,6 @@ class IntegrityRefusal(OpheliaError):
     exit_code = ExitCode.INTEGRITY
 
 
-class RevisionFailed(OpheliaError):
-    """A revision failed and was rolled back; the instance stays at its last good revision."""
-
-    exit_code = ExitCode.REVISION_FAILED
-
-
 class NeedsAttention(OpheliaError):
     """A non-transactional step was interrupted and needs an operator."""
 

@@ -157,15 +157,6 @@ def _entries(conn: Connection, key: str | None, reveal: bool) -> tuple[ConfigEnt
     )
 
 
-def list_entries(target: Target, *, reveal: bool = False) -> tuple[ConfigEntry, ...]:
-    """Every vault row of ``target``, secrets masked unless ``reveal``."""
-    with connect(target, autocommit=True) as conn:
-        try:
-            return _entries(conn, None, reveal)
-        except Exception as exc:
-            raise _vault_error(target, exc) from None
-
-
 def get_entry(target: Target, key: str, *, reveal: bool = False) -> ConfigEntry:
     """One vault row; refuse a key that is not set."""
     with connect(target, autocommit=True) as conn:

@@ -29,10 +29,6 @@ class Interrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return ExitCode.SIGTERM if self.signum == signal.SIGTERM else ExitCode.SIGINT
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
 
 def exit_code_of(exc: BaseException) -> int:
     """The exit code for an interruption (a bare KeyboardInterrupt is SIGINT)."""
