@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import ophelia_db
 from tests.helpers import MakeDatabase, write_fleet
 from tests.instances.support import (
     HeadDatabase,
@@ -113,3 +114,34 @@ def test_instances_lists_the_hub_view_and_flags_differences(
     down = write_fleet(tmp_path / "down", "postgresql://postgres@127.0.0.1:1/hub?connect_timeout=1", urls)
     unreachable = invoke(["instances", "--fleet", str(down)])
     assert unreachable.exit_code == 8 and unreachable.stderr.startswith("error: hub: cannot connect")
+
+
+def test_the_library_upgrade_skips_archived_instances_as_the_cli_does(
+    make_database: MakeDatabase, head_database: HeadDatabase, tmp_path: Path
+) -> None:
+    hub = head_database("hub")
+    urls = {"inst1": make_database("inst1"), "inst2": make_database("inst2")}
+    path = write_fleet(tmp_path, hub, urls)
+    assert invoke(["archive", "inst1", "--fleet", str(path)]).exit_code == 0
+
+    fleet = ophelia_db.load_fleet(path)
+    report = ophelia_db.upgrade(fleet, fleet.select(all_=True))
+
+    assert report.exit_code == 0
+    assert report.inactive == ("inst1",)
+    assert [r.name for r in report.instances] == ["hub", "inst2"]
+    assert not migrated(urls["inst1"]) and migrated(urls["inst2"])
+    # Named explicitly, an archived instance is migrated (the CLI's --instance).
+    named = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), skip_inactive=False)
+    assert [r.result for r in named.instances] == ["ok"] and migrated(urls["inst1"])
+
+
+def test_global_options_come_before_the_subcommand(
+    make_database: MakeDatabase, head_database: HeadDatabase, tmp_path: Path
+) -> None:
+    path = write_fleet(tmp_path, head_database("hub"), {"inst1": head_database("inst1")})
+    before = invoke(["--fleet", str(path), "status", "--json"])
+    after = invoke(["status", "--json", "--fleet", str(path)])
+    assert before.exit_code == after.exit_code == 0, before.stderr
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    assert invoke(["--fleet", str(tmp_path / "missing.toml"), "status"]).exit_code == 2
