@@ -45,6 +45,10 @@ class Timeouts(_Strict):
     lock_timeout: float = 5.0
     statement_timeout: float = 900.0
     connect_timeout: float = 10.0
+    # How often the server checks, during a statement, that the runner is still
+    # there (PostgreSQL >= 14): a killed runner's session, transaction and
+    # migration lock end within about this long instead of when its statement ends.
+    client_connection_check_interval: float = 2.0
 
     @field_validator("*", mode="before")
     @classmethod
@@ -70,6 +74,7 @@ class _Endpoint(_Strict):
     lock_timeout: str | float | None = None
     statement_timeout: str | float | None = None
     connect_timeout: str | float | None = None
+    client_connection_check_interval: str | float | None = None
 
     @field_validator("url")
     @classmethod
@@ -277,11 +282,7 @@ def _target(
     where = "[hub]" if role == "hub" else f"[instances.{name}]"
     if (spec.url is None) == (spec.url_env is None):
         raise ConfigError(f'{path}: {where} needs exactly one of url_env = "VAR" or url = "..."')
-    overrides = {
-        key: getattr(spec, key)
-        for key in ("lock_wait", "lock_timeout", "statement_timeout", "connect_timeout")
-        if getattr(spec, key) is not None
-    }
+    overrides = {key: getattr(spec, key) for key in Timeouts.model_fields if getattr(spec, key) is not None}
     try:
         timeouts = Timeouts(**{**_timeouts_of(defaults), **overrides})
     except ValidationError as exc:

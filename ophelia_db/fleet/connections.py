@@ -37,6 +37,17 @@ MIGRATION_LOCK_KEY = 0x6F70_6864  # "ophd"
 Connection = psycopg.Connection[Any]
 
 
+# TCP keepalives, so that either side notices within about 25 s that the other is
+# gone when the network, not the process, fails (the server's own check needs them
+# too: client_connection_check_interval only sees a connection the kernel closed).
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 def connect(target: Target, *, autocommit: bool = False) -> Connection:
     """Open a connection to ``target`` or raise a redacted, exit-coded error."""
     dsn = target.dsn()
@@ -54,6 +65,7 @@ def connect(target: Target, *, autocommit: bool = False) -> Connection:
             connect_timeout=max(1, round(target.timeouts.connect_timeout)),
             prepare_threshold=None,
             autocommit=autocommit,
+            **KEEPALIVES,
         )
     except psycopg.Error as exc:
         raise UnreachableError(
@@ -158,12 +170,21 @@ def session_lock(conn: Connection, target: Target) -> Iterator[None]:
                 conn.commit()
 
 
+# The lock, and the server-side check that ends the session (and so the lock)
+# soon after its runner dies; read from pg_settings so that a server older
+# than 14, which has no such setting, simply does without it.
+_TRY_LOCK = """SELECT pg_try_advisory_lock(%(key)s),
+  (SELECT set_config(name, %(check)s, false) FROM pg_settings
+   WHERE name = 'client_connection_check_interval')"""
+
+
 def _acquire(conn: Connection, target: Target) -> None:
     wait = target.timeouts.lock_wait
     deadline = time.monotonic() + wait
     pause = 0.05
+    check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
     while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+        row = conn.execute(_TRY_LOCK, {"key": MIGRATION_LOCK_KEY, "check": check}).fetchone()
         if not conn.autocommit:
             # Leave no transaction open: the migration's own transactions come next.
             conn.commit()

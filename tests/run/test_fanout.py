@@ -272,3 +272,34 @@ def test_offline_sql_carries_each_revisions_time_box(tmp_path):
     assert section_0004.splitlines()[1] == "SET LOCAL lock_timeout = '7000ms';"
     section_0005 = text[text.index("-- Running upgrade 0004 -> 0005") :]
     assert section_0005.splitlines()[1] == "SET LOCAL lock_timeout = '300ms';"
+
+
+def test_a_killed_runner_releases_the_instance_within_seconds(tmp_path, fleet_dbs):
+    hub, instances = fleet_dbs(1)
+    url = instances["inst1"]
+    fleet = write_fleet(tmp_path, hub, instances)
+    assert run_cli(["upgrade", "--all"], fleet=fleet).returncode == 0
+    query(url, "CREATE TABLE slow_target (id integer)")
+    dbname = query(url, "SELECT current_database()")[0][0]
+    query(url, f"ALTER DATABASE {dbname} SET ophelia.test_sleep = '600'")
+    env = {**os.environ, "OPHELIA_FLEET": str(fleet), "OPHELIA_VERSION_LOCATIONS": SLOW_CHAIN}
+    run = subprocess.Popen(
+        [*OPHELIA_DB, "upgrade", "--instance", "inst1"], env=env, stdout=subprocess.DEVNULL
+    )
+    _wait_for_sleeping([url], time.monotonic() + 60)
+    (runner_pid,) = query(
+        url, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%%pg_sleep%%' AND pid <> pg_backend_pid()"
+    )[0]
+    run.kill()  # SIGKILL: no handler runs, nothing is rolled back by the client
+    run.wait(timeout=10)
+    # The server notices the dead client within client_connection_check_interval (2 s by default):
+    # its backend, transaction and advisory lock end, although the statement had 10 minutes to run.
+    deadline = time.monotonic() + 5
+    while query(url, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", runner_pid) != [(0,)]:
+        assert time.monotonic() < deadline, "the dead runner's session is still there after 5 s"
+        time.sleep(0.1)
+    assert query(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    query(url, f"ALTER DATABASE {dbname} SET ophelia.test_sleep = '0'")
+    again = run_cli(["upgrade", "--instance", "inst1"], fleet=fleet, locations=SLOW_CHAIN)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert revision_of(url) == "0005" and mirror_consistent(url)
