@@ -14,7 +14,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
@@ -49,11 +49,12 @@ def _drop_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], l
 
 
 def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
-    known = result.result not in ("unreachable", "skipped")
+    # Only a result that read the instance's state carries its version (a
+    # locked, unreachable or skipped one did not): the hub keeps what it knew.
     return RegistryUpdate(
         target=target,
         run_status=result.result,
-        version_known=known,
+        version_known=result.migrations_count is not None,
         schema_version=result.to_revision,
         schema_updated_at=result.updated_at,
         migrations_count=result.migrations_count,
@@ -126,8 +127,13 @@ class _FleetRun:
     on_start: Callable[[Target], None] | None
     on_result: ProgressCallback | None
     results: dict[str, InstanceResult] = field(default_factory=dict)
+    states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
 
     def finish(self, target: Target, result: InstanceResult) -> None:
+        probed = self.states.get(target.name)
+        if result.migrations_count is None and isinstance(probed, InstanceState):
+            # Say what is known (the revision this run read first), not "base".
+            result = replace(result, from_revision=probed.revision, to_revision=probed.revision)
         self.results[target.name] = result
         if self.reporter is not None and result.result != "skipped":
             self.reporter.report(_registry_update(result, target))
@@ -140,7 +146,7 @@ class _FleetRun:
         rest = [t for t in targets if t.role != "hub" and t not in canaries]
         # One concurrent read of every instance up front; each wave settles its
         # own instances from it, so a failed hub still leaves the others untouched.
-        states = probe_all(targets)
+        states = self.states = probe_all(targets)
         outcomes = {t.name: _triage(t, states[t.name], self.chain, self.goal, dry_run) for t in targets}
         parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
         waves = [(hub, 1, "the hub"), (canaries, self.jobs, f"canary instances tagged '{canary}'")]

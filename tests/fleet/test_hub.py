@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ophelia_db import run as runner
 from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY
 from tests.helpers import (
     HEAD,
     REVISIONS,
@@ -146,3 +148,27 @@ def test_sync_with_hub_down_says_so(fleet_dbs: FleetDbs, tmp_path: Path) -> None
     record = json.loads(result.stdout)
     assert record["hub_report"] in ("pending", "failed")
     assert record["instances"][0]["name"] == "inst1"
+
+
+def test_a_locked_run_keeps_the_known_version_in_the_hub(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    path = write_fleet(tmp_path, hub_url, urls, defaults='lock_wait = "200ms"')
+    assert invoke(["upgrade", "--all", "--fleet", str(path)]).exit_code == 0
+    before = registry(hub_url)["inst1"]
+    assert (before["schema_version"], before["migrations_count"], before["last_run_status"]) == (
+        HEAD,
+        4,
+        "ok",
+    )
+
+    with psycopg.connect(urls["inst1"], autocommit=True) as other_runner:
+        other_runner.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        locked = invoke(["upgrade", "--instance", "inst1", "--fleet", str(path)])
+
+    assert locked.exit_code == 3, locked.stdout + locked.stderr
+    assert f"inst1 locked {HEAD} -> {HEAD}" in locked.stdout  # what is known, not "base -> base"
+    after = registry(hub_url)["inst1"]
+    assert (after["schema_version"], after["migrations_count"]) == (HEAD, 4)
+    assert after["last_run_status"] == "locked" and "lock is held" in after["last_error"]
+    status = json.loads(invoke(["status", "--json", "--fleet", str(path)]).stdout)
+    assert {row["name"]: row["current"] for row in status["instances"]}["inst1"] == HEAD

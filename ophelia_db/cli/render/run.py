@@ -61,7 +61,7 @@ def result_line(result: InstanceResult) -> str:
     """One plain line for a finished instance (also used for live progress)."""
     moved = (
         "-"
-        if result.result in ("skipped", "unreachable") and not result.from_revision
+        if result.migrations_count is None and not result.from_revision
         else f"{result.from_revision or 'base'} -> {result.to_revision or 'base'}"
     )
     done = result.applied or result.reverted
