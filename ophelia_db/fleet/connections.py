@@ -95,6 +95,15 @@ def describe_error(exc: BaseException) -> str:
     return _first_line(original)
 
 
+def failed_statement(exc: BaseException, limit: int = 120) -> str | None:
+    """The statement a database error came from, on one shortened line (SQLAlchemy keeps it)."""
+    statement = getattr(exc, "statement", None)
+    if not statement:
+        return None
+    text = " ".join(str(statement).split())
+    return redact(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]

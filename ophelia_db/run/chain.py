@@ -218,6 +218,13 @@ def _read_linear(spec: ChainSpec) -> list[Revision] | None:
             if rev_id in by_id:
                 raise IntegrityRefusal(f"revision id {rev_id} is used by {by_id[rev_id][2]} and {path}")
             by_id[rev_id] = (down if isinstance(down, str) else None, ast.get_docstring(tree), path, values)
+    for rev_id, (down, _doc, path, _values) in by_id.items():
+        if down is not None and down not in by_id:
+            raise IntegrityRefusal(
+                f"revision {rev_id} ({path.name}) points to revision {down} (down_revision), which no "
+                f"file defines; restore {down}'s file: the file of a revision that may have been "
+                "applied must never be deleted"
+            )
     children: dict[str | None, list[str]] = {}
     for rev_id, (down, *_) in by_id.items():
         children.setdefault(down, []).append(rev_id)

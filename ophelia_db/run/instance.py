@@ -22,6 +22,7 @@ from ophelia_db.fleet.connections import (
     connect,
     describe_error,
     engine_for,
+    failed_statement,
     is_connection_error,
     session_lock,
     sqlstate_of,
@@ -247,7 +248,16 @@ class _Run:
         failed = self.planned[min(self.done, len(self.planned) - 1)]
         revision = self.chain.get(failed)
         stays_at = self.stays_at() or "base"
-        detail = describe_error(exc) if sqlstate_of(exc) or is_connection_error(exc) else str(exc)
+        detail = _detail(exc)
+        if sqlstate_of(exc) == "42501":
+            return self.ended(
+                Outcome.FAILED,
+                ExitCode.REVISION_FAILED,
+                f"{name}: revision {failed} ({revision.path.name}) needs a privilege the migration role "
+                f"lacks: {detail}. It was rolled back and the instance stays at {stays_at}; grant that "
+                f"privilege to the role of the instance's URL (or connect as the database owner), then "
+                f"run `ophelia-db upgrade --instance {name}` again",
+            )
         if is_connection_error(exc):
             return self.ended(
                 Outcome.UNREACHABLE,
@@ -283,6 +293,16 @@ class _Run:
             f"{self.target.name}: interrupted{during}; the instance stays at {self.stays_at() or 'base'} "
             f"(not applied: {not_applied}); run upgrade again to finish",
         )
+
+
+def _detail(exc: BaseException) -> str:
+    """The server's message, its SQLSTATE and the statement it came from."""
+    code = sqlstate_of(exc)
+    if not code and not is_connection_error(exc):
+        return str(exc)
+    detail = describe_error(exc) + (f" [SQLSTATE {code}]" if code else "")
+    statement = failed_statement(exc)
+    return f"{detail} (in: {statement})" if statement else detail
 
 
 def _raised_by_revision_or_database(exc: BaseException, chain: Chain) -> bool:

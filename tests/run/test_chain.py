@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ophelia_db.errors import IntegrityRefusal
 from ophelia_db.run.chain import Chain, ChainSpec, _read_linear, _read_with_alembic
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
 
 SHIPPED = ROOT / "alembic" / "versions"
 TEST_CHAINS = sorted(p for p in (ROOT / "tests" / "chains").iterdir() if p.is_dir())
@@ -59,3 +60,21 @@ def test_alembic_revision_rev_id_writes_a_file_like_the_committed_ones(tmp_path:
     assert 'down_revision: str | Sequence[str] | None = "0004"' in text
     chain = Chain.load(ChainSpec(alembic_ini=ini))
     assert chain.head == "0005" and chain.get("0005").name == "add something"
+
+
+def test_a_deleted_revision_file_is_named_not_mistaken_for_two_heads(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for path in SHIPPED.glob("0*.py"):
+        (versions / path.name).write_bytes(path.read_bytes())
+    # 0005 was applied, then its file deleted; 0006 still points to it.
+    (versions / "0006_after.py").write_text(
+        '"""After."""\nrevision = "0006"\ndown_revision = "0005"\n\n\ndef upgrade():\n    pass\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(IntegrityRefusal, match=r"revision 0006 \(0006_after.py\) points to revision 0005"):
+        Chain.load(ChainSpec(alembic_ini=ROOT / "alembic.ini", version_locations=str(versions)))
+    done = run_cli(["lint", "--no-squawk"], locations=str(versions))
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.count("\n") == 1 and "which no file defines" in done.stderr
+    assert "merge" not in done.stderr

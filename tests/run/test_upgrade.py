@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.helpers import (
     alembic_version,
     assert_consistent,
     chain_locations,
+    execute,
     exists,
     failing_chain,
     invoke,
@@ -178,6 +180,8 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
         assert needle in error, f"{needle!r} missing from: {error}"
     assert "ophelia-db upgrade --instance inst1" in error, f"no next step in: {error}"
     assert "THIS IS NOT VALID SQL" in error or "syntax error" in error, error
+    # What failed, in the server's words, its SQLSTATE, and the statement it came from.
+    assert "[SQLSTATE 42601]" in error and "(in: THIS IS NOT VALID SQL)" in error, error
     assert "\n" not in error and "Traceback" not in error
 
     assert_consistent(url, "0005", chain)
@@ -236,3 +240,32 @@ def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> Non
         "0005",
     )
     assert "0006" in row["error"]
+
+
+def test_a_missing_privilege_is_named_as_such(
+    fleet_dbs: FleetDbs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_url, urls = fleet_dbs(1)
+    admin = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    assert runner.upgrade(admin, admin.select(all_=True), jobs=1).exit_code == 0
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    execute(urls["inst1"], f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD 'limited-pw'")
+    for table in ("alembic_version", "schema_migrations", "schema_version"):
+        execute(urls["inst1"], f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} TO {role}")
+    # The role may read and write the version tables but not create in schema public.
+    limited_url = urls["inst1"].replace("postgresql://postgres@", f"postgresql://{role}@")
+    monkeypatch.setenv("PGPASSWORD", "limited-pw")
+    (tmp_path / "limited").mkdir()
+    fleet = load_fleet(write_fleet(tmp_path / "limited", hub_url, {"inst1": limited_url}))
+
+    report = runner.upgrade(
+        fleet, fleet.select(["inst1"]), chain=failing_chain(), jobs=1, skip_inactive=False
+    )
+
+    result = report.instances[0]
+    assert (result.result, result.exit_code) == ("failed", 5), result
+    error = result.error or ""
+    assert "0005 (0005_add_notes.py) needs a privilege the migration role lacks" in error, error
+    assert "permission denied for schema public [SQLSTATE 42501]" in error, error
+    assert "stays at 0004" in error and "grant that privilege" in error, error
+    assert_consistent(urls["inst1"], "0004")
