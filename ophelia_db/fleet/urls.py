@@ -9,9 +9,11 @@ transaction-mode pooler, which migrations must never use.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9]+)?://", re.IGNORECASE)
@@ -34,6 +36,15 @@ class UrlParts:
     port: int | None
     dbname: str | None
     params: dict[str, str]
+    # Every host[:port] of a multi-host URL (libpq tries them in order).
+    endpoints: tuple[tuple[str | None, int | None], ...] = field(default=())
+
+    def effective_endpoints(self, environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
+        """Where libpq will connect: each endpoint, PGHOST/PGPORT filling what the URL leaves out."""
+        env = os.environ if environ is None else environ
+        default_port = int(env["PGPORT"]) if env.get("PGPORT", "").isdigit() else 5432
+        found = self.endpoints or ((self.host, self.port),)
+        return [(host or env.get("PGHOST") or "localhost", port or default_port) for host, port in found]
 
 
 def normalise(url: str) -> str:
@@ -58,6 +69,9 @@ def parse(url: str) -> UrlParts:
     if "port" in params and params["port"].isdigit():
         port = int(params.pop("port"))
     password = unquote(split.password) if split.password is not None else params.get("password")
+    endpoints = _endpoints(split.netloc.rpartition("@")[2])
+    if len(endpoints) > 1:
+        host, port = endpoints[0]
     return UrlParts(
         user=unquote(split.username) if split.username else params.get("user"),
         password=password,
@@ -65,7 +79,19 @@ def parse(url: str) -> UrlParts:
         port=port,
         dbname=unquote(split.path.lstrip("/")) or params.get("dbname"),
         params=params,
+        endpoints=endpoints if len(endpoints) > 1 else (),
     )
+
+
+def _endpoints(hosts: str) -> tuple[tuple[str | None, int | None], ...]:
+    """``host1:5432,host2:6543`` (a multi-host URL's netloc, userinfo removed) as pairs."""
+    found: list[tuple[str | None, int | None]] = []
+    for item in hosts.split(","):
+        match = re.fullmatch(r"\[?(?P<host>[^\]]*?)\]?(?::(?P<port>\d+))?", item.strip())
+        if match:
+            port = match.group("port")
+            found.append((unquote(match.group("host")) or None, int(port) if port else None))
+    return tuple(found)
 
 
 def _escape_userinfo(url: str) -> str:
@@ -114,18 +140,27 @@ def describe_url(url: str) -> str:
     if host.startswith("/"):
         where = f"/{parts.dbname or ''}?host={host}"
         return f"postgresql://{userinfo}{where}"
-    port = f":{parts.port}" if parts.port else ""
-    if ":" in host:
-        host = f"[{host}]"  # IPv6, as libpq writes it
-    return f"postgresql://{userinfo}{host}{port}/{parts.dbname or ''}"
+    endpoints = parts.endpoints or ((parts.host, parts.port),)
+    hosts = ",".join(_endpoint(name or "localhost", port) for name, port in endpoints)
+    return f"postgresql://{userinfo}{hosts}/{parts.dbname or ''}"
 
 
-def transaction_pooler_reason(url: str) -> str | None:
-    """Return why this URL is a transaction-mode pooler, or ``None`` if it is not."""
-    parts = parse(url)
-    if parts.port != TRANSACTION_POOLER_PORT:
-        return None
-    host = (parts.host or "").lower()
-    if host.endswith("pooler.supabase.com"):
-        return f"{host}:{TRANSACTION_POOLER_PORT} is Supabase's transaction-mode pooler"
-    return f"port {TRANSACTION_POOLER_PORT} is the transaction-mode pooler port"
+def _endpoint(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host  # IPv6, as libpq writes it
+    return f"{shown}:{port}" if port else shown
+
+
+def transaction_pooler_reason(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Return why this URL is a transaction-mode pooler, or ``None`` if it is not.
+
+    Every host of a multi-host URL counts, and so do PGHOST/PGPORT where the URL
+    gives no host or port. A pooler on another port is caught by behaviour
+    instead, once connected (``connections.session_lock``).
+    """
+    for host, port in parse(url).effective_endpoints(environ):
+        if port != TRANSACTION_POOLER_PORT:
+            continue
+        if host.lower().endswith("pooler.supabase.com"):
+            return f"{host}:{TRANSACTION_POOLER_PORT} is Supabase's transaction-mode pooler"
+        return f"port {TRANSACTION_POOLER_PORT} is the transaction-mode pooler port"
+    return None

@@ -280,6 +280,7 @@ def test_defaults_apply_when_absent(tmp_path: Path) -> None:
             "lock_timeout": 5.0,
             "statement_timeout": 900.0,
             "connect_timeout": 10.0,
+            "client_connection_check_interval": 2.0,
         }
     assert fleet.local is None
 
@@ -291,7 +292,7 @@ def test_defaults_are_parsed_and_instances_override_them(tmp_path: Path) -> None
         + HUB
         + 'connect_timeout = "1s"\n'
         + CORTE
-        + 'lock_timeout = "2s"\nstatement_timeout = "1h"\n'
+        + 'lock_timeout = "2s"\nstatement_timeout = "1h"\nclient_connection_check_interval = "500ms"\n'
         + instance("universita")
     )
     fleet = load_fleet(write(tmp_path, text), environ={})
@@ -301,12 +302,14 @@ def test_defaults_are_parsed_and_instances_override_them(tmp_path: Path) -> None
         "lock_timeout": 0.5,
         "statement_timeout": 900.0,
         "connect_timeout": 3.0,
+        "client_connection_check_interval": 2.0,
     }
     assert fleet.instances["corte"].timeouts.model_dump() == {
         "lock_wait": 45.0,
         "lock_timeout": 2.0,
         "statement_timeout": 3600.0,
         "connect_timeout": 3.0,
+        "client_connection_check_interval": 0.5,
     }
     assert fleet.hub.timeouts.connect_timeout == 1.0
     assert fleet.hub.timeouts.lock_timeout == 0.5

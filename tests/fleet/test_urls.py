@@ -170,3 +170,25 @@ def test_transaction_pooler_is_flagged(url: str, reason: str) -> None:
 )
 def test_direct_and_session_connections_are_not_flagged(url: str) -> None:
     assert transaction_pooler_reason(url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "environ"),
+    [
+        ("postgresql://postgres@db.example:5432,pooler.example:6543/postgres", {}),
+        ("postgresql://postgres@db.example/postgres", {"PGPORT": "6543"}),
+        (
+            "postgresql://postgres@/postgres",
+            {"PGHOST": "aws-0-eu-west-3.pooler.supabase.com", "PGPORT": "6543"},
+        ),
+    ],
+    ids=["multi-host", "PGPORT", "PGHOST+PGPORT"],
+)
+def test_the_transaction_pooler_port_is_refused_however_it_arrives(url: str, environ: dict[str, str]) -> None:
+    assert transaction_pooler_reason(url, environ) is not None
+    assert transaction_pooler_reason(url, {}) is None or "," in url
+
+
+def test_every_host_of_a_multi_host_url_is_shown() -> None:
+    shown = describe_url("postgresql://alice:s3cret@db1.example:5432,db2.example:5433/app?sslmode=require")
+    assert shown == "postgresql://alice:***@db1.example:5432,db2.example:5433/app"
