@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from ophelia_db._version import __version__
-from ophelia_db.errors import ConfigError, LockedError, UnreachableError
+from ophelia_db.errors import ConfigError, UnreachableError
 from ophelia_db.fleet.urls import normalise, transaction_pooler_reason
 from ophelia_db.redaction import redact
 
@@ -31,8 +28,6 @@ if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
 
 APPLICATION_NAME = f"ophelia-db/{__version__}"
-# A fixed key is enough: advisory locks are already scoped to one database.
-MIGRATION_LOCK_KEY = 0x6F70_6864  # "ophd"
 
 Connection = psycopg.Connection[Any]
 
@@ -48,16 +43,21 @@ KEEPALIVES: dict[str, Any] = {
 }
 
 
+def pooler_refusal(target: Target, reason: str) -> ConfigError:
+    """The one refusal of a transaction-mode pooler, found by its port or by its behaviour."""
+    return ConfigError(
+        f"{target.name}: refusing {target.display_url}: {reason}, which cannot hold the "
+        "migration lock or session settings; use the direct connection "
+        "(db.<project-ref>.supabase.co:5432) or the session pooler on port 5432"
+    )
+
+
 def connect(target: Target, *, autocommit: bool = False) -> Connection:
     """Open a connection to ``target`` or raise a redacted, exit-coded error."""
     dsn = target.dsn()
     reason = transaction_pooler_reason(dsn)
     if reason:
-        raise ConfigError(
-            f"{target.name}: refusing {target.display_url}: {reason}, which cannot hold the "
-            "migration lock or session settings; use the direct connection "
-            "(db.<project-ref>.supabase.co:5432) or the session pooler on port 5432"
-        )
+        raise pooler_refusal(target, reason)
     try:
         return psycopg.connect(
             normalise(dsn),
@@ -141,95 +141,6 @@ def engine_for(target: Target) -> Engine:
             hide_parameters=True,
         )
     return _engine
-
-
-@contextmanager
-def migration_lock(target: Target) -> Iterator[Connection]:
-    """Hold the instance's migration lock on a connection of its own, for the block.
-
-    For callers that do their work on other connections (plain ``alembic``,
-    ``repair``); ``migrate`` holds it on its migration connection instead.
-    """
-    conn = connect(target, autocommit=True)
-    try:
-        with session_lock(conn, target):
-            yield conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def session_lock(conn: Connection, target: Target) -> Iterator[None]:
-    """Hold the instance's migration lock, a session advisory lock, on ``conn``.
-
-    A session lock survives the commits of the per-revision transactions run on
-    the same connection, and ends with the session if the runner dies. It is
-    polled with ``pg_try_advisory_lock`` rather than waited on, because a
-    backend blocked in ``pg_advisory_lock`` would stall ``CREATE INDEX
-    CONCURRENTLY`` on the same database.
-    """
-    _acquire(conn, target)
-    try:
-        yield
-    finally:
-        # Closing the session releases the lock anyway.
-        with suppress(psycopg.Error):
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-            if not conn.autocommit:
-                conn.commit()
-
-
-# The lock, and the server-side check that ends the session (and so the lock)
-# soon after its runner dies; read from pg_settings so that a server older
-# than 14, which has no such setting, simply does without it.
-_TRY_LOCK = """SELECT pg_try_advisory_lock(%(key)s),
-  (SELECT set_config(name, %(check)s, false) FROM pg_settings
-   WHERE name = 'client_connection_check_interval')"""
-
-
-def _acquire(conn: Connection, target: Target) -> None:
-    wait = target.timeouts.lock_wait
-    deadline = time.monotonic() + wait
-    pause = 0.05
-    check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
-    while True:
-        row = conn.execute(_TRY_LOCK, {"key": MIGRATION_LOCK_KEY, "check": check}).fetchone()
-        if not conn.autocommit:
-            # Leave no transaction open: the migration's own transactions come next.
-            conn.commit()
-        if row and row[0]:
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise LockedError(
-                f"{target.name}: the migration lock is held by {lock_holder(conn)}; "
-                f"gave up after waiting {wait:g}s (lock_wait). Let that run finish, "
-                "or raise lock_wait in fleet.toml"
-            )
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, 1.0)
-
-
-_HOLDER_SQL = """
-SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
-LIMIT 1
-"""
-
-
-def lock_holder(conn: Connection) -> str:
-    """Describe who holds the migration lock: pid, application, user, since when."""
-    row = conn.execute(_HOLDER_SQL, (MIGRATION_LOCK_KEY,)).fetchone()
-    if row is None:
-        return "another session (it has just released it)"
-    pid, app, user, addr, since = row
-    where = f" from {addr}" if addr else ""
-    return (
-        f"pid {pid} ({app or 'unknown application'}, user {user}{where}, since {since:%Y-%m-%d %H:%M:%S%z})"
-    )
 
 
 def sql_literal(value: object) -> str:

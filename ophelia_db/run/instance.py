@@ -24,9 +24,9 @@ from ophelia_db.fleet.connections import (
     engine_for,
     failed_statement,
     is_connection_error,
-    session_lock,
     sqlstate_of,
 )
+from ophelia_db.fleet.lock import PROOF_COLUMNS, SessionProof, session_lock
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult, Outcome
 from ophelia_db.run import driver
@@ -62,8 +62,8 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
         with engine_for(target).connect() as connection:
             driver = connection.connection.driver_connection
             assert driver is not None
-            with session_lock(driver, target):
-                return _migrate_locked(target, chain, goal, downgrade, started, connection)
+            with session_lock(driver, target) as proof:
+                return _migrate_locked(target, chain, goal, downgrade, started, connection, proof)
     except OpheliaError as error:
         return InstanceResult.from_error(target, error, started)
     except Exception as exc:
@@ -98,6 +98,7 @@ def _migrate_locked(
     downgrade: bool,
     started: float,
     connection: Any,
+    proof: SessionProof,
 ) -> InstanceResult:
     driver_connection = connection.connection.driver_connection
     # Decide the plan only now, under the lock: another runner may have
@@ -106,7 +107,7 @@ def _migrate_locked(
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned
-    run = _Run(target, chain, state, goal, downgrade, planned, started)
+    run = _Run(target, chain, state, goal, downgrade, planned, started, proof)
     run.time_box_each_revision(connection)
     failed = run.with_lock_retries(connection)
     if failed is not None:
@@ -157,6 +158,7 @@ class _Run:
     downgrade: bool
     planned: list[str]
     started: float
+    proof: SessionProof
     hook: MirrorHook = field(init=False)
 
     def __post_init__(self) -> None:
@@ -201,10 +203,12 @@ class _Run:
             revision = self.chain.get(planned[self.done]) if self.done < len(planned) else None
             lock = (revision and revision.lock_timeout) or timeouts.lock_timeout
             statement = (revision and revision.statement_timeout) or timeouts.statement_timeout
-            conn.exec_driver_sql(
-                f"SET LOCAL lock_timeout = {int(lock * 1000)}; "
-                f"SET LOCAL statement_timeout = {int(statement * 1000)}"
-            )
+            # The session proves again it is still ours before each revision (fleet/lock.py).
+            row = conn.exec_driver_sql(
+                f"SELECT set_config('lock_timeout', '{int(lock * 1000)}ms', true), "
+                f"set_config('statement_timeout', '{int(statement * 1000)}ms', true), {PROOF_COLUMNS}"
+            ).fetchone()
+            self.proof.check(row[2], row[3])
 
     def run_alembic(self, connection: Any) -> None:
         if connection.in_transaction():

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY, sqlstate_of
+from ophelia_db.fleet.connections import sqlstate_of
+from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
 

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal
 from ophelia_db.fleet.catalog import Difference, Snapshot, diff, snapshot
 from ophelia_db.fleet.config import Target
-from ophelia_db.fleet.connections import connect, migration_lock
+from ophelia_db.fleet.connections import connect
+from ophelia_db.fleet.lock import migration_lock
 from ophelia_db.results import Record
 from ophelia_db.run import mirror
 from ophelia_db.run.chain import Chain, chain_for

@@ -10,7 +10,7 @@ import pytest
 
 from ophelia_db import run as runner
 from ophelia_db.fleet.config import load_fleet
-from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY
+from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from tests.helpers import (
     HEAD,
     REVISIONS,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from ophelia_db.fleet.config import load_fleet
-from ophelia_db.fleet.connections import MIGRATION_LOCK_KEY
+from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from ophelia_db.run import select_shard as shard
 from tests.helpers import CHAIN, OPHELIA_DB, chain_at, chain_locations, run_cli, write_fleet
 
@@ -222,7 +222,7 @@ def test_transaction_pooler_is_refused_before_any_lock(tmp_path):
 
 def test_lock_holder_named_by_application_name(tmp_path, fleet_dbs):
     """Every runner connection says who it is, so a waiting runner can name the holder."""
-    from ophelia_db.fleet.connections import migration_lock
+    from ophelia_db.fleet.lock import migration_lock
 
     hub, instances = fleet_dbs(1)
     fleet = write_fleet(tmp_path, hub, instances, defaults='lock_wait = "200ms"')

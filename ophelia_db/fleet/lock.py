@@ -1,0 +1,177 @@
+"""The migration lock: one runner per instance, on a session proven to be a real one.
+
+The lock is a session advisory lock on the connection the instance is migrated
+on: it survives the commits of the per-revision transactions and ends with the
+session if the runner dies (``client_connection_check_interval`` makes the
+server notice a dead runner within seconds). It is polled with
+``pg_try_advisory_lock`` rather than waited on, because a backend blocked in
+``pg_advisory_lock`` would stall ``CREATE INDEX CONCURRENTLY`` on the same
+database.
+
+A session lock means nothing through a transaction-mode pooler, where each
+transaction may run on another server backend and several clients share one.
+So the session proves itself: before the lock, a random token is set as a
+session setting and a second, independent connection must neither see it nor
+share the backend; while the lock is held, the token and backend pid are
+checked again before every revision (``SessionProof.check``) and before the
+unlock, whose result is checked too. A pooler on any port is refused with
+the same message as port 6543.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ophelia_db.errors import LockedError
+from ophelia_db.fleet.connections import Connection, connect, pooler_refusal
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Target
+
+# A fixed key is enough: advisory locks are already scoped to one database.
+MIGRATION_LOCK_KEY = 0x6F70_6864  # "ophd"
+SHARED_BACKEND = "it behaves as a transaction-mode pooler (another client session shares its server backend)"
+_TOKEN = "ophelia.session_token"
+
+# The token, and the server-side check that ends the session (and so the lock)
+# soon after its runner dies; read from pg_settings so that a server older
+# than 14, which has no such setting, simply does without it.
+_START = f"""SELECT set_config('{_TOKEN}', %(token)s, false), pg_backend_pid(),
+  (SELECT set_config(name, %(check)s, false) FROM pg_settings
+   WHERE name = 'client_connection_check_interval')"""
+_WITNESS = f"SELECT current_setting('{_TOKEN}', true), pg_backend_pid()"
+_TRY_LOCK = f"SELECT pg_try_advisory_lock(%(key)s), current_setting('{_TOKEN}', true), pg_backend_pid()"
+PROOF_COLUMNS = f"current_setting('{_TOKEN}', true), pg_backend_pid()"
+
+
+@dataclass(frozen=True)
+class SessionProof:
+    """What makes this session this session: our token, on our backend."""
+
+    target: Target
+    token: str
+    pid: int
+
+    def holds(self, token: Any, pid: Any) -> bool:
+        return token == self.token and pid == self.pid
+
+    def check(self, token: Any, pid: Any) -> None:
+        """Refuse when the session moved or is shared (``token``/``pid`` as just read on it)."""
+        if not self.holds(token, pid):
+            raise pooler_refusal(self.target, SHARED_BACKEND)
+
+
+@contextmanager
+def migration_lock(target: Target) -> Iterator[Connection]:
+    """Hold the instance's migration lock on a connection of its own, for the block.
+
+    For callers that do their work on other connections (plain ``alembic``,
+    ``repair``); ``migrate`` holds it on its migration connection instead.
+    """
+    conn = connect(target, autocommit=True)
+    try:
+        with session_lock(conn, target):
+            yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def session_lock(conn: Connection, target: Target) -> Iterator[SessionProof]:
+    """Hold the instance's migration lock on ``conn``, a session proven to be a real one."""
+    proof = _prove_session(conn, target)
+    _acquire(conn, target, proof)
+    try:
+        yield proof
+    except BaseException:
+        # The error in flight is the one to report; closing the session releases the lock anyway.
+        with suppress(psycopg.Error):
+            _run(conn, "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        raise
+    _release(conn, proof)
+
+
+def _run(conn: Connection, query: str, params: Any) -> tuple[Any, ...]:
+    row = conn.execute(query, params).fetchone()
+    if not conn.autocommit:
+        # Leave no transaction open: the migration's own transactions come next.
+        conn.commit()
+    return tuple(row or ())
+
+
+def _prove_session(conn: Connection, target: Target) -> SessionProof:
+    token = uuid.uuid4().hex
+    check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
+    _, pid, _ = _run(conn, _START, {"token": token, "check": check})
+    proof = SessionProof(target, token, pid)
+    with connect(target, autocommit=True) as witness:
+        seen_token, seen_pid = _run(witness, _WITNESS, None)
+    if seen_token == token or seen_pid == pid:
+        raise pooler_refusal(target, SHARED_BACKEND)
+    return proof
+
+
+def _acquire(conn: Connection, target: Target, proof: SessionProof) -> None:
+    wait = target.timeouts.lock_wait
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        got, token, pid = _run(conn, _TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
+        if not proof.holds(token, pid):
+            if got:
+                with suppress(psycopg.Error):
+                    _run(conn, "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            raise pooler_refusal(target, SHARED_BACKEND)
+        if got:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockedError(
+                f"{target.name}: the migration lock is held by {lock_holder(conn)}; "
+                f"gave up after waiting {wait:g}s (lock_wait). Let that run finish, "
+                "or raise lock_wait in fleet.toml"
+            )
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, 1.0)
+
+
+def _release(conn: Connection, proof: SessionProof) -> None:
+    released, token, pid = _run(
+        conn, f"SELECT pg_advisory_unlock(%s), {PROOF_COLUMNS}", (MIGRATION_LOCK_KEY,)
+    )
+    proof.check(token, pid)
+    if not released:
+        raise LockedError(
+            f"{proof.target.name}: the migration lock was not held by this session when it was released "
+            "(pg_advisory_unlock returned false); check that no pooler stands between ophelia-db and the "
+            f"database, and run `ophelia-db status --instance {proof.target.name}` to see where it stands"
+        )
+
+
+_HOLDER_SQL = """
+SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
+LIMIT 1
+"""
+
+
+def lock_holder(conn: Connection) -> str:
+    """Describe who holds the migration lock: pid, application, user, since when."""
+    row = conn.execute(_HOLDER_SQL, (MIGRATION_LOCK_KEY,)).fetchone()
+    if row is None:
+        return "another session (it has just released it)"
+    pid, app, user, addr, since = row
+    where = f" from {addr}" if addr else ""
+    return (
+        f"pid {pid} ({app or 'unknown application'}, user {user}{where}, since {since:%Y-%m-%d %H:%M:%S%z})"
+    )
