@@ -31,11 +31,15 @@ if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
 
 # Bump when the snapshot's shape changes, so cached reference snapshots are rebuilt.
-CATALOG_FORMAT = 1
+CATALOG_FORMAT = 2
 DEFAULT_SCHEMAS = ("public",)
 # The tool's own bookkeeping: present or not depending on how an instance was
 # versioned (by a run, by adopt, by a repair), never part of the chain's schema.
 BOOKKEEPING_TABLES = ("public.alembic_version", "public.ophelia_repairs")
+# The roles the chain grants to and revokes from. Grants to any other role are
+# the platform's (Supabase grants USAGE on public to postgres, and more to its
+# admin roles), not the chain's, so they are never drift.
+MANAGED_GRANTEES = frozenset({"PUBLIC", "anon", "authenticated", "service_role"})
 CATEGORIES = (
     "schema",
     "table",
@@ -202,6 +206,7 @@ class _Reader:
         self.acls: list[tuple[str, str, int, str]] = []
         self.names: dict[int, str] = {}
         self.owners: dict[int, int] = {}
+        self.sequence_oids: set[int] = set()
 
     def rows(self, query: str, **extra: Any) -> list[tuple[Any, ...]]:
         return _rows(self.conn, query, {**self.params, **extra})
@@ -218,6 +223,7 @@ class _Reader:
             qualified = f"{schema}.{name}"
             self.names[oid], self.owners[oid] = qualified, owner
             if kind == "S":
+                self.sequence_oids.add(oid)
                 self.acls.append(("sequence", qualified, owner, acl))
                 continue
             self.objects["table"][qualified] = {
@@ -234,6 +240,8 @@ class _Reader:
         for rel, col, type_, not_null, default, identity, generated, collation, acl in self.rows(
             queries.COLUMNS
         ):
+            if rel in self.sequence_oids:
+                continue  # a sequence's last_value, log_cnt, is_called are its state, not columns
             key = f"{names[rel]}.{col}"
             self.objects["column"][key] = {
                 "type": type_,
@@ -321,6 +329,8 @@ def _grants(conn: Any, acls: list[tuple[str, str, int, str]]) -> dict[str, Any]:
     )
     grants: dict[str, set[str]] = {}
     for kind, name, grantee, privilege, grantable in rows:
+        if grantee not in MANAGED_GRANTEES:
+            continue
         grants.setdefault(f"{kind} {name} to {grantee}", set()).add(
             privilege + (" WITH GRANT OPTION" if grantable else "")
         )

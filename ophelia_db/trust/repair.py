@@ -51,6 +51,18 @@ BEGIN
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
     REVOKE ALL ON TABLE public.ophelia_repairs FROM authenticated;
   END IF;
+  -- The identity's sequence too: Supabase's default privileges open new
+  -- sequences to the API roles, and nextval/setval must not work for them.
+  EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC',
+                 pg_get_serial_sequence('public.ophelia_repairs', 'id'));
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM anon',
+                   pg_get_serial_sequence('public.ophelia_repairs', 'id'));
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM authenticated',
+                   pg_get_serial_sequence('public.ophelia_repairs', 'id'));
+  END IF;
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
     GRANT SELECT ON TABLE public.ophelia_repairs TO service_role;
     CREATE POLICY ophelia_repairs_service_role_select ON public.ophelia_repairs

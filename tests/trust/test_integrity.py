@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ophelia_db import run as runner
@@ -14,7 +15,7 @@ from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.local.cluster import LocalCluster
 from ophelia_db.run.chain import Chain, file_checksum
-from tests.helpers import FleetDbs, run_cli
+from tests.helpers import FleetDbs, run_cli, write_fleet
 from tests.trust.support import (
     assert_one_error_line,
     chain_at,
@@ -243,3 +244,29 @@ def test_repair_bad_input_is_one_line_with_exit_2(trusted: Trusted) -> None:
             trust.RepairRequest(accept_checksums=("0005",)),
             chain=trusted.chain(),
         )
+
+
+def test_the_repair_log_is_closed_to_the_api_roles_even_under_supabase_defaults(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    # Supabase opens everything new in public to the API roles.
+    for kind in ("TABLES", "SEQUENCES", "FUNCTIONS"):
+        execute(url, f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {kind} TO anon, authenticated")
+    execute(url, "DELETE FROM public.schema_migrations WHERE version = '0003'")
+    target = fleet.get("inst1")
+    request = trust.RepairRequest(rebuild_mirror=True, reason="test")
+    trust.repair(target, trust.plan_repair(target, request), request)
+
+    for role in ("anon", "authenticated"):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"SET ROLE {role}")
+            for probe in (
+                "SELECT nextval(pg_get_serial_sequence('public.ophelia_repairs', 'id'))",
+                "SELECT count(*) FROM public.ophelia_repairs",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(probe)

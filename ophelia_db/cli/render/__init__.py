@@ -62,6 +62,11 @@ def emit_json(record: Any, stream: TextIO | None = None) -> None:
     stream.write(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 way``, ``2 ways``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
 

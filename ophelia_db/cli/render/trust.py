@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ophelia_db.cli.render import out, renders
+from ophelia_db.cli.render import out, plural, renders
 from ophelia_db.fleet.catalog import Difference
 from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, ValidationReport
 from ophelia_db.trust.lint import LintReport
@@ -56,7 +56,8 @@ def render_adoption(plan: AdoptionPlan) -> None:
     for line in plan.evidence:
         out(f"  {line}")
     if plan.differences:
-        out(f"  differences from the reference of {plan.revision or 'base'} ({len(plan.differences)}):")
+        count = plural(len(plan.differences), "difference")
+        out(f"  differences from the reference of {plan.revision or 'base'} ({count}):")
         differences(plan.differences)
     if plan.stamped:
         out(
@@ -75,7 +76,8 @@ def render_drift(report: DriftReport) -> None:
             out(f"{row.name}: identical to the reference of {at}{short}")
         elif row.state == "drifted":
             hint = "; adopt it first" if row.revision is None else ""
-            out(f"{row.name}: differs from the reference of {at} in {len(row.differences)} ways{hint}{short}")
+            ways = plural(len(row.differences), "way")
+            out(f"{row.name}: differs from the reference of {at} in {ways}{hint}{short}")
             differences(row.differences)
         else:
             out(f"{row.name}: {row.state}: {row.error}")
