@@ -28,6 +28,7 @@ class State(StrEnum):
     LOCKED = "locked"
     UNREACHABLE = "unreachable"
     ERROR = "error"
+    NEEDS_ATTENTION = "needs-attention"
 
 
 class Outcome(StrEnum):
@@ -81,7 +82,13 @@ _STATE_CODES: dict[str, ExitCode] = {
     State.LOCKED: ExitCode.LOCKED,
     State.UNREACHABLE: ExitCode.UNREACHABLE,
     State.ERROR: ExitCode.USAGE,
+    State.NEEDS_ATTENTION: ExitCode.NEEDS_ATTENTION,
 }
+
+
+def state_exit_code(state: str) -> int:
+    """The exit code an instance in ``state`` gives ``status --check`` and a refused run."""
+    return _STATE_CODES.get(state, ExitCode.INTERNAL)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -213,13 +220,18 @@ class InstanceResult(Record):
 
     @classmethod
     def refused(
-        cls, target: Named, problem: str, started: float | None = None, **known: Any
+        cls,
+        target: Named,
+        problem: str,
+        started: float | None = None,
+        code: int = ExitCode.INTEGRITY,
+        **known: Any,
     ) -> InstanceResult:
         return cls.of(
             target,
             Outcome.REFUSED,
             started=started,
-            exit_code=ExitCode.INTEGRITY,
+            exit_code=code,
             error=f"{target.name}: {problem}; nothing was changed",
             **known,
         )

@@ -17,6 +17,7 @@ from ophelia_db.cli.options import (
     FleetOpt,
     InstanceOpt,
     JsonOpt,
+    OneInstanceOpt,
     TagOpt,
     YesOpt,
     confirmed,
@@ -26,6 +27,7 @@ from ophelia_db.cli.options import (
 )
 from ophelia_db.cli.render import emit, emit_json, err, show
 from ophelia_db.cli.render.trust import render_repair_plan
+from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Fleet
 from ophelia_db.run.chain import chain_for
 from ophelia_db.trust.reference import References, build_references
@@ -192,7 +194,38 @@ def lint(
     emit(report, as_json=json_)
 
 
+def resolve(
+    instance: OneInstanceOpt,
+    revision: Annotated[str, typer.Argument(help="The revision whose non-transactional section was cut.")],
+    applied: Annotated[
+        bool, typer.Option("--applied", help="Its effects are all there: record it as applied.")
+    ] = False,
+    retry: Annotated[
+        bool, typer.Option("--retry", help="Drop what it left invalid; the next upgrade runs it again.")
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why; stored in the repair log.")] = None,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+    fleet: FleetOpt = None,
+) -> None:
+    """Decide about a revision interrupted in its non-transactional section (what exit 6 asks for).
+
+    Logged in ophelia_repairs like repair. Exit 0 when recorded, 2 when refused or not confirmed.
+
+    Example: ophelia-db resolve --instance corte 0007 --retry
+    """
+    if applied == retry:
+        fail("say what to do: --retry (run it again) or --applied (record it as applied)", ExitCode.USAGE)
+    decision = trust.Decision.APPLIED if applied else trust.Decision.RETRY
+    with errors():
+        target = fleet_at(fleet).get(instance)
+        question = f"Record '{decision}' for revision {revision} on {instance}?"
+        confirmed(question, yes=yes, refuse="nothing was changed", ask=not json_)
+        result = trust.resolve(target, revision, decision, reason=reason)
+    emit(result, as_json=json_)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
-    for command in (validate, repair, adopt, drift, lint):
+    for command in (validate, repair, resolve, adopt, drift, lint):
         app.command()(command)

@@ -35,7 +35,7 @@ CATALOG_FORMAT = 2
 DEFAULT_SCHEMAS = ("public",)
 # The tool's own bookkeeping: present or not depending on how an instance was
 # versioned (by a run, by adopt, by a repair), never part of the chain's schema.
-BOOKKEEPING_TABLES = ("public.alembic_version", "public.ophelia_repairs")
+BOOKKEEPING_TABLES = ("public.alembic_version", "public.ophelia_repairs", "public.ophelia_interrupted_steps")
 # The roles the chain grants to and revokes from. Grants to any other role are
 # the platform's (Supabase grants USAGE on public to postgres, and more to its
 # admin roles), not the chain's, so they are never drift.

@@ -28,8 +28,8 @@ from ophelia_db.fleet.connections import (
 )
 from ophelia_db.fleet.lock import PROOF_COLUMNS, SessionProof, session_lock
 from ophelia_db.redaction import redact
-from ophelia_db.results import InstanceResult, Outcome
-from ophelia_db.run import driver
+from ophelia_db.results import InstanceResult, Outcome, state_exit_code
+from ophelia_db.run import driver, mirror
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
@@ -134,7 +134,8 @@ def _plan(
     current = state.revision
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return InstanceResult.refused(target, verdict.problem or verdict.state, started, **known)
+        code = state_exit_code(verdict.state)
+        return InstanceResult.refused(target, verdict.problem or verdict.state, started, code, **known)
     if downgrade:
         if goal is not None and not chain.is_after(current, goal) and current != goal:
             below = f"cannot downgrade to {goal}: the instance is at {current or 'base'}, below it"
@@ -209,6 +210,16 @@ class _Run:
                 f"set_config('statement_timeout', '{int(statement * 1000)}ms', true), {PROOF_COLUMNS}"
             ).fetchone()
             self.proof.check(row[2], row[3])
+
+        @event.listens_for(connection, "set_connection_execution_options")
+        def _entering_autocommit(conn: Any, options: dict[str, Any]) -> None:
+            # Alembic's autocommit_block: what runs next cannot be rolled back, so a
+            # marker is committed first; the transaction recording the revision drops it.
+            if options.get("isolation_level") != "AUTOCOMMIT" or self.downgrade or self.done >= len(planned):
+                return
+            revision = planned[self.done]
+            mirror.mark_nontransactional(conn.connection.driver_connection, revision, hook.by)
+            hook.sections.add(revision)
 
     def run_alembic(self, connection: Any) -> None:
         if connection.in_transaction():

@@ -64,6 +64,9 @@ class MirrorHook:
     reverted: list[str] = field(default_factory=list)
     durations_ms: dict[str, int] = field(default_factory=dict)
     on_step: Callable[[str, bool], None] | None = None
+    # Revisions of this run that entered a non-transactional section: their
+    # marker is cleared in the transaction that records them.
+    sections: set[str] = field(default_factory=set)
     _started: float = field(default_factory=time.monotonic)
     _mirror_seen: bool = False
 
@@ -112,6 +115,8 @@ class MirrorHook:
                 add_history_row(conn, self.chain.get(earlier), self.by, self.durations_ms.get(earlier))
         conn.execute(_UPSERT_ROW, _row(self.chain.get(revision), self.by, elapsed))
         set_current_version(conn, revision, self.instance_id)
+        if revision in self.sections:
+            clear_nontransactional(conn)
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
         self._mirror_seen = False
@@ -218,3 +223,44 @@ def stamp_alembic_version(conn: Any, revision: str) -> None:
     conn.execute(_HARDEN)
     conn.execute("DELETE FROM public.alembic_version")
     conn.execute("INSERT INTO public.alembic_version (version_num) VALUES (%s)", (revision,))
+
+
+# The marker of an interrupted non-transactional section (``autocommit_block``):
+# written and committed as the section starts, dropped in the transaction that
+# records the revision. A run that finds it refuses the instance (exit 6) until
+# ``ophelia-db resolve`` records the operator's decision. Its existence is the
+# marker, so that the state read can test for it for free.
+INTERRUPTED_TABLE = "public.ophelia_interrupted_steps"
+_MARK = f"""DO $ophelia$
+BEGIN
+  IF to_regclass('{INTERRUPTED_TABLE}') IS NULL THEN
+    CREATE TABLE {INTERRUPTED_TABLE} (
+      revision text PRIMARY KEY,
+      started_at timestamptz NOT NULL DEFAULT now(),
+      started_by text NOT NULL
+    );
+    ALTER TABLE {INTERRUPTED_TABLE} ENABLE ROW LEVEL SECURITY;
+    REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM PUBLIC;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+      REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM anon;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+      REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM authenticated;
+    END IF;
+  END IF;
+END $ophelia$"""
+
+
+def mark_nontransactional(conn: Any, revision: str, by: str) -> None:
+    """Record, committed at once, that ``revision`` entered its non-transactional section."""
+    conn.execute(_MARK)
+    conn.execute(
+        f"INSERT INTO {INTERRUPTED_TABLE} (revision, started_by) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (revision, by[:200]),
+    )
+    if not conn.autocommit:
+        conn.commit()
+
+
+def clear_nontransactional(conn: Any) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {INTERRUPTED_TABLE}")

@@ -21,6 +21,7 @@ from ophelia_db.fleet.connections import sqlstate_of
 from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
+from ophelia_db.run.mirror import INTERRUPTED_TABLE
 
 _LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -29,17 +30,35 @@ _LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND
 # The fast path: one statement, valid once the chain's versioning revision
 # has run, which is the state of almost every instance on almost every run.
 # States in which no run may touch the instance: its history does not match the code.
-REFUSED_STATES = frozenset({State.AHEAD, State.CHECKSUM_MISMATCH, State.MIRROR_MISMATCH, State.ERROR})
+REFUSED_STATES = frozenset(
+    {State.AHEAD, State.CHECKSUM_MISMATCH, State.MIRROR_MISMATCH, State.ERROR, State.NEEDS_ATTENTION}
+)
 
 _STATE_SQL = f"""SELECT
   true, (SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version),
   true, (SELECT current_version FROM public.schema_version WHERE id = 1),
   (SELECT updated_at FROM public.schema_version WHERE id = 1),
   (SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations),
-  {_LOCKED}"""
+  {_LOCKED}, to_regclass('{INTERRUPTED_TABLE}') IS NOT NULL"""
+# Only read when the marker table exists: what was interrupted, and what it left.
+_INTERRUPTED_SQL = f"""SELECT
+  (SELECT json_agg(json_build_array(revision, started_at::text, started_by)) FROM {INTERRUPTED_TABLE}),
+  (SELECT json_agg(n.nspname || '.' || c.relname ORDER BY c.relname)
+   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE NOT i.indisvalid AND n.nspname = 'public')"""
 
 _TABLES_SQL = """SELECT to_regclass('public.alembic_version') IS NOT NULL,
   to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL"""
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A revision whose non-transactional section started and never finished."""
+
+    revision: str
+    started_at: str
+    started_by: str
+    invalid_indexes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,7 @@ class InstanceState:
     updated_at: datetime | None
     history: tuple[tuple[str, str | None], ...]
     locked: bool = False
+    interrupted: tuple[Interrupted, ...] = ()
 
     @property
     def revision(self) -> str | None:
@@ -87,9 +107,12 @@ def read_state(conn: Any) -> InstanceState:
         row = _read_partial_state(conn)
     if not conn.autocommit:
         conn.rollback()
-    has_version, heads, has_mirror, current, updated_at, history, locked = row
+    has_version, heads, has_mirror, current, updated_at, history, locked, marked = row
     if isinstance(history, str):
         history = json.loads(history)
+    interrupted: tuple[Interrupted, ...] = ()
+    if marked:
+        interrupted = _read_interrupted(conn)
     return InstanceState(
         has_version_table=bool(has_version),
         heads=tuple(heads.split(",")) if heads else (),
@@ -98,7 +121,16 @@ def read_state(conn: Any) -> InstanceState:
         updated_at=updated_at,
         history=tuple((version, checksum) for version, checksum in history or ()),
         locked=bool(locked),
+        interrupted=interrupted,
     )
+
+
+def _read_interrupted(conn: Any) -> tuple[Interrupted, ...]:
+    steps, invalid = conn.execute(_INTERRUPTED_SQL).fetchone()
+    if not conn.autocommit:
+        conn.rollback()
+    leftovers = tuple(invalid or ())
+    return tuple(Interrupted(revision, when, by, leftovers) for revision, when, by in steps or ())
 
 
 def _read_partial_state(conn: Any) -> tuple[Any, ...]:
@@ -115,7 +147,10 @@ def _read_partial_state(conn: Any) -> tuple[Any, ...]:
         if has_mirror
         else "NULL::text, NULL::timestamptz, NULL::json"
     )
-    return conn.execute(f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}").fetchone()
+    marker = f"to_regclass('{INTERRUPTED_TABLE}') IS NOT NULL"
+    return conn.execute(
+        f"SELECT {has_version}, {alembic}, {has_mirror}, {mirror}, {_LOCKED}, {marker}"
+    ).fetchone()
 
 
 @dataclass(frozen=True)
@@ -132,6 +167,8 @@ class Finding(Record):
 
 def check(state: InstanceState, chain: Chain) -> list[Finding]:
     """Every integrity problem of ``state`` against ``chain``, the most fundamental first."""
+    if state.interrupted:
+        return [_needs_attention(step, chain) for step in state.interrupted]
     if len(state.heads) > 1:
         return [Finding("error", f"alembic_version holds several heads: {', '.join(state.heads)}")]
     revision = state.revision
@@ -159,6 +196,19 @@ def check(state: InstanceState, chain: Chain) -> list[Finding]:
         if recorded and chain.knows(version) and chain.get(version).checksum != recorded
     ]
     return findings + _mirror_findings(state, chain)
+
+
+def _needs_attention(step: Interrupted, chain: Chain) -> Finding:
+    file = chain.get(step.revision).path.name if chain.knows(step.revision) else "a file this code lacks"
+    left = f"; it left invalid index(es) {', '.join(step.invalid_indexes)}" if step.invalid_indexes else ""
+    return Finding(
+        State.NEEDS_ATTENTION,
+        f"revision {step.revision} ({file}) was interrupted in its non-transactional section "
+        f"(autocommit_block, started {step.started_at} by {step.started_by}){left}. Check what it did, "
+        f"then run `ophelia-db resolve --instance NAME {step.revision} --retry` (invalid indexes are "
+        "dropped, the next upgrade runs the revision again) or `--applied` (its effects are all there)",
+        revision=step.revision,
+    )
 
 
 def _mirror_findings(state: InstanceState, chain: Chain) -> list[Finding]:

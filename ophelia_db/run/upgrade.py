@@ -23,6 +23,7 @@ from ophelia_db.results import (
     InstanceResult,
     Outcome,
     RunReport,
+    state_exit_code,
 )
 from ophelia_db.run import fanout
 from ophelia_db.run.chain import Chain, chain_for
@@ -194,7 +195,8 @@ def _triage(
     verdict = classify(state, chain, goal)
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
-        return InstanceResult.refused(target, verdict.problem or verdict.state, started, **known)
+        code = state_exit_code(verdict.state)
+        return InstanceResult.refused(target, verdict.problem or verdict.state, started, code, **known)
     if dry_run:
         return InstanceResult.of(
             target,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -15,14 +18,22 @@ from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.local.cluster import LocalCluster
 from ophelia_db.run.chain import Chain, file_checksum
-from tests.helpers import FleetDbs, run_cli, write_fleet
+from tests.helpers import (
+    OPHELIA_DB,
+    FleetDbs,
+    assert_consistent,
+    chain_at,
+    chain_locations,
+    clean_env,
+    rows,
+    run_cli,
+    write_fleet,
+)
 from tests.trust.support import (
     assert_one_error_line,
-    chain_at,
     execute,
     extra_chain,
     pg_dump,
-    rows,
     trust_fleet,
 )
 
@@ -270,3 +281,106 @@ def test_the_repair_log_is_closed_to_the_api_roles_even_under_supabase_defaults(
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(probe)
+
+
+INDEX_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.cic_target_id'::regclass"
+RUNNING = (
+    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()"
+)
+
+
+def _cic_fleet(fleet_dbs: FleetDbs, tmp_path: Path) -> tuple[Path, str, str]:
+    hub_url, urls = fleet_dbs(1)
+    path = write_fleet(tmp_path, hub_url, urls)
+    assert run_cli(["upgrade", "--all"], fleet=path).returncode == 0
+    url = urls["inst1"]
+    execute(url, "CREATE TABLE public.cic_target (id integer)")
+    return path, url, chain_locations("cic")
+
+
+def _kill_during(url: str, path: Path, locations: str, waiting_query: str) -> None:
+    run = subprocess.Popen(
+        [*OPHELIA_DB, "upgrade", "--instance", "inst1"],
+        env=clean_env({"OPHELIA_FLEET": str(path), "OPHELIA_VERSION_LOCATIONS": locations}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not rows(
+        url, "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s", [waiting_query]
+    ):
+        assert run.poll() is None and time.monotonic() < deadline, "the runner never reached that point"
+        time.sleep(0.05)
+    run.kill()
+    run.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while rows(
+        url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()", [waiting_query]
+    ):
+        assert time.monotonic() < deadline, "the dead runner's statement is still running"
+        time.sleep(0.05)
+
+
+def test_a_runner_killed_while_building_an_index_concurrently_needs_a_retry(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    path, url, locations = _cic_fleet(fleet_dbs, tmp_path)
+    with psycopg.connect(url) as writer:  # an open transaction on the table: the build waits for it
+        writer.execute("INSERT INTO public.cic_target VALUES (1)")
+        _kill_during(url, path, locations, "CREATE INDEX CONCURRENTLY%")
+        writer.rollback()
+    assert rows(
+        url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.cic_target_id'::regclass"
+    ) == [(False,)]
+
+    cli = partial(run_cli, fleet=path, locations=locations)
+    refused = cli(["upgrade", "--instance", "inst1", "--json"])
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    error = json.loads(refused.stdout)["instances"][0]["error"]
+    for needle in ("0005 (0005_cic.py)", "non-transactional section", "public.cic_target_id", "resolve"):
+        assert needle in error, error
+    status = json.loads(cli(["status", "--json"]).stdout)
+    assert {r["name"]: r["state"] for r in status["instances"]}["inst1"] == "needs-attention"
+
+    resolved = run_cli(
+        ["resolve", "--instance", "inst1", "0005", "--retry", "--yes"], fleet=path, locations=locations
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    assert "dropped invalid index(es) public.cic_target_id" in resolved.stdout
+    again = cli(["upgrade", "--instance", "inst1"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rows(
+        url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.cic_target_id'::regclass"
+    ) == [(True,)]
+    assert rows(url, "SELECT action FROM public.ophelia_repairs") == [("resolve-retry",)]
+
+
+def test_a_runner_killed_after_its_non_transactional_section_did_its_work_is_recorded_as_applied(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    path, url, locations = _cic_fleet(fleet_dbs, tmp_path)
+    dbname = rows(url, "SELECT current_database()")[0][0]
+    execute(url, f"ALTER DATABASE {dbname} SET ophelia.test_sleep = '600'")
+    _kill_during(url, path, locations, "SELECT pg_sleep%")
+    execute(url, f"ALTER DATABASE {dbname} SET ophelia.test_sleep = '0'")
+
+    cli = partial(run_cli, fleet=path, locations=locations)
+    refused = cli(["upgrade", "--instance", "inst1"])
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert "relation" not in refused.stdout, "not the false 'already exists ... rolled back'"
+    not_confirmed = run_cli(
+        ["resolve", "--instance", "inst1", "0005", "--applied"], fleet=path, locations=locations
+    )
+    assert not_confirmed.returncode == 2 and "not confirmed" in not_confirmed.stderr
+
+    resolved = run_cli(
+        ["resolve", "--instance", "inst1", "0005", "--applied", "--yes", "--json"],
+        fleet=path,
+        locations=locations,
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    assert json.loads(resolved.stdout)["decision"] == "applied"
+    assert_consistent(url, "0005", chain_at(locations))
+    status = cli(["status", "--check", "--instance", "inst1"])
+    assert status.returncode == 0, status.stdout
+    assert rows(url, "SELECT action, revision FROM public.ophelia_repairs") == [("resolve-applied", "0005")]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ophelia_db.cli.render import out, plural, renders
 from ophelia_db.fleet.catalog import Difference
-from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, ValidationReport
+from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, Resolution, ValidationReport
 from ophelia_db.trust.lint import LintReport
 
 
@@ -100,3 +100,14 @@ def render_lint(report: LintReport) -> None:
         out(f"    > {finding.statement}")
     linted = ", ".join(report.revisions) or "none"
     out(f"{len(report.findings)} finding(s) in revisions {linted} ({report.squawk})")
+
+
+@renders(Resolution)
+def render_resolution(done: Resolution) -> None:
+    dropped = f"; dropped invalid index(es) {', '.join(done.dropped_indexes)}" if done.dropped_indexes else ""
+    then = "runs it again" if done.decision == "retry" else "goes on from it"
+    out(
+        f"{done.instance}: revision {done.revision} resolved as {done.decision}{dropped}; recorded in "
+        f"ophelia_repairs by {done.performed_by}. "
+        f"next: ophelia-db upgrade --instance {done.instance} ({then})"
+    )
