@@ -80,19 +80,18 @@ class UnreachableError(OpheliaError):
     exit_code = ExitCode.UNREACHABLE
 
 
-def combine_exit_codes(codes: Sequence[int], *, ignore_ok: bool = False) -> int:
-    """Return a fleet command's exit code from its per-instance codes.
+def combine_exit_codes(codes: Sequence[int], *, findings: bool = False) -> int:
+    """The one rule for a command over several instances (docs/design.md §3).
 
-    All succeeded → 0; all failed the same way → that code; anything else → 7.
-    With ``ignore_ok`` (the checks: ``validate``, ``drift``) instances that
-    passed do not count, so the code is the failures' own when they agree.
+    One instance → its code; all succeeded → 0; all failed the same way → that
+    code; anything else → 7. For the checks (``status --check``, ``drift``)
+    ``findings`` makes "some are fine, the others merely behind or drifted" 1,
+    which is what those commands report.
     """
-    if ignore_ok:
-        codes = [code for code in codes if code != ExitCode.OK]
-    if not codes:
+    if not codes or all(code == ExitCode.OK for code in codes):
         return ExitCode.OK
-    if all(code == ExitCode.OK for code in codes):
-        return ExitCode.OK
+    if findings and all(code in (ExitCode.OK, ExitCode.NOT_AT_HEAD) for code in codes):
+        return ExitCode.NOT_AT_HEAD
     distinct = set(codes)
     if len(distinct) == 1:
         return codes[0]

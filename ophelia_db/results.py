@@ -168,12 +168,7 @@ class StatusReport(Record):
         codes = [i.exit_code for i in self.instances if i.registry_status not in ("archived", "suspended")]
         if not check:
             codes = [c for c in codes if c != ExitCode.NOT_AT_HEAD]
-        if not codes:
-            return ExitCode.OK
-        worst = combine_exit_codes(codes)
-        if worst == ExitCode.MIXED and all(c in (0, 1) for c in codes):
-            return ExitCode.NOT_AT_HEAD
-        return worst
+        return combine_exit_codes(codes, findings=True)
 
 
 @dataclass(frozen=True)
@@ -279,9 +274,11 @@ class SyncReport(Record):
 
     @property
     def exit_code(self) -> int:
-        if self.hub_report != "ok":
-            return ExitCode.UNREACHABLE if self.hub_report == "failed" else ExitCode.MIXED
+        if self.hub_report == "failed":
+            return ExitCode.UNREACHABLE  # pushing to the hub is what sync is for
         codes = [ExitCode.UNREACHABLE if i.state == "unreachable" else ExitCode.OK for i in self.instances]
+        if self.hub_report != "ok":
+            codes.append(ExitCode.UNREACHABLE)
         return combine_exit_codes(codes)
 
 

@@ -49,6 +49,7 @@ class Halt:
     reason: str | None = None
     interrupted: int | None = None
     failed_names: list[str] = field(default_factory=list)
+    failure_codes: set[int] = field(default_factory=set)
 
     def record(self, result: InstanceResult) -> None:
         if result.exit_code in _INTERRUPT_CODES:
@@ -58,14 +59,20 @@ class Halt:
             return
         self.failures += 1
         self.failed_names.append(result.name)
+        self.failure_codes.add(int(result.exit_code))
         if self.max_failures is not None and self.failures >= self.max_failures and not self.reason:
             self.reason = (
                 f"halted after {self.failures} failed instance(s) (--max-failures {self.max_failures})"
             )
 
-    def skip(self, target: Target, reason: str = "not started", code: int = ExitCode.MIXED) -> InstanceResult:
-        """The result of an instance this halt keeps from starting."""
-        return InstanceResult.skipped(target, self.reason or reason, self.interrupted or code)
+    def skip(self, target: Target, reason: str = "not started", code: int | None = None) -> InstanceResult:
+        """The result of an instance this halt keeps from starting.
+
+        It carries the cause's code: the interruption's, else the failures' when
+        they agree (a hub that cannot be reached makes the whole run exit 8), else 7.
+        """
+        cause = next(iter(self.failure_codes)) if len(self.failure_codes) == 1 else ExitCode.MIXED
+        return InstanceResult.skipped(target, self.reason or reason, self.interrupted or code or cause)
 
     def interrupt(self, code: int) -> None:
         self.interrupted = self.interrupted or code

@@ -83,7 +83,7 @@ class DriftReport:
     @property
     def exit_code(self) -> int:
         """0 when none drift; 1 when some drift (and nothing worse); a failure's code otherwise."""
-        return combine_exit_codes([r.exit_code for r in self.instances], ignore_ok=True)
+        return combine_exit_codes([r.exit_code for r in self.instances], findings=True)
 
     def as_record(self) -> dict[str, Any]:
         return {

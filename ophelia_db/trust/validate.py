@@ -41,7 +41,7 @@ class ValidationReport(Record):
     @property
     def exit_code(self) -> int:
         """0 when every instance is valid; else the failures' common code (4 for integrity), or 7."""
-        return combine_exit_codes([i.exit_code for i in self.instances], ignore_ok=True)
+        return combine_exit_codes([i.exit_code for i in self.instances])
 
 
 def validate_one(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceValidation:

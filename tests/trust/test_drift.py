@@ -86,7 +86,8 @@ def test_unknown_revision_and_unversioned_instances(
         "fresh": "identical",
     }
     assert "0099" in (by_name["inst1"].error or "") and by_name["fresh"].revision is None
-    assert (report.exit_code, report.summary) == (4, "2 identical, 0 differ, 1 not compared")
+    # One rule for every command (docs/design.md §3): some passed, one refused → 7.
+    assert (report.exit_code, report.summary) == (7, "2 identical, 0 differ, 1 not compared")
 
 
 SUPABASE_DEFAULT_PRIVILEGES = [
