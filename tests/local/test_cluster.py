@@ -18,7 +18,7 @@ from psycopg import sql
 from ophelia_db.errors import ClusterError, ExitCode
 from ophelia_db.local.binaries import find_bin_dir, free_port
 from ophelia_db.local.cluster import LocalCluster
-from tests.helpers import FleetDbs, MakeDatabase, make_state_dir, write_fleet
+from tests.helpers import FleetDbs, MakeDatabase, make_state_dir, run_cli, write_fleet
 
 pytestmark = pytest.mark.pg
 
@@ -182,3 +182,19 @@ def test_taken_port_is_one_clear_error(pg_cluster: LocalCluster) -> None:
         assert not other.status().running
     finally:
         other.destroy()
+
+
+def test_local_destroy_asks_like_every_destructive_command(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "keep").write_text("data")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[local]\nport = 1\nstate_dir = "{state}"\n\n[hub]\nurl = "postgresql://postgres@127.0.0.1:1/hub"\n'
+    )
+    declined = run_cli(["local", "destroy"], fleet=fleet, stdin="n\n")
+    silent = run_cli(["local", "destroy"], fleet=fleet)
+    for done in (declined, silent):
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.endswith("error: not confirmed (pass --yes); nothing was deleted\n"), done.stderr
+    assert (state / "keep").read_text() == "data"
