@@ -240,7 +240,7 @@ class InstanceResult(Record):
 class RunReport(Record):
     """The outcome of ``upgrade``/``downgrade`` over a selection."""
 
-    json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted", "inactive"})
+    json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted", "inactive", "dry_run"})
     json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
 
     run_id: str
@@ -251,6 +251,7 @@ class RunReport(Record):
     interrupted: int | None = None
     # Instances left out because the hub marks them archived or suspended.
     inactive: tuple[str, ...] = ()
+    dry_run: bool = False
 
     @property
     def exit_code(self) -> int:

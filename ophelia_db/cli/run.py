@@ -166,6 +166,7 @@ def sql(
 def sync(
     instance: InstanceOpt = None,
     all_: AllOpt = False,
+    tag: TagOpt = None,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:
@@ -175,7 +176,7 @@ def sync(
     """
     with errors():
         loaded = fleet_at(fleet)
-        targets = loaded.select(instance or (), all_=all_)
+        targets = loaded.select(instance or (), all_=all_, tags=tag or ())
         report = run.sync(loaded, targets)
     _hub_warning(json_, report.hub_report, report.hub_error)
     emit(report, as_json=json_)

@@ -175,6 +175,16 @@ class Fleet:
         hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
         raise ConfigError(f"unknown instance '{name}' in {self.path}{hint}")
 
+    def tagged(self, tag: str) -> list[Target]:
+        """The members carrying ``tag``; an unknown tag is refused with the closest one."""
+        found = [m for m in self.members if tag in m.tags]
+        if not found:
+            known = sorted({t for m in self.members for t in m.tags})
+            close = difflib.get_close_matches(tag, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (tags: {', '.join(known) or 'none'})"
+            raise ConfigError(f"no instance of {self.path} has the tag '{tag}'{hint}")
+        return found
+
     def select(
         self,
         names: Iterable[str] = (),
@@ -185,9 +195,12 @@ class Fleet:
     ) -> list[Target]:
         """Resolve a selection to targets, hub first, then instances by name.
 
-        ``--all`` includes the hub. Each selected target's URL must resolve.
+        ``--all`` includes the hub and stands alone; ``--instance`` and ``--tag``
+        add up (the union). Each selected target's URL must resolve.
         """
         names, tags = list(names), list(tags)
+        if all_ and (names or tags):
+            raise ConfigError("--all already selects every instance: give it alone, or --instance/--tag")
         if not (names or all_ or tags):
             if not default_all:
                 raise ConfigError("select instances with --instance NAME, --all or --tag TAG")
@@ -199,10 +212,7 @@ class Fleet:
             target = self.get(name)
             chosen[target.name] = target
         for tag in tags:
-            tagged = [m for m in self.members if tag in m.tags]
-            if not tagged:
-                raise ConfigError(f"no instance of {self.path} has the tag '{tag}'")
-            chosen.update({m.name: m for m in tagged})
+            chosen.update({m.name: m for m in self.tagged(tag)})
         selected = [m for m in self.members if m.name in chosen]
         for target in selected:
             target.dsn()

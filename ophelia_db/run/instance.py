@@ -33,7 +33,7 @@ from ophelia_db.run import driver, mirror
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
-from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_state
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify, read_state
 
 log = logging.getLogger(__name__)
 LOCK_RETRIES = 2
@@ -142,6 +142,9 @@ def _plan(
             return InstanceResult.refused(target, below, started, **known)
         planned = list(reversed(chain.between(goal, current)))
     else:
+        going_down = below_current(state, chain, goal, target.name)
+        if going_down:
+            return InstanceResult.refused(target, going_down, started, ExitCode.USAGE, **known)
         planned = list(verdict.pending)
     if not planned:
         return InstanceResult.of(target, Outcome.NOOP, started=started, **known)

@@ -262,3 +262,14 @@ def classify(state: InstanceState, chain: Chain, target: str | None = None) -> V
         return Verdict("up-to-date")
     pending = tuple(chain.between(revision, goal))
     return Verdict("outdated" if pending else "up-to-date", pending=pending)
+
+
+def below_current(state: InstanceState, chain: Chain, goal: str | None, name: str) -> str | None:
+    """Why an upgrade to ``goal`` is refused when the instance is already past it, else ``None``."""
+    current = state.revision
+    if current is None or not chain.knows(current) or current == goal or chain.is_after(goal, current):
+        return None
+    return (
+        f"the instance is at {current}, past {goal or 'base'}: upgrade never goes down; "
+        f"use `ophelia-db downgrade --instance {name} --to {goal or 'base'}`"
+    )

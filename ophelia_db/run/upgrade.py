@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ophelia_db.errors import ConfigError, OpheliaError
+from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.hub import HubReporter, RegistryUpdate, registry_statuses
 from ophelia_db.results import (
@@ -29,7 +29,7 @@ from ophelia_db.run import fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import migrate, state_fields
-from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
 
 ProgressCallback = Callable[[InstanceResult], None]
@@ -90,6 +90,8 @@ def upgrade(
     """
     chain = chain or chain_for()
     goal = chain.resolve(to)
+    if canary:
+        fleet.tagged(canary)  # a misspelt canary tag must not run the fleet without its canary wave
     inactive: list[str] = []
     if skip_inactive:
         targets, inactive = _drop_inactive(fleet, targets)
@@ -113,6 +115,7 @@ def upgrade(
         hub_error=None if reporter is None else reporter.error,
         interrupted=run.halt.interrupted,
         inactive=tuple(inactive),
+        dry_run=dry_run,
     )
 
 
@@ -197,6 +200,9 @@ def _triage(
     if verdict.state in REFUSED_STATES:
         code = state_exit_code(verdict.state)
         return InstanceResult.refused(target, verdict.problem or verdict.state, started, code, **known)
+    going_down = below_current(state, chain, goal, target.name)
+    if going_down:
+        return InstanceResult.refused(target, going_down, started, ExitCode.USAGE, **known)
     if dry_run:
         return InstanceResult.of(
             target,

@@ -101,8 +101,9 @@ def render_run(
     counts: dict[str, int] = {}
     for row in report.instances:
         counts[row.result] = counts.get(row.result, 0) + 1
-    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-    stream.write(f"{len(report.instances)} instance(s): {summary}; hub report {report.hub_report}\n")
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing to do"
+    hub = "not sent (dry run)" if report.dry_run else report.hub_report
+    stream.write(f"{len(report.instances)} instance(s): {summary}; hub report {hub}\n")
     if report.hub_error:
         err.write(f"warning: hub report {report.hub_report}: {report.hub_error}\n")
 

@@ -1,0 +1,58 @@
+"""Selections and flags mean one thing: --all stands alone, a misspelt canary is refused like a
+misspelt tag, upgrade never goes down, a dry run says it reported nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import FleetDbs, invoke, run_cli, write_fleet
+
+CLOSED = "postgresql://postgres@127.0.0.1:1/{}"
+
+
+def closed_fleet(directory: Path) -> Path:
+    instances = {"corte": CLOSED.format("corte"), "lisula": CLOSED.format("lisula")}
+    return write_fleet(directory, CLOSED.format("hub"), instances, tags={"corte": ["canary"]})
+
+
+def test_all_stands_alone_for_every_selecting_command(tmp_path: Path) -> None:
+    fleet = closed_fleet(tmp_path)
+    for command in (["upgrade"], ["status"], ["sync"], ["validate"], ["drift"]):
+        for extra in (["-i", "corte"], ["--tag", "canary"]):
+            done = invoke([*command, "--all", *extra, "--fleet", str(fleet)])
+            assert done.exit_code == 2, (command, extra, done.stdout)
+            assert "--all already selects every instance" in done.stderr, done.stderr
+
+
+def test_a_misspelt_canary_is_refused_with_the_closest_tag(tmp_path: Path) -> None:
+    done = invoke(["upgrade", "--all", "--canary", "canry", "--fleet", str(closed_fleet(tmp_path))])
+    assert done.exit_code == 2
+    assert done.stderr == (
+        f"error: no instance of {tmp_path / 'fleet.toml'} has the tag 'canry'; did you mean 'canary'?\n"
+    )
+
+
+def test_sync_selects_like_the_others(tmp_path: Path) -> None:
+    fleet = closed_fleet(tmp_path)
+    nothing = invoke(["sync", "--fleet", str(fleet)])
+    assert (nothing.exit_code, nothing.stderr) == (
+        2,
+        "error: select instances with --instance NAME, --all or --tag TAG\n",
+    )
+    assert invoke(["sync", "--tag", "canary", "--fleet", str(fleet)]).exit_code == 8  # selected, unreachable
+
+
+def test_upgrade_never_goes_down_and_a_dry_run_reports_nothing(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub, instances = fleet_dbs(1)
+    fleet = write_fleet(tmp_path, hub, instances)
+    assert run_cli(["upgrade", "--all"], fleet=fleet).returncode == 0
+
+    down = run_cli(["upgrade", "--instance", "inst1", "--to", "0002"], fleet=fleet)
+    assert down.returncode == 2, down.stdout + down.stderr
+    assert (
+        "past 0002: upgrade never goes down; use `ophelia-db downgrade --instance inst1 --to 0002`"
+        in down.stdout
+    )
+
+    dry = run_cli(["upgrade", "--all", "--dry-run"], fleet=fleet)
+    assert dry.returncode == 0 and dry.stdout.endswith("hub report not sent (dry run)\n"), dry.stdout
