@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
+from ophelia_db.fleet.file_errors import describe_validation, refuse_duplicates
 from ophelia_db.fleet.urls import describe_url, url_has_password
 from ophelia_db.fleet.urls import parse as parse_url
 from ophelia_db.redaction import register_secret
@@ -243,12 +244,12 @@ def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str,
         found = re.search(r"at line (\d+)", str(exc))
         line = found.group(1) if found else max(len(text.splitlines()), 1)
         if "Cannot declare" in str(exc):
-            _refuse_duplicates(fleet_path, text)
+            refuse_duplicates(fleet_path, text)
         raise ConfigError(f"{fleet_path}:{line}: invalid TOML: {exc}") from None
     try:
         parsed = FleetFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation(fleet_path, text, exc)) from None
+        raise ConfigError(describe_validation(fleet_path, text, exc, COMMUNITY_TYPES)) from None
     env = environment(fleet_path, environ)
     return _build(fleet_path, parsed, env)
 
@@ -341,62 +342,3 @@ def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = Non
         env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
     env.update(os.environ if environ is None else environ)
     return env
-
-
-_HEADER = re.compile(r"^\s*\[\s*instances\s*\.\s*\"?([^\]\"]+)\"?\s*\]\s*(?:#.*)?$")
-
-
-def _refuse_duplicates(path: Path, text: str) -> None:
-    """tomllib names the second declaration only; say where the first one is too."""
-    seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        match = _HEADER.match(line)
-        if not match:
-            continue
-        name = match.group(1).strip()
-        if name in seen:
-            raise ConfigError(
-                f"{path}:{number}: duplicate instance '{name}' (first declared on line {seen[name]})"
-            )
-        seen[name] = number
-
-
-def _describe_validation(path: Path, text: str, exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    location = [str(part) for part in error["loc"]]
-    dotted = ".".join(location)
-    line = _line_of(text, location)
-    where = f"{path}:{line}" if line else str(path)
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{location[-1]}' in {_section(location)}"
-    if error["type"] == "missing":
-        return f"{where}: missing key '{location[-1]}' in {_section(location)}"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "literal_error" and location[-1] == "community_type":
-        message = f"must be one of {', '.join(COMMUNITY_TYPES)}"
-    return f"{where}: {dotted}: {message}"
-
-
-def _section(location: list[str]) -> str:
-    parent = location[:-1]
-    return f"[{'.'.join(parent)}]" if parent else "the top level"
-
-
-def _line_of(text: str, location: list[str]) -> int | None:
-    """Best-effort line of a key, so that the error points into the file."""
-    if not location:
-        return None
-    section = ".".join(location[:-1])
-    key = location[-1]
-    current = ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        header = re.match(r"^\[\s*([^\]]+?)\s*\]", stripped)
-        if header:
-            current = re.sub(r"\s*\.\s*", ".", header.group(1)).replace('"', "")
-            if not section and current == key:
-                return number
-            continue
-        if current == section and re.match(rf"^\"?{re.escape(key)}\"?\s*=", stripped):
-            return number
-    return None
