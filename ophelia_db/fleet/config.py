@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.file_errors import describe_validation, refuse_duplicates
-from ophelia_db.fleet.urls import describe_url, url_has_password
+from ophelia_db.fleet.urls import describe_url, url_has_password, url_problem
 from ophelia_db.fleet.urls import parse as parse_url
 from ophelia_db.redaction import register_secret
 from ophelia_db.settings import environment_settings
@@ -85,6 +85,9 @@ class _Endpoint(_Strict):
                 "holds a password; secrets never live in fleet.toml: put the URL in an "
                 "environment variable (or .env beside fleet.toml) and name it with url_env"
             )
+        problem = url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -227,16 +230,21 @@ def find_fleet_file(path: str | os.PathLike[str] | None = None) -> Path:
     resolved = Path(chosen).expanduser().resolve()
     if not resolved.is_file():
         origin = "--fleet" if path else "$OPHELIA_FLEET" if from_environment else "default"
-        raise ConfigError(
-            f"fleet file {resolved} not found ({origin}); pass --fleet PATH or set OPHELIA_FLEET"
+        what = (
+            "is a directory, not a file"
+            if resolved.is_dir()
+            else "is not a regular file"
+            if resolved.exists()
+            else "not found"
         )
+        raise ConfigError(f"fleet file {resolved} {what} ({origin}); pass --fleet PATH or set OPHELIA_FLEET")
     return resolved
 
 
 def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Fleet:
     """Read, validate and resolve a fleet file (see docs/design.md §2)."""
     fleet_path = find_fleet_file(path)
-    text = fleet_path.read_text(encoding="utf-8")
+    text = _text_of(fleet_path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -252,6 +260,18 @@ def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str,
         raise ConfigError(describe_validation(fleet_path, text, exc, COMMUNITY_TYPES)) from None
     env = environment(fleet_path, environ)
     return _build(fleet_path, parsed, env)
+
+
+def _text_of(path: Path) -> str:
+    """A UTF-8 file's text (a byte-order mark is dropped), or one clear refusal."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
 
 
 def _build(path: Path, parsed: FleetFile, env: Mapping[str, str]) -> Fleet:
@@ -305,7 +325,11 @@ def _target(
     if spec.url_env is not None:
         source = f"url_env {spec.url_env}"
         value = env.get(spec.url_env, "")
-        if value:
+        problem = url_problem(value) if value else None
+        if value and problem:
+            # Named, never shown: the variable holds a secret.
+            problem = f"environment variable {spec.url_env} ({where} in {path}) {problem}"
+        elif value:
             # The password is the secret; the rest of the URL stays readable in messages.
             register_secret(parse_url(value).password)
             url = SecretStr(value)
@@ -339,6 +363,10 @@ def environment(fleet_path: Path | None, environ: Mapping[str, str] | None = Non
     env: dict[str, str] = {}
     dotenv = fleet_path.parent / ".env" if fleet_path else None
     if dotenv is not None and dotenv.is_file():
-        env.update({key: value for key, value in dotenv_values(dotenv).items() if value is not None})
+        try:
+            values = dotenv_values(dotenv, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{dotenv}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        env.update({key: value for key, value in values.items() if value is not None})
     env.update(os.environ if environ is None else environ)
     return env

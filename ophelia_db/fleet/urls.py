@@ -48,8 +48,10 @@ class UrlParts:
 
 
 def normalise(url: str) -> str:
-    """Return a libpq-compatible URL: the tool, not the user, picks the driver."""
-    return _SCHEME.sub("postgresql://", url.strip(), count=1)
+    """Return a libpq-compatible URL: the tool, not the user, picks the driver, and a password
+    pasted raw (``p@ss:/#%?&w``, as Supabase shows it) is percent-encoded for libpq."""
+    text = _SCHEME.sub("postgresql://", url.strip(), count=1)
+    return _escape_userinfo(text) if _SCHEME.match(text) else text
 
 
 def parse(url: str) -> UrlParts:
@@ -95,11 +97,15 @@ def _endpoints(hosts: str) -> tuple[tuple[str | None, int | None], ...]:
 
 
 def _escape_userinfo(url: str) -> str:
-    """Percent-encode the characters of a raw password that would end the userinfo."""
+    """Percent-encode the characters of a raw password that would end the userinfo.
+
+    A ``%`` that does not start a percent-escape is a character of the password
+    as pasted, so it is encoded too; an already encoded password is left alone.
+    """
     match = _USERINFO.match(url)
     if not match:
         return url
-    password = match.group("pw")
+    password = re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", match.group("pw"))
     for char, code in (("/", "%2F"), ("?", "%3F"), ("#", "%23"), ("@", "%40")):
         password = password.replace(char, code)
     return f"{match.group('scheme')}{match.group('user')}:{password}@{url[match.end() :]}"
@@ -125,9 +131,34 @@ def _parse_conninfo(text: str) -> UrlParts:
     )
 
 
+_ANY_USERINFO_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^@\s]+@")
+
+
 def url_has_password(url: str) -> bool:
-    """Tell whether the URL carries a password (in userinfo or as a parameter)."""
-    return bool(parse(url).password)
+    """Tell whether the URL carries a password (in userinfo, whatever the scheme, or as a parameter)."""
+    if _ANY_USERINFO_PASSWORD.match(url.strip()):
+        return True
+    try:
+        return bool(parse(url).password)
+    except ValueError:
+        return False
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a PostgreSQL connection string, or ``None`` when it can."""
+    text = url.strip()
+    if not text:
+        return "is empty"
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and not _SCHEME.match(text):
+        return f"is a {scheme.group(1)}:// URL; give a postgresql:// URL (or a libpq key=value string)"
+    if not scheme and "=" not in text:
+        return "is neither a postgresql:// URL nor a libpq key=value string"
+    try:
+        parse(text)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    return None
 
 
 def describe_url(url: str) -> str:
