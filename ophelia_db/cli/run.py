@@ -19,6 +19,8 @@ from ophelia_db.cli.options import (
     JsonOpt,
     OneInstanceOpt,
     TagOpt,
+    YesOpt,
+    confirmed,
     errors,
     fleet_at,
 )
@@ -118,17 +120,31 @@ def upgrade(
 def downgrade(
     instance: Annotated[str, typer.Option("--instance", "-i", help="The one instance to downgrade.")],
     to: Annotated[str, typer.Option("--to", help="Revision to go down to (or 'base').")],
+    yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:
     """Revert one instance down to a revision, removing the reverted history rows.
+
+    Shows what the reverted revisions drop (with row counts) and asks first on a
+    terminal; elsewhere dropping rows needs --yes (exit 2 without it).
 
     Example: ophelia-db downgrade --instance corte --to 0003
     """
     with errors():
         loaded = fleet_at(fleet)
         target = loaded.select([instance])[0]
-        report = run.downgrade(loaded, target, to=to)
+        plan = run.plan_downgrade(target, to=to)
+        if plan.drops:
+            err(f"{plan.instance}: going down from {plan.current} to {plan.goal or 'base'} drops:")
+            for drop in plan.drops:
+                err(f"  - {drop.describe()}")
+            if plan.loses_registry and target.role == "hub":
+                err("  the hub's registry of the whole fleet goes with it")
+            if not yes and sys.stdin.isatty() and not json_:
+                confirmed(f"Downgrade {instance}?", yes=False, refuse="nothing was changed")
+                yes = True
+        report = run.downgrade(loaded, target, to=to, yes=yes)
     _hub_warning(json_, report.hub_report, report.hub_error)
     emit(report, as_json=json_)
 

@@ -9,15 +9,18 @@ only writer), and the commands built on them: ``status``/``history``,
 ``alembic -x instance=NAME`` entry (``plain_alembic``).
 """
 
+from ophelia_db.run.downgrade import DowngradePlan, downgrade, plan_downgrade
 from ophelia_db.run.offline import offline_sql
 from ophelia_db.run.status import history, probe_all, status
 from ophelia_db.run.sync import sync
-from ophelia_db.run.upgrade import downgrade, select_shard, upgrade
+from ophelia_db.run.upgrade import select_shard, upgrade
 
 __all__ = [
+    "DowngradePlan",
     "downgrade",
     "history",
     "offline_sql",
+    "plan_downgrade",
     "probe_all",
     "select_shard",
     "status",

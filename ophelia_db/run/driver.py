@@ -112,3 +112,16 @@ def render_sql(spec: ChainSpec, start: str | None, goal: str, *, hook: VersionHo
         sql=True,
     )
     return buffer.getvalue()
+
+
+def render_downgrade_sql(spec: ChainSpec, start: str, goal: str | None, *, hook: VersionHook) -> str:
+    """The offline SQL that takes a database at ``start`` down to ``goal`` (``None``: base)."""
+    from alembic import command  # on use: see the module docstring
+
+    buffer = io.StringIO()
+    command.downgrade(
+        config_for(spec, EnvAttributes(output_buffer=buffer, on_version_apply=hook)),
+        f"{start}:{goal or 'base'}",
+        sql=True,
+    )
+    return buffer.getvalue()

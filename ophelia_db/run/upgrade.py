@@ -28,7 +28,7 @@ from ophelia_db.results import (
 from ophelia_db.run import fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
-from ophelia_db.run.instance import migrate, state_fields
+from ophelia_db.run.instance import state_fields
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
 
@@ -49,7 +49,7 @@ def _drop_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], l
     return kept, skipped
 
 
-def _registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
+def registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
     # Only a result that read the instance's state carries its version (a
     # locked, unreachable or skipped one did not): the hub keeps what it knew.
     return RegistryUpdate(
@@ -140,7 +140,7 @@ class _FleetRun:
             result = replace(result, from_revision=probed.revision, to_revision=probed.revision)
         self.results[target.name] = result
         if self.reporter is not None and result.result != "skipped":
-            self.reporter.report(_registry_update(result, target))
+            self.reporter.report(registry_update(result, target))
         if self.on_result:
             self.on_result(result)
 
@@ -213,23 +213,6 @@ def _triage(
     if not verdict.pending and not state.locked:
         return InstanceResult.of(target, Outcome.NOOP, **known)
     return None
-
-
-def downgrade(fleet: Fleet, target: Target, *, to: str, chain: Chain | None = None) -> RunReport:
-    """Move one instance down to revision ``to``, removing the reverted history rows."""
-    chain = chain or chain_for()
-    goal = chain.resolve(to)
-    reporter = HubReporter(fleet.hub)
-    result = migrate(target, chain.spec, goal, downgrade=True)
-    reporter.report(_registry_update(result, target))
-    reporter.close()
-    return RunReport(
-        run_id=uuid.uuid4().hex[:12],
-        target=to,
-        instances=(result,),
-        hub_report=reporter.state,
-        hub_error=reporter.error,
-    )
 
 
 def select_shard(targets: list[Target], spec: str) -> list[Target]:

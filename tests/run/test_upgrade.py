@@ -269,3 +269,30 @@ def test_a_missing_privilege_is_named_as_such(
     assert "permission denied for schema public [SQLSTATE 42501]" in error, error
     assert "stays at 0004" in error and "grant that privilege" in error, error
     assert_consistent(urls["inst1"], "0004")
+
+
+def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    path = write_fleet(tmp_path, hub_url, urls)
+    assert run_cli(["upgrade", "--all"], fleet=path).returncode == 0
+    execute(
+        url,
+        "INSERT INTO public.instance_config (key, value, is_secret) VALUES ('MISTRAL_API_KEY', '\"k\"', true)",
+    )
+
+    refused = run_cli(["downgrade", "--instance", "inst1", "--to", "0002"], fleet=path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "table public.instance_config (1 row)" in refused.stderr and "--yes" in refused.stderr
+    assert alembic_version(url) == [HEAD]  # nothing changed
+
+    done = run_cli(["downgrade", "--instance", "inst1", "--to", "0002", "--yes"], fleet=path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_consistent(url, "0002")
+
+    hub = run_cli(["downgrade", "--instance", "hub", "--to", "0003"], fleet=path)
+    assert hub.returncode == 2 and "registry" in hub.stderr, hub.stderr
+    assert alembic_version(hub_url) == [HEAD]
+    gone = run_cli(["downgrade", "--instance", "hub", "--to", "0003", "--yes"], fleet=path)
+    assert alembic_version(hub_url) == ["0003"], gone.stdout + gone.stderr
+    assert "once the hub is back" not in gone.stderr and "sync --all" in gone.stderr
