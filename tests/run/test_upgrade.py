@@ -278,7 +278,7 @@ def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, 
     assert run_cli(["upgrade", "--all"], fleet=path).returncode == 0
     execute(
         url,
-        "INSERT INTO public.instance_config (key, value, is_secret) VALUES ('MISTRAL_API_KEY', '\"k\"', true)",
+        "INSERT INTO public.instance_config (key, value, is_secret) VALUES ('API_KEY', '1', true)",
     )
 
     refused = run_cli(["downgrade", "--instance", "inst1", "--to", "0002"], fleet=path)
