@@ -26,7 +26,7 @@ from ophelia_db.cli.options import (
 )
 from ophelia_db.cli.render import emit, emit_json, err, out, table
 from ophelia_db.cli.render.instances import entry_row
-from ophelia_db.errors import combine_exit_codes
+from ophelia_db.errors import ConfigError, combine_exit_codes
 from ophelia_db.fleet.hub import Status
 from ophelia_db.instances import vault
 
@@ -65,8 +65,8 @@ def config_list(
     else:
         rows = []
         for key in sorted({e.key for c in configs for e in c.entries}):
-            cells = vault.compare(configs, key)
-            same = "same" if len(set(cells)) == 1 else "differs"
+            cells, variants = vault.compare(configs, key)
+            same = "same" if variants == 1 else "differs"
             rows.append(
                 [key, same, *(f"{c.instance}={cell}" for c, cell in zip(configs, cells, strict=True))]
             )
@@ -108,11 +108,9 @@ def config_get(
     if json_:
         emit_json({"key": key, "instances": [c.as_record() for c in configs]})
     else:
-        cells = vault.compare(configs, key, missing="(not set)", failed="(error)")
-        table(
-            key, ["instance", "value"], [[c.instance, cell] for c, cell in zip(configs, cells, strict=True)]
-        )
-        distinct = len(set(cells))
+        cells, distinct = vault.compare(configs, key, missing="(not set)", failed="(error)")
+        rows = [[c.instance, cell] for c, cell in zip(configs, cells, strict=True)]
+        table(key, ["instance", "value"], rows)
         out(f"{key}: {'the same everywhere' if distinct == 1 else f'{distinct} different values'}")
     _exit_with_errors(configs)
 
@@ -134,6 +132,9 @@ def config_set(
     ] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category (default general).")] = None,
     description: Annotated[str | None, typer.Option("--description", help="What the key is for.")] = None,
+    as_string: Annotated[
+        bool, typer.Option("--string", help="Store the value as text, even if it looks like JSON.")
+    ] = False,
     fleet: FleetOpt = None,
 ) -> None:
     """Create or change a vault key; the previous value is kept and the version bumped.
@@ -148,10 +149,12 @@ def config_set(
                 if not sys.stdin.isatty()
                 else typer.prompt(f"{key} (input hidden)", hide_input=True)
             )
+            if not value:
+                raise ConfigError(f"{key}: no value given (empty input); nothing was stored")
         result = vault.set_entry(
             target,
             key,
-            vault.parse_value(value),
+            vault.parse_value(value, as_string=as_string),
             secret=secret,
             public=public,
             category=category,

@@ -10,6 +10,7 @@ written is registered for redaction first, so no error can show it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,9 @@ class ConfigEntry:
     version: int
     updated_at: datetime | None
     revealed: bool = False
+    # A digest of the stored value, so that secrets are compared across
+    # instances without their values ever leaving the database; never shown.
+    digest: str = ""
 
     @property
     def shown(self) -> str:
@@ -96,16 +100,24 @@ class InstanceConfig(Record):
         entry = self.get(key)
         return failed if self.error else entry.shown if entry else missing
 
+    def identity(self, key: str) -> str:
+        """What tells this instance's value of ``key`` apart: its digest, never the value."""
+        entry = self.get(key)
+        return "error" if self.error else f"value {entry.digest}" if entry else "missing"
+
 
 def compare(
     configs: Sequence[InstanceConfig], key: str, *, missing: str = "-", failed: str = "?"
-) -> list[str]:
-    """What each instance shows for ``key``, in ``configs``' order; a set of it counts the variants."""
-    return [config.shown(key, missing=missing, failed=failed) for config in configs]
+) -> tuple[list[str], int]:
+    """What each instance shows for ``key`` (secrets masked), in order, and how many different
+    values there are, secrets compared by their stored values."""
+    shown = [config.shown(key, missing=missing, failed=failed) for config in configs]
+    return shown, len({config.identity(key) for config in configs})
 
 
 _SELECT = """SELECT key, CASE WHEN is_secret AND NOT %(reveal)s THEN NULL ELSE value END,
-  category, description, is_secret, is_public, version, updated_at
+  category, description, is_secret, is_public, version, updated_at,
+  encode(sha256(convert_to(value::text, 'UTF8')), 'hex')
 FROM public.instance_config WHERE %(key)s::text IS NULL OR key = %(key)s ORDER BY category, key"""
 
 _UPSERT = """INSERT INTO public.instance_config AS c (key, value, category, description, is_secret, is_public)
@@ -123,18 +135,35 @@ WHERE (c.value, c.category, c.description, c.is_secret, c.is_public) IS DISTINCT
 RETURNING version"""
 
 
-def parse_value(text: str) -> Any:
-    """A value from the command line: JSON if it parses as JSON, else the plain string."""
+_LOOKS_JSON = re.compile(r"^\s*([\[{\"]|-?\d)")
+
+
+def parse_value(text: str, *, as_string: bool = False) -> Any:
+    """A value from the command line: JSON, or a plain word stored as a JSON string.
+
+    Text that starts like JSON (a brace, bracket, quote or number) must be valid
+    JSON, so that a typo is refused rather than stored as a string;
+    ``as_string`` stores the text as it is.
+    """
     if "\x00" in text:
         raise ConfigError("a value cannot contain the NUL character")
+    if as_string:
+        return text
 
     def refuse(constant: str) -> Any:
         raise ValueError(constant)
 
     try:
-        return json.loads(text, parse_constant=refuse)
-    except ValueError:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError as exc:
+        if _LOOKS_JSON.match(text):
+            raise ConfigError(
+                f"not valid JSON ({exc}); fix it, or pass --string to store the text as it is"
+            ) from None
         return text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{text.strip()} is out of range for a JSON number; quote it or pass --string")
+    return value
 
 
 def _vault_error(target: Target, exc: Exception) -> OpheliaError:
@@ -152,8 +181,8 @@ def _vault_error(target: Target, exc: Exception) -> OpheliaError:
 def _entries(conn: Connection, key: str | None, reveal: bool) -> tuple[ConfigEntry, ...]:
     rows = conn.execute(_SELECT, {"key": key, "reveal": reveal}).fetchall()
     return tuple(
-        ConfigEntry(key, value, category, description, secret, public, version, updated, reveal)
-        for key, value, category, description, secret, public, version, updated in rows
+        ConfigEntry(key, value, category, description, secret, public, version, updated, reveal, digest)
+        for key, value, category, description, secret, public, version, updated, digest in rows
     )
 
 
@@ -201,7 +230,12 @@ def set_entry(
         except Exception as exc:
             raise _vault_error(target, exc) from None
     warning = None
-    if not is_secret and _LOOKS_SECRET.search(key):
+    if row is not None and row[0] and not is_secret:
+        warning = (
+            f"{key} was secret and is now stored in clear, readable by authenticated (and by anon if "
+            "public); its earlier secret value was cleared from previous_value"
+        )
+    elif not is_secret and _LOOKS_SECRET.search(key):
         warning = f"{key} looks like a secret but is stored in clear; use --secret if it is one"
     return SetResult(
         instance=target.name,
@@ -246,10 +280,23 @@ def _upsert(
         "public": is_public,
     }
     changed = conn.execute(_UPSERT, params).fetchone()
+    if was_secret and not is_secret:
+        _forget_secret_history(conn, key)
     if changed is not None:
         return row, is_secret, is_public, True, changed[0]
     current = conn.execute("SELECT version FROM public.instance_config WHERE key = %s", (key,)).fetchone()
     return row, is_secret, is_public, False, current[0] if current else 0
+
+
+def _forget_secret_history(conn: Connection, key: str) -> None:
+    """Clear ``previous_value`` of a key that stops being secret: a secret never becomes readable.
+
+    The vault's trigger keeps ``previous_value`` on every update, so it is set
+    aside for this one statement, in this transaction.
+    """
+    conn.execute("ALTER TABLE public.instance_config DISABLE TRIGGER instance_config_touch")
+    conn.execute("UPDATE public.instance_config SET previous_value = NULL WHERE key = %s", (key,))
+    conn.execute("ALTER TABLE public.instance_config ENABLE TRIGGER instance_config_touch")
 
 
 def unset_entry(target: Target, key: str) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ophelia_db.errors import ConfigError
 from ophelia_db.instances import answers as provision
 from ophelia_db.instances import seed, vault
 from tests.helpers import write_fleet
@@ -187,3 +188,49 @@ def test_compare_a_key_across_the_fleet(head_database: HeadDatabase, tmp_path: P
         ("inst1", [13]),
         ("inst2", [11]),
     ]
+
+
+@pytest.mark.parametrize(("text", "needle"), [('{"a":', "not valid JSON"), ("1e999", "out of range")])
+def test_a_value_that_starts_like_json_must_be_json(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        vault.parse_value(text)
+    assert vault.parse_value(text, as_string=True) == text
+
+
+def test_a_secret_made_public_never_shows_its_old_value(head_database: HeadDatabase, tmp_path: Path) -> None:
+    fleet, urls = fleet_of(tmp_path, head_database, 1)
+    base = ["-i", "inst1", "--fleet", str(fleet)]
+    assert invoke(["config", "set", "TOKEN_X", "--secret", *base], input=SECRET + "\n").exit_code == 0
+    assert invoke(["config", "set", "TOKEN_X", "--secret", *base], input="second-secret\n").exit_code == 0
+
+    public = invoke(["config", "set", "TOKEN_X", "now-public", "--no-secret", *base])
+
+    assert public.exit_code == 0, public.stderr
+    assert "was secret" in public.stderr and "cleared from previous_value" in public.stderr
+    assert rows(urls["inst1"], "SELECT previous_value FROM public.instance_config WHERE key = 'TOKEN_X'") == [
+        (None,)
+    ]
+    empty = invoke(["config", "set", "OTHER_KEY", "--secret", *base], input="\n")
+    assert (empty.exit_code, empty.stderr) == (
+        2,
+        "error: OTHER_KEY: no value given (empty input); nothing was stored\n",
+    )
+    bad = invoke(["config", "set", "MAP_ZOOM", '{"a":', *base])
+    assert bad.exit_code == 2 and "--string" in bad.stderr
+
+
+def test_secrets_that_differ_are_told_apart_without_being_shown(
+    head_database: HeadDatabase, tmp_path: Path
+) -> None:
+    fleet, _ = fleet_of(tmp_path, head_database, 2)
+    base = ["--fleet", str(fleet)]
+    for name, secret in (("inst1", "first-secret-1"), ("inst2", "second-secret-2")):
+        assert (
+            invoke(["config", "set", "API_TOKEN", "--secret", "-i", name, *base], input=secret).exit_code == 0
+        )
+
+    got = invoke(["config", "get", "API_TOKEN", "-i", "inst1", "-i", "inst2", *base])
+
+    assert got.exit_code == 0, got.stderr
+    assert "first-secret-1" not in got.stdout and "second-secret-2" not in got.stdout
+    assert got.stdout.splitlines()[-1] == "API_TOKEN: 2 different values"
