@@ -17,7 +17,7 @@ import typer
 from ophelia_db import instances as library
 from ophelia_db.cli.options import FleetOpt, JsonOpt, errors, fleet_at
 from ophelia_db.cli.render import emit_json, err, out
-from ophelia_db.cli.render.instances import render_outputs, step_line
+from ophelia_db.cli.render.instances import render_output_warnings, render_outputs, step_line
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import COMMUNITY_TYPES, Fleet, environment
 from ophelia_db.instances import Answers, Outputs
@@ -220,8 +220,7 @@ def provision_command(
         env = environment(loaded.path)
         folder = out_dir or loaded.path.parent / "instances"
         outputs = library.write_outputs(answers, folder, include_secrets=include_secrets, env=env)
-    if not json_:
-        render_outputs(outputs)
+    (render_output_warnings if json_ else render_outputs)(outputs)
     if interactive and not apply:
         apply = typer.confirm(
             "Apply now (migrate, write the vault, register in the hub, add to fleet.toml)?", default=True

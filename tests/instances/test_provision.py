@@ -251,6 +251,11 @@ def test_cli_writes_the_files_and_warns_about_secrets(tmp_path: Path) -> None:
     assert as_json.exit_code == 0, as_json.stderr
     document = json.loads(as_json.stdout)
     assert document["apply"] is None and len(document["outputs"]["files"]) == 4
+    secret_json = invoke(
+        ["provision", "--from", str(source), "--include-secrets", "--json", "--fleet", str(fleet)], env=env
+    )
+    json.loads(secret_json.stdout)  # stdout holds only the document; the warning is on stderr
+    assert "corte-registry.sql holds secrets (mode 0600)" in secret_json.stderr
 
     bad = invoke(["provision", "--from", str(source), "--email", "nope", "--fleet", str(fleet)])
     assert bad.exit_code == 2

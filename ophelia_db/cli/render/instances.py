@@ -11,6 +11,11 @@ from ophelia_db.instances.vault import ConfigEntry
 def render_outputs(outputs: Outputs) -> None:
     for path in (outputs.answers_file, outputs.vault_sql, outputs.registry_sql, outputs.schema_file):
         out(f"{'wrote' if path in outputs.changed else 'unchanged'} {path}")
+    render_output_warnings(outputs)
+
+
+def render_output_warnings(outputs: Outputs) -> None:
+    """On stderr, with --json too: files that hold secrets, secrets left out, variables unset."""
     for path in outputs.secret_files:
         err(f"warning: {path} holds secrets (mode 0600): never commit, share or paste it in a ticket")
     if outputs.left_out:
