@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from ophelia_db.errors import ConfigError
-from ophelia_db.fleet.config import SUBDOMAIN, CommunityType
+from ophelia_db.fleet.config import CommunityType
 from ophelia_db.instances import seed
 from ophelia_db.redaction import register_secret
 
@@ -76,14 +76,17 @@ def _coordinates(value: Any) -> Any:
     return value
 
 
-_URL = r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[^\s@]*)?$"
-_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# https only: the app sends the anon key to this URL.
+_URL = r"^https://[A-Za-z0-9.-]+(:\d{1,5})?(/[^\s@]*)?$"
+_EMAIL = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+# A DNS label: no leading or trailing '-', no '--' (reserved for punycode).
+_SUBDOMAIN = r"^(?!.*--)[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$"
 _ENV = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 Line = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_one_line)]
 Subdomain = Annotated[
     str,
-    _matching(SUBDOMAIN.pattern, "a subdomain (lowercase letters, digits and '-', at most 20)"),
-    WithJsonSchema({"type": "string", "pattern": SUBDOMAIN.pattern}),
+    _matching(_SUBDOMAIN, "a subdomain (lowercase letters, digits and inner '-', at most 20)"),
+    WithJsonSchema({"type": "string", "pattern": _SUBDOMAIN}),
 ]
 Code = Annotated[
     str,
@@ -108,15 +111,16 @@ EnvName = Annotated[
 ]
 HttpUrl = Annotated[
     str,
-    _matching(_URL, "an http(s) URL without credentials, e.g. https://abcd.supabase.co", echo=False),
+    _matching(_URL, "an https URL without credentials, e.g. https://abcd.supabase.co", echo=False),
     AfterValidator(_no_trailing_slash),
     WithJsonSchema({"type": "string", "pattern": _URL}),
 ]
 VaultKey = Annotated[str, _matching(seed.KEY_PATTERN, "an UPPER_SNAKE_CASE vault key")]
-Latitude = Annotated[float, Field(ge=-90, le=90)]
-Longitude = Annotated[float, Field(ge=-180, le=180)]
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 MapCenter = Annotated[tuple[Latitude, Longitude], BeforeValidator(_coordinates)]
-_INSEE = re.compile(r"^(\d{5}|2[AB]\d{3})$")
+# A department (01-95 but 20, 2A/2B, or 971-976) then a commune number from 001.
+_INSEE = re.compile(r"^(?:(?:0[1-9]|1\d|[3-8]\d|9[0-5])\d|2[AB]\d|97[1-6])(?!00$)\d{2}$")
 _UAI = re.compile(r"^\d{7}[A-Z]$")
 
 

@@ -92,7 +92,7 @@ def test_one_model_validates_every_answer() -> None:
         "database_url_env": ("postgresql://x", "is not an environment variable name"),
         "supabase_url": (
             "https://user:pw@x.supabase.co",
-            "supabase_url: not an http(s) URL without credentials",
+            "supabase_url: not an https URL without credentials",
         ),
         "api_key_envs": ({"COMMUNITY_NAME": "X"}, "would overwrite seeded vault keys"),
         "colour": ("red", "colour: Extra inputs are not permitted"),
@@ -468,3 +468,19 @@ def test_apply_stops_at_the_first_failure_and_resumes(
 
     hub_name = provision.build_answers(answers_data(subdomain="hub"))
     assert apply(fleet, hub_name, env={"TEST_HUB_URL": hub}).steps[0].state == "failed"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subdomain", "-"),
+        ("subdomain", "--x--"),
+        ("code", "00000"),
+        ("contact_email", "a@corte.example;drop"),
+        ("supabase_url", "http://abcd.supabase.co"),
+        ("map_center", "NaN,NaN"),
+    ],
+)
+def test_loose_answers_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        provision.build_answers(answers_data(**{field: value}))
