@@ -43,6 +43,8 @@ def describe_validation(path: Path, text: str, exc: ValidationError, community_t
     if error["type"] == "missing":
         return f"{where}: missing key '{location[-1]}' in {_section(location)}"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a table (a [section]), not a single value"  # never pydantic's class names
     if error["type"] == "literal_error" and location[-1] == "community_type":
         message = f"must be one of {', '.join(community_types)}"
     return f"{where}: {dotted}: {message}"

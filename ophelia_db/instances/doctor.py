@@ -146,24 +146,32 @@ def doctor(fleet: Fleet, target: Target, *, chain: Chain | None = None) -> Docto
             else None
         )
         vault_url = row[0] if row else None
+        name = target.name
+        upgrade = f"ophelia-db upgrade --instance {name}"
+        provision = f"ophelia-db provision --from instances/{name}.json --apply"
+        # Each check, and the command that fixes it when it fails.
         steps = [
-            ("anon calls get_schema_version()", lambda: _check_version(conn)),
-            ("anon reads the public config keys", lambda: _check_public_keys(conn, target.name)),
-            ("anon cannot read a secret", lambda: _check_no_secret(conn)),
-            (f"hub resolves '{target.name}'", lambda: _check_hub(fleet, target.name, vault_url)),
-            ("at head", lambda: _check_head(conn, chain)),
+            ("anon calls get_schema_version()", lambda: _check_version(conn), upgrade),
+            ("anon reads the public config keys", lambda: _check_public_keys(conn, name), provision),
+            (
+                "anon cannot read a secret",
+                lambda: _check_no_secret(conn),
+                f"ophelia-db drift --instance {name}",
+            ),
+            (f"hub resolves '{name}'", lambda: _check_hub(fleet, name, vault_url), provision),
+            ("at head", lambda: _check_head(conn, chain), upgrade),
         ]
-        for label, check in steps:
+        for label, check, fix in steps:
             try:
                 checks.append(Check(label, True, check()))
             except ValueError as exc:
-                checks.append(Check(label, False, str(exc)))
+                checks.append(Check(label, False, f"{exc}; fix: {fix}"))
             except OpheliaError as error:
-                checks.append(Check(label, False, error.message))
+                checks.append(Check(label, False, f"{error.message}; fix: {fix}"))
             except Exception as exc:
                 if sqlstate_of(exc) is None:
                     raise
-                checks.append(Check(label, False, describe_error(exc)))
+                checks.append(Check(label, False, f"{describe_error(exc)}; fix: {fix}"))
     failed = any(not c.ok for c in checks)
     return DoctorReport(target.name, tuple(checks), ExitCode.NOT_AT_HEAD if failed else ExitCode.OK)
 

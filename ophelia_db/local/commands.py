@@ -63,8 +63,11 @@ def describe(fleet: Fleet) -> tuple[str, bool]:
 
 def destroy(fleet: Fleet) -> str:
     cluster = cluster_of(fleet)
+    where = fleet.local.state_dir if fleet.local else "?"
+    if not cluster.status().initialized:
+        return f"no embedded cluster in {where}: nothing to destroy"
     cluster.destroy()
-    return f"embedded cluster in {fleet.local.state_dir if fleet.local else '?'} destroyed"
+    return f"embedded cluster in {where} destroyed"
 
 
 def down_hint(fleet: Fleet) -> str | None:

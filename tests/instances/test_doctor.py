@@ -73,6 +73,9 @@ def test_doctor_names_each_failure_on_its_own_line(head_database: HeadDatabase, 
     out = result.stdout
     assert "anon cannot read BOT_NAME" in out and "anon can read secret rows" in out
     assert "does not resolve 'corte' for anon: it is suspended" in out and "at head: outdated" in out
+    for line in out.splitlines():
+        if line.startswith("FAIL"):  # every failure says what to run
+            assert "; fix: ophelia-db " in line and line.rstrip().endswith(("corte", "--apply")), line
 
     rows(hub, "UPDATE public.instance_registry SET status = 'active', supabase_url = 'https://other.example' "
               "WHERE subdomain = 'corte'")  # fmt: skip

@@ -484,3 +484,16 @@ def test_apply_stops_at_the_first_failure_and_resumes(
 def test_loose_answers_are_refused(field: str, value: str) -> None:
     with pytest.raises(ConfigError, match=field):
         provision.build_answers(answers_data(**{field: value}))
+
+
+def test_the_example_answers_file_follows_the_schema() -> None:
+    example = ROOT / "instances" / "universita.example.json"
+    schema = json.loads((ROOT / "instances" / "instance-schema.json").read_text(encoding="utf-8"))
+    data = json.loads(example.read_text(encoding="utf-8"))
+    assert set(data) <= set(schema["properties"]) and set(schema["required"]) <= set(data)
+    answers = provision.load_answers(example)
+    assert (answers.subdomain, answers.community_type, answers.code) == (
+        "universita",
+        "university",
+        "0200860D",
+    )

@@ -96,6 +96,9 @@ def test_history_lists_applied_and_pending(fleet_dbs: FleetDbs, tmp_path: Path) 
     plain = invoke(["history", "--instance", "inst1", "--fleet", str(path)])
     assert plain.exit_code == 0
     assert "0003 pending" in plain.stdout and "0001 applied" in plain.stdout
+    # The plain lines carry what the README promises: checksum, duration, who applied it.
+    (first,) = [line for line in plain.stdout.splitlines() if line.startswith("0001 applied")]
+    assert "ms sha256:" in first and " ophelia-db/" in first, first
 
 
 def test_api_roles_read_but_never_write_the_mirror(fleet_dbs: FleetDbs, tmp_path: Path) -> None:

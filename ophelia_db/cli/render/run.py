@@ -124,7 +124,7 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if is_tty(stream):
         table = Table(title=f"{report.name}: at {report.current or 'base'} (head {report.head or '-'})")
-        for column in ("version", "name", "state", "applied at", "ms", "applied by"):
+        for column in ("version", "name", "state", "applied at", "ms", "checksum", "applied by"):
             table.add_column(column)
         for entry in report.entries:
             table.add_row(
@@ -133,6 +133,7 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
                 styled("ok" if entry.state == "applied" else entry.state),
                 entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-",
                 "-" if entry.execution_time_ms is None else str(entry.execution_time_ms),
+                (entry.checksum or "-")[:19],
                 entry.applied_by or "-",
             )
         console(stream).print(table)
@@ -140,7 +141,11 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     stream.write(f"{report.name} current={report.current or '-'} head={report.head or '-'}\n")
     for entry in report.entries:
         when = entry.applied_at.isoformat(timespec="seconds") if entry.applied_at else "-"
-        stream.write(f"{entry.version} {entry.state} {when} {entry.name}\n")
+        took = "-" if entry.execution_time_ms is None else f"{entry.execution_time_ms}ms"
+        checksum = (entry.checksum or "-")[:19]
+        stream.write(
+            f"{entry.version} {entry.state} {when} {took} {checksum} {entry.applied_by or '-'} {entry.name}\n"
+        )
 
 
 class RunProgress:
