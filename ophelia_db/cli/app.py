@@ -25,6 +25,8 @@ app = typer.Typer(
     # A traceback must never print a password held in a local variable.
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Plain help: rich's panels name Python types (<bool>, <list[str]>) where people want words.
+    rich_markup_mode=None,
 )
 
 
@@ -38,7 +40,11 @@ def _show_version(value: bool) -> None:
 def _main(
     fleet: Annotated[
         Path | None,
-        typer.Option("--fleet", help="Fleet file for every command (default: $OPHELIA_FLEET, ./fleet.toml)."),
+        typer.Option(
+            "--fleet",
+            metavar="PATH",
+            help="Fleet file for every command (default: $OPHELIA_FLEET, ./fleet.toml).",
+        ),
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the traceback of an internal error (a bug).")

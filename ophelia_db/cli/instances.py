@@ -31,8 +31,8 @@ from ophelia_db.fleet.hub import Status
 from ophelia_db.instances import vault
 
 RevealOpt = Annotated[bool, typer.Option("--reveal", help="Show secret values instead of ***.")]
-NameArg = Annotated[str, typer.Argument(help="Instance name (its subdomain).")]
-KeyArg = Annotated[str, typer.Argument(help="Vault key, UPPER_SNAKE_CASE.")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Instance name (its subdomain).")]
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Vault key, UPPER_SNAKE_CASE.")]
 
 config_app = typer.Typer(
     help="The instance vault: list, get, set and unset keys (secrets masked).", no_args_is_help=True
@@ -121,7 +121,9 @@ def config_set(
     instance: OneInstanceOpt,
     value: Annotated[
         str | None,
-        typer.Argument(help="JSON value, or a plain string; omitted: read from stdin or asked hidden."),
+        typer.Argument(
+            metavar="[VALUE]", help="JSON value, or a plain string; omitted: read from stdin or asked hidden."
+        ),
     ] = None,
     secret: Annotated[
         bool | None,
@@ -130,8 +132,12 @@ def config_set(
     public: Annotated[
         bool | None, typer.Option("--public/--private", help="Readable by anon (the app before login).")
     ] = None,
-    category: Annotated[str | None, typer.Option("--category", help="Category (default general).")] = None,
-    description: Annotated[str | None, typer.Option("--description", help="What the key is for.")] = None,
+    category: Annotated[
+        str | None, typer.Option("--category", metavar="NAME", help="Category (default general).")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", metavar="TEXT", help="What the key is for.")
+    ] = None,
     as_string: Annotated[
         bool, typer.Option("--string", help="Store the value as text, even if it looks like JSON.")
     ] = False,

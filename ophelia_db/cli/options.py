@@ -23,14 +23,17 @@ from ophelia_db.redaction import redact
 from ophelia_db.run.interrupts import exit_code_of
 
 FleetOpt = Annotated[
-    Path | None, typer.Option("--fleet", help="Fleet file (default: $OPHELIA_FLEET, then ./fleet.toml).")
+    Path | None,
+    typer.Option("--fleet", metavar="PATH", help="Fleet file (default: $OPHELIA_FLEET, then ./fleet.toml)."),
 ]
 InstanceOpt = Annotated[
-    list[str] | None, typer.Option("--instance", "-i", help="Instance name (repeatable).")
+    list[str] | None, typer.Option("--instance", "-i", metavar="NAME", help="Instance name (repeatable).")
 ]
-OneInstanceOpt = Annotated[str, typer.Option("--instance", "-i", help="Instance name.")]
+OneInstanceOpt = Annotated[str, typer.Option("--instance", "-i", metavar="NAME", help="Instance name.")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance of the fleet, hub first.")]
-TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Instances carrying this tag (repeatable).")]
+TagOpt = Annotated[
+    list[str] | None, typer.Option("--tag", metavar="TAG", help="Instances carrying this tag (repeatable).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")]
 

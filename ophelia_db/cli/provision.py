@@ -134,26 +134,46 @@ def _api_key_envs(pairs: list[str] | None) -> dict[str, str] | None:
 
 
 FromOpt = Annotated[
-    Path | None, typer.Option("--from", help="Answers file (instances/<name>.json); flags override it.")
+    Path | None,
+    typer.Option("--from", metavar="FILE", help="Answers file (instances/<name>.json); flags override it."),
 ]
-TypeOpt = Annotated[str | None, typer.Option("--type", help=f"One of {', '.join(COMMUNITY_TYPES)}.")]
-NameOpt = Annotated[str | None, typer.Option("--name", help='Community name, e.g. "L\'Île-Rousse".')]
-CityOpt = Annotated[str | None, typer.Option("--city", help="City (the community's seat).")]
-SubdomainOpt = Annotated[str | None, typer.Option("--subdomain", help="Default: proposed from the name.")]
-CodeOpt = Annotated[str | None, typer.Option("--code", help="INSEE code (municipality) or UAI (university).")]
-RegionCodeOpt = Annotated[str | None, typer.Option("--region-code", help="Region code (default COR).")]
-RegionNameOpt = Annotated[str | None, typer.Option("--region-name", help="Region name (default Corse).")]
-EmailOpt = Annotated[str | None, typer.Option("--email", help="Contact email (not public).")]
-MapCenterOpt = Annotated[str | None, typer.Option("--map-center", help="Map centre as 'lat,lon'.")]
+TypeOpt = Annotated[
+    str | None, typer.Option("--type", metavar="TYPE", help=f"One of {', '.join(COMMUNITY_TYPES)}.")
+]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", metavar="NAME", help='Community name, e.g. "L\'Île-Rousse".')
+]
+CityOpt = Annotated[str | None, typer.Option("--city", metavar="CITY", help="City (the community's seat).")]
+SubdomainOpt = Annotated[
+    str | None, typer.Option("--subdomain", metavar="NAME", help="Default: proposed from the name.")
+]
+CodeOpt = Annotated[
+    str | None, typer.Option("--code", metavar="CODE", help="INSEE code (municipality) or UAI (university).")
+]
+RegionCodeOpt = Annotated[
+    str | None, typer.Option("--region-code", metavar="CODE", help="Region code (default COR).")
+]
+RegionNameOpt = Annotated[
+    str | None, typer.Option("--region-name", metavar="NAME", help="Region name (default Corse).")
+]
+EmailOpt = Annotated[str | None, typer.Option("--email", metavar="EMAIL", help="Contact email (not public).")]
+MapCenterOpt = Annotated[
+    str | None, typer.Option("--map-center", metavar="LAT,LON", help="Map centre as 'lat,lon'.")
+]
 DbUrlEnvOpt = Annotated[
-    str | None, typer.Option("--db-url-env", help="Environment variable holding the database URL.")
+    str | None,
+    typer.Option("--db-url-env", metavar="ENV_VAR", help="Environment variable holding the database URL."),
 ]
-SupabaseUrlOpt = Annotated[str | None, typer.Option("--supabase-url", help="Supabase project URL.")]
+SupabaseUrlOpt = Annotated[
+    str | None, typer.Option("--supabase-url", metavar="URL", help="Supabase project URL.")
+]
 AnonKeyEnvOpt = Annotated[
-    str | None, typer.Option("--anon-key-env", help="Environment variable holding the anon key.")
+    str | None,
+    typer.Option("--anon-key-env", metavar="ENV_VAR", help="Environment variable holding the anon key."),
 ]
 ApiKeyOpt = Annotated[
-    list[str] | None, typer.Option("--api-key", help="NAME=ENV_VAR: a vault secret from a variable.")
+    list[str] | None,
+    typer.Option("--api-key", metavar="NAME=ENV_VAR", help="NAME=ENV_VAR: a vault secret from a variable."),
 ]
 ApplyOpt = Annotated[
     bool, typer.Option("--apply", help="Also migrate, write the vault, register, add to fleet.toml.")
@@ -162,7 +182,8 @@ IncludeSecretsOpt = Annotated[
     bool, typer.Option("--include-secrets", help="Write secrets into the SQL files (mode 0600).")
 ]
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", help="Output folder (default: instances/ beside fleet.toml).")
+    Path | None,
+    typer.Option("--out", metavar="DIR", help="Output folder (default: instances/ beside fleet.toml)."),
 ]
 InteractiveOpt = Annotated[
     bool, typer.Option("--interactive", "-I", help="Ask every question, flags giving the defaults.")
@@ -193,8 +214,9 @@ def provision_command(
 ) -> None:
     """Provision an instance: files for operators, and with --apply a live, registered instance.
 
-    Without arguments on a terminal it asks the questions. Example:
-    ophelia-db provision --from instances/corte.json --apply
+    Without arguments on a terminal it asks the questions.
+
+    Example: ophelia-db provision --from instances/corte.json --apply
     """
     flags: dict[str, Any] = {
         "community_type": community_type,

@@ -68,22 +68,28 @@ def upgrade(
     instance: InstanceOpt = None,
     all_: AllOpt = False,
     tag: TagOpt = None,
-    to: Annotated[str, typer.Option("--to", help="Target revision.", show_default=True)] = "head",
+    to: Annotated[
+        str, typer.Option("--to", metavar="REV", help="Target revision.", show_default=True)
+    ] = "head",
     jobs: Annotated[
-        int | None, typer.Option("--jobs", "-j", min=1, help="Instances migrated at once.")
+        int | None, typer.Option("--jobs", "-j", metavar="K", min=1, help="Instances migrated at once.")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; change nothing, lock nothing.")
     ] = False,
     canary: Annotated[
-        str | None, typer.Option("--canary", help="Run instances with this tag first; stop if one fails.")
+        str | None,
+        typer.Option("--canary", metavar="TAG", help="Run instances with this tag first; stop if one fails."),
     ] = None,
     max_failures: Annotated[
-        int | None, typer.Option("--max-failures", min=1, help="Stop starting instances after K failures.")
+        int | None,
+        typer.Option("--max-failures", metavar="K", min=1, help="Stop starting instances after K failures."),
     ] = None,
     shard: Annotated[
         str | None,
-        typer.Option("--shard", help="Only shard K/N of the selection (hub excluded), for CI matrices."),
+        typer.Option(
+            "--shard", metavar="K/N", help="Only shard K/N of the selection (hub excluded), for CI matrices."
+        ),
     ] = None,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
@@ -118,8 +124,10 @@ def upgrade(
 
 
 def downgrade(
-    instance: Annotated[str, typer.Option("--instance", "-i", help="The one instance to downgrade.")],
-    to: Annotated[str, typer.Option("--to", help="Revision to go down to (or 'base').")],
+    instance: Annotated[
+        str, typer.Option("--instance", "-i", metavar="NAME", help="The one instance to downgrade.")
+    ],
+    to: Annotated[str, typer.Option("--to", metavar="REV", help="Revision to go down to (or 'base').")],
     yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
@@ -163,9 +171,12 @@ def history(instance: OneInstanceOpt, json_: JsonOpt = False, fleet: FleetOpt = 
 def sql(
     instance: OneInstanceOpt,
     from_: Annotated[
-        str | None, typer.Option("--from", help="Start revision (default: the instance's current).")
+        str | None,
+        typer.Option("--from", metavar="REV", help="Start revision (default: the instance's current)."),
     ] = None,
-    to: Annotated[str, typer.Option("--to", help="Last revision.", show_default=True)] = "head",
+    to: Annotated[
+        str, typer.Option("--to", metavar="REV", help="Last revision.", show_default=True)
+    ] = "head",
     fleet: FleetOpt = None,
 ) -> None:
     """Print the offline SQL (with register_migration calls) to paste by hand.

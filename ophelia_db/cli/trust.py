@@ -36,6 +36,7 @@ ScratchOpt = Annotated[
     str | None,
     typer.Option(
         "--scratch-url",
+        metavar="URL",
         envvar="OPHELIA_SCRATCH_URL",
         help="Server on which to build reference schemas in a temporary database "
         "(default: the fleet's embedded local cluster; or $OPHELIA_SCRATCH_URL).",
@@ -67,11 +68,14 @@ def validate(
 
 
 def repair(
-    instance: Annotated[str, typer.Option("--instance", "-i", help="The one instance to repair.")],
+    instance: Annotated[
+        str, typer.Option("--instance", "-i", metavar="NAME", help="The one instance to repair.")
+    ],
     accept_checksum: Annotated[
         list[str] | None,
         typer.Option(
             "--accept-checksum",
+            metavar="REV",
             help="Record the current checksum of this applied revision's file (repeatable).",
         ),
     ] = None,
@@ -81,7 +85,9 @@ def repair(
             "--rebuild-mirror", help="Rewrite schema_migrations/schema_version from alembic_version."
         ),
     ] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why; stored in the repair log.")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="Why; stored in the repair log.")
+    ] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
@@ -116,10 +122,14 @@ def _references(loaded: Fleet, scratch_url: str | None) -> References:
 
 
 def adopt(
-    instance: Annotated[str, typer.Option("--instance", "-i", help="The unversioned instance to adopt.")],
+    instance: Annotated[
+        str, typer.Option("--instance", "-i", metavar="NAME", help="The unversioned instance to adopt.")
+    ],
     at: Annotated[
         str | None,
-        typer.Option("--at", help="Stamp this revision even if the schema differs (after showing how)."),
+        typer.Option(
+            "--at", metavar="REV", help="Stamp this revision even if the schema differs (after showing how)."
+        ),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Stamp the revision (without it, only show).")
@@ -176,9 +186,13 @@ def drift(
 def lint(
     from_: Annotated[
         str | None,
-        typer.Option("--from", help="Lint the revisions after this one (default: the whole chain)."),
+        typer.Option(
+            "--from", metavar="REV", help="Lint the revisions after this one (default: the whole chain)."
+        ),
     ] = None,
-    to: Annotated[str, typer.Option("--to", help="Last revision to lint (default head).")] = "head",
+    to: Annotated[
+        str, typer.Option("--to", metavar="REV", help="Last revision to lint (default head).")
+    ] = "head",
     no_squawk: Annotated[bool, typer.Option("--no-squawk", help="Use only ophelia-db's own rules.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -196,14 +210,18 @@ def lint(
 
 def resolve(
     instance: OneInstanceOpt,
-    revision: Annotated[str, typer.Argument(help="The revision whose non-transactional section was cut.")],
+    revision: Annotated[
+        str, typer.Argument(metavar="REV", help="The revision whose non-transactional section was cut.")
+    ],
     applied: Annotated[
         bool, typer.Option("--applied", help="Its effects are all there: record it as applied.")
     ] = False,
     retry: Annotated[
         bool, typer.Option("--retry", help="Drop what it left invalid; the next upgrade runs it again.")
     ] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why; stored in the repair log.")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="Why; stored in the repair log.")
+    ] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,

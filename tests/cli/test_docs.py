@@ -146,3 +146,14 @@ def test_import_checker_sees_every_form(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert imported_roots(sample) == {"os", "rich", "typing", "typer", "click"}
+
+
+@pytest.mark.parametrize("path", [p for p, _ in LEAVES], ids=[" ".join(p) for p, _ in LEAVES])
+def test_help_names_values_in_words_not_python_types(path: tuple[str, ...]) -> None:
+    from typer.testing import CliRunner
+
+    shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    for python_type in ("<bool>", "<list[", "<int range>", "[default: head]."):
+        assert python_type not in shown.stdout, (python_type, shown.stdout)
+    assert "Example: ophelia-db " in shown.stdout or path[0] == "local"
