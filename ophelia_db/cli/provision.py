@@ -239,17 +239,23 @@ def provision_command(
         loaded = fleet_at(fleet)
         ask = (lambda defaults: _interactive(defaults, loaded.hub.name)) if interactive else None
         answers = library.gather(from_, flags, ask)
+        if interactive:
+            answers = _keep_typed_secrets(answers, loaded.path.parent / ".env")
         env = environment(loaded.path)
         folder = out_dir or loaded.path.parent / "instances"
         outputs = library.write_outputs(answers, folder, include_secrets=include_secrets, env=env)
     (render_output_warnings if json_ else render_outputs)(outputs)
-    if interactive and not apply:
-        apply = typer.confirm(
-            "Apply now (migrate, write the vault, register in the hub, add to fleet.toml)?", default=True
-        )
-    if not apply:
+    question = "Apply now (migrate, write the vault, register in the hub, add to fleet.toml)?"
+    if not (apply or (interactive and typer.confirm(question, default=True))):
         _files_only(outputs, answers, interactive=interactive, json_=json_)
     _apply(loaded, answers, env, outputs, json_=json_)
+
+
+def _keep_typed_secrets(answers: Answers, env_file: Path) -> Answers:
+    answers, saved = answers_model.keep_typed_secrets(answers, env_file)
+    if saved:
+        err(f"saved {', '.join(saved)} in {env_file} (mode 0600); the answers file names them")
+    return answers
 
 
 def _files_only(outputs: Outputs, answers: Answers, *, interactive: bool, json_: bool) -> NoReturn:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+from dotenv import set_key
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -329,3 +330,36 @@ def gather(from_: Path | None, flags: Mapping[str, Any], ask: Ask | None = None)
             "(see --help), or run it on a terminal to be asked"
         )
     return build_answers(given)
+
+
+def keep_typed_secrets(answers: Answers, env_file: Path) -> tuple[Answers, tuple[str, ...]]:
+    """Secrets typed at the prompts go to ``env_file`` (mode 0600) and the answers name them.
+
+    So that ``provision --from instances/<name>.json --apply`` later finds them
+    instead of losing them: the answers file itself never holds a secret.
+    """
+    prefix = default_url_env(answers.subdomain).removesuffix("_URL")
+    typed: dict[str, str] = {}
+    anon_env = answers.supabase_anon_key_env
+    if answers.supabase_anon_key is not None:
+        anon_env = f"{prefix}_ANON_KEY"
+        typed[anon_env] = answers.supabase_anon_key.get_secret_value()
+    key_envs = dict(answers.api_key_envs)
+    for key, secret in answers.api_keys.items():
+        key_envs[key] = f"{prefix}_{key}"
+        typed[key_envs[key]] = secret.get_secret_value()
+    if not typed:
+        return answers, ()
+    env_file.touch(mode=0o600, exist_ok=True)
+    env_file.chmod(0o600)
+    for name, value in typed.items():
+        set_key(str(env_file), name, value, quote_mode="always")
+    kept = answers.model_copy(
+        update={
+            "supabase_anon_key": None,
+            "api_keys": {},
+            "supabase_anon_key_env": anon_env,
+            "api_key_envs": key_envs,
+        }
+    )
+    return kept, tuple(typed)

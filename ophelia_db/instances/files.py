@@ -92,7 +92,9 @@ def write_outputs(
     changed = [
         paths[k] for k, (text, private) in texts.items() if write_text(paths[k], text, private=private)
     ]
-    left_out = [row.key for row in missing] + ([] if anon else ["SUPABASE_ANON_KEY"])
+    # Left out: secrets that have a value but were not written (without --include-secrets).
+    left_out = [key for key in answers.api_key_names if key in secrets.api_keys and key not in api_keys]
+    left_out += ["SUPABASE_ANON_KEY"] if secrets.anon_key and not anon else []
     return Outputs(
         answers_file=paths["answers"],
         vault_sql=paths["vault"],

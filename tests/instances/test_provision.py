@@ -244,6 +244,7 @@ def test_cli_writes_the_files_and_warns_about_secrets(tmp_path: Path) -> None:
     secret = invoke(["provision", "--from", str(source), "--include-secrets", "--fleet", str(fleet)], env=env)
     assert secret.exit_code == 0, secret.stderr
     assert "corte-registry.sql holds secrets (mode 0600)" in secret.stderr
+    assert "left out" not in secret.stderr  # nothing was: the note is true or absent
     assert ANON_KEY not in secret.stdout + secret.stderr
     assert f"unchanged {tmp_path / 'instances' / 'corte.json'}" in secret.stdout
 
@@ -421,6 +422,14 @@ def test_interactive_provisioning_asks_validates_and_ends_with_the_checklist(
     saved = json.loads((tmp_path / "instances" / "universita-di-corsic.json").read_text(encoding="utf-8"))
     assert saved["community_name"] == "Università di Corsica" and saved["code"] == "0200860D"
     assert "typed" not in json.dumps(saved)
+    # The typed secrets are kept for the next `provision --from ... --apply`: in .env, named by the file.
+    prefix = "OPHELIA_UNIVERSITA_DI_CORSIC"
+    assert saved["supabase_anon_key_env"] == f"{prefix}_ANON_KEY"
+    assert saved["api_key_envs"] == {"MISTRAL_API_KEY": f"{prefix}_MISTRAL_API_KEY"}
+    dotenv = tmp_path / ".env"
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    assert "typed-anon-key-0001" in dotenv.read_text() and "typed-mistral-secret-0002" in dotenv.read_text()
+    assert f"saved {prefix}_ANON_KEY, {prefix}_MISTRAL_API_KEY in {dotenv} (mode 0600)" in result.stderr
     stored = vault_rows(instance)
     assert stored["GOVERNING_BODY"]["value"] == "conseil d'administration"
     assert stored["MISTRAL_API_KEY"]["value"] == "typed-mistral-secret-0002"
