@@ -185,6 +185,10 @@ OutOpt = Annotated[
     Path | None,
     typer.Option("--out", metavar="DIR", help="Output folder (default: instances/ beside fleet.toml)."),
 ]
+ReplaceOpt = Annotated[
+    bool,
+    typer.Option("--replace", help="Re-provision an instance of fleet.toml on other connection details."),
+]
 InteractiveOpt = Annotated[
     bool, typer.Option("--interactive", "-I", help="Ask every question, flags giving the defaults.")
 ]
@@ -209,6 +213,7 @@ def provision_command(
     include_secrets: IncludeSecretsOpt = False,
     out_dir: OutOpt = None,
     interactive: InteractiveOpt = False,
+    replace: ReplaceOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:
@@ -248,7 +253,7 @@ def provision_command(
     question = "Apply now (migrate, write the vault, register in the hub, add to fleet.toml)?"
     if not (apply or (interactive and typer.confirm(question, default=True))):
         _files_only(outputs, answers, interactive=interactive, json_=json_)
-    _apply(loaded, answers, env, outputs, json_=json_)
+    _apply(loaded, answers, env, outputs, json_=json_, replace=replace)
 
 
 def _keep_typed_secrets(answers: Answers, env_file: Path) -> Answers:
@@ -270,14 +275,15 @@ def _files_only(outputs: Outputs, answers: Answers, *, interactive: bool, json_:
     raise typer.Exit(0)
 
 
-def _apply(fleet: Fleet, answers: Answers, env: dict[str, str], outputs: Outputs, *, json_: bool) -> NoReturn:
+def _apply(
+    fleet: Fleet, answers: Answers, env: dict[str, str], outputs: Outputs, *, json_: bool, replace: bool
+) -> NoReturn:
     if not json_:
         out("\nProvisioning checklist:")
     with errors():
         try:
-            report = library.apply(
-                fleet, answers, env=env, on_step=None if json_ else lambda step: out(step_line(step))
-            )
+            on_step = None if json_ else lambda step: out(step_line(step))
+            report = library.apply(fleet, answers, env=env, on_step=on_step, replace=replace)
         except KeyboardInterrupt as exc:
             # Each step checks before it writes: the same command again resumes where this one stopped.
             err("interrupted: run the same command again to resume")

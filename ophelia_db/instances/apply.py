@@ -40,7 +40,7 @@ from ophelia_db.run.state import REFUSED_STATES, classify
 # --- fleet.toml -----------------------------------------------------------------------------------
 
 
-def add_to_fleet(path: Path, answers: Answers) -> bool:
+def add_to_fleet(path: Path, answers: Answers, *, replace: bool = False) -> bool:
     """Add (or align) ``[instances.<subdomain>]`` in fleet.toml, keeping comments and order.
 
     An existing entry keeps its connection keys unless it already uses
@@ -64,6 +64,8 @@ def add_to_fleet(path: Path, answers: Answers) -> bool:
         for key, value in wanted.items():
             if entry.get(key) != value:
                 entry[key] = value
+        if replace and "url" in entry:
+            del entry["url"]
         if "url" not in entry and entry.get("url_env") != answers.database_url_env:
             entry["url_env"] = answers.database_url_env
     new = tomlkit.dumps(document)
@@ -176,8 +178,10 @@ class _StepFailed(OpheliaError):
 class _Apply:
     """The steps of ``apply``; each is safe to run again, so an interrupted run is resumed by re-running."""
 
-    def __init__(self, fleet: Fleet, answers: Answers, env: Mapping[str, str], chain: Chain) -> None:
-        self.fleet, self.answers, self.chain = fleet, answers, chain
+    def __init__(
+        self, fleet: Fleet, answers: Answers, env: Mapping[str, str], chain: Chain, replace: bool = False
+    ) -> None:
+        self.fleet, self.answers, self.chain, self.replace = fleet, answers, chain, replace
         self.secrets = resolve_secrets(answers, env)
         self.target = instance_target(fleet, answers, env)
         self.hub = fleet.hub
@@ -193,10 +197,26 @@ class _Apply:
                 f"environment variable(s) {', '.join(self.secrets.unset)} named by the answers are not set; "
                 f"export them or add them to {self.fleet.path.parent / '.env'}"
             )
+        self._refuse_other_database()
         with connect(self.target, autocommit=True) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         version = str(row[0]).split()[0] if row else "?"
         return "ok", f"{self.target.display_url} (PostgreSQL {version})"
+
+    def _refuse_other_database(self) -> None:
+        """An instance already in fleet.toml is provisioned again only on the same database."""
+        known = self.fleet.instances.get(self.name)
+        if known is None or self.replace:
+            return
+        same_source = known.url_source == self.target.url_source
+        same_url = known.url is None or known.url == self.target.url
+        if not (same_source and same_url):
+            raise ConfigError(
+                f"'{self.name}' is already in {self.fleet.path} with other connection details "
+                f"({known.url_source}, {known.display_url}); provisioning it here would migrate and seed "
+                f"another database. Pass --replace to make {self.answers.database_url_env} its connection in "
+                "fleet.toml, the hub and the files; nothing was changed"
+            )
 
     def hub_reachable(self) -> tuple[StepState, str]:
         with connect(self.hub, autocommit=True) as conn:
@@ -267,7 +287,7 @@ class _Apply:
         return "ok", f"anon reads {version} (head)"
 
     def add_to_fleet(self) -> tuple[StepState, str]:
-        if add_to_fleet(self.fleet.path, self.answers):
+        if add_to_fleet(self.fleet.path, self.answers, replace=self.replace):
             return "done", f"[instances.{self.name}] written to {self.fleet.path}"
         return "ok", f"already in {self.fleet.path}"
 
@@ -291,8 +311,12 @@ def apply(
     env: Mapping[str, str] | None = None,
     chain: Chain | None = None,
     on_step: Callable[[Step], None] | None = None,
+    replace: bool = False,
 ) -> ApplyReport:
     """Bring the instance to a registered, up-to-date member of the fleet; stop at the first failure.
+
+    An instance already in fleet.toml with other connection details is refused
+    unless ``replace``, which makes the answers' connection the one of record.
 
     Order: instance reachable, hub reachable, hub row ``pending``, migrations to
     head (through ``runner.upgrade``), vault rows, hub row ``active``, version
@@ -301,7 +325,7 @@ def apply(
     running it again.
     """
     chain = chain or chain_for()
-    run = _Apply(fleet, answers, environment(fleet.path) if env is None else env, chain)
+    run = _Apply(fleet, answers, environment(fleet.path) if env is None else env, chain, replace)
     steps: list[Step] = []
     code: int = ExitCode.OK
     for name, action in zip(STEPS, run.actions(), strict=True):

@@ -25,6 +25,7 @@ from tests.instances.support import (
     answers_data,
     fleet_with_hub,
     invoke,
+    provisioned,
     registry_row,
     rows,
     run_cli,
@@ -506,3 +507,31 @@ def test_the_example_answers_file_follows_the_schema() -> None:
         "university",
         "0200860D",
     )
+
+
+def test_provisioning_again_on_another_database_needs_replace(
+    make_database: MakeDatabase, head_database: HeadDatabase, tmp_path: Path
+) -> None:
+    hub, first, other = head_database("hub"), make_database("corte"), make_database("other")
+    path, env = provisioned(tmp_path, hub, first)
+    answers = provision.build_answers(answers_data(database_url_env="TEST_OTHER_URL"))
+    env = {**env, "TEST_OTHER_URL": other}
+
+    refused = apply(load_fleet(path), answers, env=env)
+
+    assert refused.exit_code == 2, refused.as_record()
+    (failed,) = [step for step in refused.steps if step.state == "failed"]
+    assert (
+        "already in" in failed.detail
+        and "--replace" in failed.detail
+        and "nothing was changed" in failed.detail
+    )
+    assert scalar(other, "SELECT to_regclass('public.alembic_version') IS NULL") is True
+    assert 'url_env = "TEST_CORTE_URL"' in path.read_text(encoding="utf-8")
+
+    replaced = apply(load_fleet(path), answers, env=env, replace=True)
+
+    assert replaced.exit_code == 0, replaced.as_record()
+    text = path.read_text(encoding="utf-8")
+    assert 'url_env = "TEST_OTHER_URL"' in text and "TEST_CORTE_URL" not in text
+    assert load_fleet(path, environ=env).get("corte").dsn() == other
