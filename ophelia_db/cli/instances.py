@@ -24,8 +24,8 @@ from ophelia_db.cli.options import (
     fail,
     fleet_at,
 )
-from ophelia_db.cli.render import emit, emit_json, err, out, table
-from ophelia_db.cli.render.instances import entry_row
+from ophelia_db.cli.render import emit, emit_json, err, is_tty, out, table
+from ophelia_db.cli.render.instances import TERMINAL_CELL, entry_row
 from ophelia_db.errors import ConfigError, combine_exit_codes
 from ophelia_db.fleet.hub import Status
 from ophelia_db.instances import vault
@@ -61,7 +61,8 @@ def config_list(
     elif len(configs) == 1:
         title = f"{configs[0].instance}: instance_config"
         headers = ["key", "value", "category", "access", "version"]
-        table(title, headers, [entry_row(e) for e in configs[0].entries])
+        limit = TERMINAL_CELL if is_tty(sys.stdout) else None
+        table(title, headers, [entry_row(e, limit) for e in configs[0].entries])
     else:
         rows = []
         for key in sorted({e.key for c in configs for e in c.entries}):

@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from ophelia_db.cli.render import shortened
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.redaction import redact
@@ -49,8 +50,13 @@ class GlobalOptions:
 GLOBAL = GlobalOptions()
 
 
+# An error is one line a person reads: a value pasted by mistake (a whole file as
+# an instance name, say) is not echoed back in full.
+ERROR_LIMIT = 1000
+
+
 def fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {shortened(message, ERROR_LIMIT)}\n")
     raise typer.Exit(code)
 
 

@@ -175,7 +175,8 @@ class Fleet:
             if member.name == name:
                 return member
         known = [m.name for m in self.members]
-        close = difflib.get_close_matches(name, known, n=1)
+        # A name is at most 20 characters: anything far longer is no typo of one.
+        close = difflib.get_close_matches(name, known, n=1) if len(name) <= 64 else []
         hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
         raise ConfigError(f"unknown instance '{name}' in {self.path}{hint}")
 

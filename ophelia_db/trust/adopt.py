@@ -179,7 +179,7 @@ def _match_evidence(
         shown = "; ".join(d.describe() for d in found[following][:_SHOWN])
         more = len(found[following]) - _SHOWN
         lines.append(
-            f"not at {following}: {len(found[following])} differences, e.g. {shown}"
+            f"not at {following}: {len(found[following])} difference(s), e.g. {shown}"
             + (f" (and {more} more)" if more > 0 else "")
         )
     return lines

@@ -3,6 +3,7 @@ misspelt tag, upgrade never goes down, a dry run says it reported nothing."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from tests.helpers import FleetDbs, invoke, run_cli, write_fleet
@@ -56,3 +57,27 @@ def test_upgrade_never_goes_down_and_a_dry_run_reports_nothing(fleet_dbs: FleetD
 
     dry = run_cli(["upgrade", "--all", "--dry-run"], fleet=fleet)
     assert dry.returncode == 0 and dry.stdout.endswith("hub report not sent (dry run)\n"), dry.stdout
+
+
+def test_a_huge_argument_is_not_echoed_whole(tmp_path: Path) -> None:
+    done = invoke(["status", "-i", "x" * 100_000, "--fleet", str(closed_fleet(tmp_path))])
+    assert done.exit_code == 2
+    assert len(done.stderr) < 1200 and "more characters)" in done.stderr
+
+
+def test_long_values_are_cut_in_a_terminal_table_only() -> None:
+    from ophelia_db.cli.render.instances import TERMINAL_CELL, entry_row
+    from ophelia_db.instances.vault import ConfigEntry
+
+    entry = ConfigEntry("BIG", "x" * 1_000_000, "general", None, False, False, 1, None)
+    assert len(entry_row(entry, TERMINAL_CELL)[1]) < 200
+    assert len(entry_row(entry)[1]) > 1_000_000
+
+
+def test_a_selection_with_nothing_to_do_says_so(tmp_path: Path) -> None:
+    from ophelia_db.cli.render.run import render_run
+    from ophelia_db.results import RunReport
+
+    out = io.StringIO()
+    render_run(RunReport(run_id="r", target="head", instances=()), stream=out, err=io.StringIO())
+    assert out.getvalue() == "0 instance(s): nothing to do; hub report ok\n"

@@ -62,6 +62,13 @@ def emit_json(record: Any, stream: TextIO | None = None) -> None:
     stream.write(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+def shortened(text: str, limit: int, what: str = "characters") -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text) - limit + 1} more {what})"
+
+
 def plural(count: int, noun: str) -> str:
     """``1 way``, ``2 ways``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"

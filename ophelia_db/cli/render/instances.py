@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ophelia_db.cli.render import err, out, renders, table
+from ophelia_db.cli.render import err, out, renders, shortened, table
 from ophelia_db.instances import DoctorReport, InstancesReport, Outputs, StatusChange
 from ophelia_db.instances.apply import Step
 from ophelia_db.instances.vault import ConfigEntry
@@ -31,9 +31,14 @@ def step_line(step: Step) -> str:
     return f"{mark} {step.name}{state}{detail}"
 
 
-def entry_row(entry: ConfigEntry) -> list[str]:
+# On a terminal a table cell stays readable; `config get KEY` prints a value whole.
+TERMINAL_CELL = 120
+
+
+def entry_row(entry: ConfigEntry, limit: int | None = None) -> list[str]:
     flags = "secret" if entry.is_secret else "public" if entry.is_public else "private"
-    return [entry.key, entry.shown, entry.category, flags, f"v{entry.version}"]
+    shown = shortened(entry.shown, limit) if limit else entry.shown
+    return [entry.key, shown, entry.category, flags, f"v{entry.version}"]
 
 
 @renders(StatusChange)
