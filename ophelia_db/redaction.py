@@ -16,9 +16,11 @@ _lock = threading.Lock()
 _known_secrets: set[str] = set()
 
 # userinfo of a URL: scheme://user:password@host — the password may hold any
-# character but '@' is taken as the last one before the host part.
+# character but '@' is taken as the last one before the host part. The scheme
+# starts at a word boundary and is short, so that a long run of letters costs
+# linear time, not quadratic.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>\S*?)@"
+    r"(?P<head>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/?#@\s]*:)(?P<pw>\S*?)@"
     r"(?=(?:\[[^\]\s@/]*\]|[^@\s/:?#\[\]]*)(?::\d+)?(?:[/?\s,]|$))"
 )
 _PARAM_SECRET = re.compile(
