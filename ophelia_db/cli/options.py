@@ -37,6 +37,9 @@ TagOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only a JSON document on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")]
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", metavar="TEXT", help="Why; stored in the repair log.")
+]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ophelia_db.cli.options import (
     InstanceOpt,
     JsonOpt,
     OneInstanceOpt,
+    ReasonOpt,
     TagOpt,
     YesOpt,
     confirmed,
@@ -85,9 +86,7 @@ def repair(
             "--rebuild-mirror", help="Rewrite schema_migrations/schema_version from alembic_version."
         ),
     ] = False,
-    reason: Annotated[
-        str | None, typer.Option("--reason", metavar="TEXT", help="Why; stored in the repair log.")
-    ] = None,
+    reason: ReasonOpt = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
@@ -219,9 +218,7 @@ def resolve(
     retry: Annotated[
         bool, typer.Option("--retry", help="Drop what it left invalid; the next upgrade runs it again.")
     ] = False,
-    reason: Annotated[
-        str | None, typer.Option("--reason", metavar="TEXT", help="Why; stored in the repair log.")
-    ] = None,
+    reason: ReasonOpt = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
