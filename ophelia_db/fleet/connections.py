@@ -159,3 +159,19 @@ def sql_json_literal(value: object) -> str:
 def sql_identifier(*names: str) -> str:
     """Quote an identifier (optionally schema-qualified) for generated scripts."""
     return sql.Identifier(*names).as_string(None)
+
+
+def closed_to_api_roles(*objects: str) -> str:
+    """PL/pgSQL that revokes everything on ``objects`` (``TABLE public.t``, ``SEQUENCE ...``) from
+    PUBLIC and from Supabase's API roles where they exist: every object the tool creates outside
+    the chain sets its own ACL, as the chain's revisions do (Supabase's default privileges
+    would otherwise open it to ``anon``)."""
+    lines = []
+    for target in objects:
+        lines.append(f"  REVOKE ALL ON {target} FROM PUBLIC;")
+        for role in ("anon", "authenticated"):
+            lines.append(
+                f"  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{role}') THEN\n"
+                f"    REVOKE ALL ON {target} FROM {role};\n  END IF;"
+            )
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ophelia_db._version import __version__
-from ophelia_db.fleet.connections import sql_literal
+from ophelia_db.fleet.connections import closed_to_api_roles, sql_literal
 from ophelia_db.run.chain import Chain, Revision
 
 
@@ -204,15 +204,9 @@ def accept_checksum(conn: Any, version: str, before: str | None, after: str | No
 # revision 0002 closes it on instances migrated by runs.
 _STAMP_TABLE = """CREATE TABLE IF NOT EXISTS public.alembic_version (
   version_num varchar(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"""
-_HARDEN = """DO $ophelia$
+_HARDEN = f"""DO $ophelia$
 BEGIN
-  REVOKE ALL ON TABLE public.alembic_version FROM PUBLIC;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-    REVOKE ALL ON TABLE public.alembic_version FROM anon;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-    REVOKE ALL ON TABLE public.alembic_version FROM authenticated;
-  END IF;
+{closed_to_api_roles("TABLE public.alembic_version")}
   ALTER TABLE public.alembic_version ENABLE ROW LEVEL SECURITY;
 END $ophelia$"""
 
@@ -240,13 +234,7 @@ BEGIN
       started_by text NOT NULL
     );
     ALTER TABLE {INTERRUPTED_TABLE} ENABLE ROW LEVEL SECURITY;
-    REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM PUBLIC;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-      REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM anon;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-      REVOKE ALL ON TABLE {INTERRUPTED_TABLE} FROM authenticated;
-    END IF;
+{closed_to_api_roles(f"TABLE {INTERRUPTED_TABLE}")}
   END IF;
 END $ophelia$"""
 

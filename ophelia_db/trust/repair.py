@@ -17,7 +17,7 @@ from typing import Any
 
 from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal
 from ophelia_db.fleet.config import Target
-from ophelia_db.fleet.connections import connect
+from ophelia_db.fleet.connections import closed_to_api_roles, connect
 from ophelia_db.fleet.lock import migration_lock
 from ophelia_db.results import Record
 from ophelia_db.run import mirror
@@ -29,7 +29,7 @@ from ophelia_db.run.state import Finding, InstanceState, check, read_state
 # alembic_version: created by the tool on first use (not by a revision, so that
 # it never moves the chain), closed to the API roles, and left out of schema
 # snapshots (catalog.BOOKKEEPING_TABLES).
-_CREATE_REPAIR_LOG = """DO $ophelia$
+_CREATE_REPAIR_LOG = f"""DO $ophelia$
 BEGIN
   IF to_regclass('public.ophelia_repairs') IS NOT NULL THEN RETURN; END IF;
   CREATE TABLE public.ophelia_repairs (
@@ -39,30 +39,14 @@ BEGIN
     database_user text NOT NULL DEFAULT current_user,
     action text NOT NULL,
     revision text,
-    details jsonb NOT NULL DEFAULT '{}'::jsonb
+    details jsonb NOT NULL DEFAULT '{{}}'::jsonb
   );
   COMMENT ON TABLE public.ophelia_repairs IS
     'Deliberate history changes made by ophelia-db repair/adopt: who, when, what.';
   ALTER TABLE public.ophelia_repairs ENABLE ROW LEVEL SECURITY;
-  REVOKE ALL ON TABLE public.ophelia_repairs FROM PUBLIC;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-    REVOKE ALL ON TABLE public.ophelia_repairs FROM anon;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-    REVOKE ALL ON TABLE public.ophelia_repairs FROM authenticated;
-  END IF;
   -- The identity's sequence too: Supabase's default privileges open new
   -- sequences to the API roles, and nextval/setval must not work for them.
-  EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC',
-                 pg_get_serial_sequence('public.ophelia_repairs', 'id'));
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM anon',
-                   pg_get_serial_sequence('public.ophelia_repairs', 'id'));
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM authenticated',
-                   pg_get_serial_sequence('public.ophelia_repairs', 'id'));
-  END IF;
+{closed_to_api_roles("TABLE public.ophelia_repairs", "SEQUENCE public.ophelia_repairs_id_seq")}
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
     GRANT SELECT ON TABLE public.ophelia_repairs TO service_role;
     CREATE POLICY ophelia_repairs_service_role_select ON public.ophelia_repairs
