@@ -166,7 +166,9 @@ class _Run:
     hook: MirrorHook = field(init=False)
 
     def __post_init__(self) -> None:
-        self.hook = MirrorHook(chain=self.chain, instance_id=self.target.name)
+        self.hook = MirrorHook(
+            chain=self.chain, instance_id=self.target.name, mirror_exists=self.state.has_mirror
+        )
 
     @property
     def done(self) -> int:

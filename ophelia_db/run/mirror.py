@@ -67,8 +67,10 @@ class MirrorHook:
     # Revisions of this run that entered a non-transactional section: their
     # marker is cleared in the transaction that records them.
     sections: set[str] = field(default_factory=set)
+    # Whether the mirror tables exist: given by a caller that read the state, so
+    # that an upgrade neither asks the catalog nor backfills rows that are there.
+    mirror_exists: bool = False
     _started: float = field(default_factory=time.monotonic)
-    _mirror_seen: bool = False
 
     def mark_start(self) -> None:
         """Note when a revision's transaction began, for ``execution_time_ms``."""
@@ -96,18 +98,18 @@ class MirrorHook:
     def _has_mirror(self, conn: Any) -> bool:
         # Once seen during an upgrade the mirror stays (no revision drops it
         # going up), so the catalog is asked only until it appears.
-        if self._mirror_seen:
+        if self.mirror_exists:
             return True
         return has_mirror(conn)
 
     def _first_sight(self, conn: Any) -> bool:
-        seen_before = self._mirror_seen
-        self._mirror_seen = self._has_mirror(conn)
-        return self._mirror_seen and not seen_before
+        seen_before = self.mirror_exists
+        self.mirror_exists = self._has_mirror(conn)
+        return self.mirror_exists and not seen_before
 
     def _record(self, conn: Any, revision: str, elapsed: int) -> None:
         first = self._first_sight(conn)
-        if not self._mirror_seen:
+        if not self.mirror_exists:
             # The revision creating the mirror has not run yet; it backfills this one.
             return
         if first:
@@ -119,7 +121,7 @@ class MirrorHook:
             clear_nontransactional(conn)
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
-        self._mirror_seen = False
+        self.mirror_exists = False
         if not self._has_mirror(conn):
             return
         remove_history_row(conn, revision)

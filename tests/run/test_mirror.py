@@ -17,6 +17,7 @@ from tests.helpers import (
     FleetDbs,
     assert_consistent,
     execute,
+    failing_chain,
     invoke,
     rows,
     snapshot,
@@ -123,3 +124,29 @@ def test_api_roles_read_but_never_write_the_mirror(fleet_dbs: FleetDbs, tmp_path
         conn.execute("RESET ROLE")
     assert_consistent(url, HEAD)
     assert [r[0] for r in rows(url, "SELECT version FROM public.schema_migrations")] == REVISIONS
+
+
+def test_an_upgrade_writes_only_the_new_history_rows(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(1)
+    url = urls["inst1"]
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    # Count the INSERT statements the next run sends to the history (rows or not).
+    execute(url, "CREATE TABLE public.history_inserts (n integer)")
+    execute(
+        url,
+        "CREATE FUNCTION public.count_history_insert() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO public.history_inserts VALUES (1); RETURN NULL; END $$",
+    )
+    execute(
+        url,
+        "CREATE TRIGGER count_history_insert AFTER INSERT ON public.schema_migrations "
+        "FOR EACH STATEMENT EXECUTE FUNCTION public.count_history_insert()",
+    )
+
+    report = runner.upgrade(fleet, fleet.select(["inst1"]), to="0005", chain=failing_chain(), jobs=1)
+
+    assert report.exit_code == 0, report.as_record()
+    # One for 0005: the four rows already there are not sent again (the cost must not grow
+    # with the length of the chain).
+    assert rows(url, "SELECT count(*) FROM public.history_inserts") == [(1,)]
