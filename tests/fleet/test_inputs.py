@@ -91,3 +91,10 @@ def test_a_password_pasted_raw_connects(make_database: MakeDatabase, tmp_path: P
     done = run_cli(["status", "--json"], fleet=path, env={"HUB_URL": pasted})
     assert done.returncode == 0, done.stdout + done.stderr  # reached; unversioned is not an error
     assert '"state": "unversioned"' in done.stdout and password not in done.stdout + done.stderr
+
+
+def test_a_table_given_as_a_value_is_named_in_toml_words(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text('hub = "postgresql://postgres@127.0.0.1:1/hub"\n')
+    done = run_cli(["status"], fleet=tmp_path / "fleet.toml")
+    refused(done, "hub: must be a table")
+    assert "HubFile" not in done.stderr and "instance of" not in done.stderr

@@ -198,3 +198,12 @@ def test_local_destroy_asks_like_every_destructive_command(tmp_path: Path) -> No
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stderr.endswith("error: not confirmed (pass --yes); nothing was deleted\n"), done.stderr
     assert (state / "keep").read_text() == "data"
+
+
+def test_destroying_nothing_says_so(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[local]\nport = 1\nstate_dir = "{tmp_path / "none"}"\n\n[hub]\nurl = "postgresql://postgres@127.0.0.1:1/h"\n'
+    )
+    done = run_cli(["local", "destroy", "--yes"], fleet=fleet)
+    assert done.returncode == 0 and "nothing to destroy" in done.stdout and "destroyed" not in done.stdout
