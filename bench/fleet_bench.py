@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ophelia_db.local.cluster import LocalCluster, free_port  # noqa: E402
+from ophelia_db.local.binaries import free_port  # noqa: E402
+from ophelia_db.local.cluster import LocalCluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SELECT_ONE = """
