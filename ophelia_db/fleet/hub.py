@@ -80,27 +80,47 @@ class RegistryUpdate:
 
 
 class HubReporter:
-    """Reports instances to the hub as they finish, on one connection per run.
+    """Sends the instances' reports of a run to the hub in batches, on one connection.
 
-    After the first failure it stops trying, so that an unreachable hub costs
-    one connection time-out per run rather than one per instance.
+    A batch is one pipelined round trip, rather than one upsert after another:
+    at 20 ms from the hub, fifty instances cost one round trip, not a second.
+    Batches go as they fill and at ``close``, so that a long run keeps the hub
+    current. After the first failure it stops trying (an unreachable hub costs
+    one connection time-out per run); ``sync`` replays.
     """
+
+    BATCH = 64
 
     def __init__(self, hub: Target) -> None:
         self.hub = hub
         self.state = "ok"
         self.error: str | None = None
+        self._pending: list[RegistryUpdate] = []
         self._conn: Connection | None = None
-        self._reported = 0
 
     def report(self, update: RegistryUpdate) -> None:
-        if self.state != "ok":
+        self._pending.append(update)
+        if len(self._pending) >= self.BATCH:
+            self._send()
+
+    def close(self) -> None:
+        """Send what is left; ``state``/``error`` then say how the reports went."""
+        try:
+            self._send()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _send(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending or self.state != "ok":
             return
         try:
             if self._conn is None:
                 self._conn = connect(self.hub, autocommit=True)
-            self._conn.execute(_UPSERT, update.params())
-            self._reported += 1
+            with self._conn.cursor() as cursor:
+                cursor.executemany(_UPSERT, [update.params() for update in pending])
         except OpheliaError as exc:
             self._fail("pending", exc.message)
         except Exception as exc:
@@ -112,14 +132,6 @@ class HubReporter:
     def _fail(self, state: str, message: str) -> None:
         self.state = state
         self.error = f"{message}; run `ophelia-db sync --all` once the hub is back"
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
 
 
 def registry_statuses(hub: Target) -> dict[str, str] | None:
