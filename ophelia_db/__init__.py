@@ -2,13 +2,38 @@
 
 The public library API: load a fleet, then call the function named after the
 command you want. Every function returns a result object and never prints.
+The names are loaded on first use, so that importing the package (and
+``ophelia-db --version``) costs nothing until something is called.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ophelia_db._version import __version__
-from ophelia_db.errors import ExitCode, OpheliaError
-from ophelia_db.fleet.config import Fleet, Target, load_fleet
-from ophelia_db.run import downgrade, history, offline_sql, status, sync, upgrade
-from ophelia_db.run.chain import Chain, ChainSpec
+
+if TYPE_CHECKING:
+    from ophelia_db.errors import ExitCode, OpheliaError
+    from ophelia_db.fleet.config import Fleet, Target, load_fleet
+    from ophelia_db.run import downgrade, history, offline_sql, status, sync, upgrade
+    from ophelia_db.run.chain import Chain, ChainSpec
+
+_WHERE = {
+    "Chain": "ophelia_db.run.chain",
+    "ChainSpec": "ophelia_db.run.chain",
+    "ExitCode": "ophelia_db.errors",
+    "OpheliaError": "ophelia_db.errors",
+    "Fleet": "ophelia_db.fleet.config",
+    "Target": "ophelia_db.fleet.config",
+    "load_fleet": "ophelia_db.fleet.config",
+    "downgrade": "ophelia_db.run",
+    "history": "ophelia_db.run",
+    "offline_sql": "ophelia_db.run",
+    "status": "ophelia_db.run",
+    "sync": "ophelia_db.run",
+    "upgrade": "ophelia_db.run",
+}
 
 __all__ = [
     "Chain",
@@ -26,3 +51,11 @@ __all__ = [
     "sync",
     "upgrade",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ophelia_db' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

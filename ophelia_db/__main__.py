@@ -1,5 +1,5 @@
 """``python -m ophelia_db`` runs the command line."""
 
-from ophelia_db.cli.app import main
+from ophelia_db.cli import main
 
 main()

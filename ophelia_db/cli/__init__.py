@@ -6,6 +6,20 @@ result (tables, plain lines or JSON) and turns library errors into
 decision the library should make.
 """
 
-from ophelia_db.cli.app import app, main
+from __future__ import annotations
 
-__all__ = ["app", "main"]
+import sys
+
+from ophelia_db._version import __version__
+
+
+def main() -> None:
+    """Entry point of the ``ophelia-db`` script."""
+    if sys.argv[1:] == ["--version"]:
+        sys.stdout.write(f"ophelia-db {__version__}\n")
+        return
+    # Imported here: typer, rich and pydantic cost a third of a second, which
+    # `ophelia-db --version` (a deployment script's first check) never needs.
+    from ophelia_db.cli.app import main as run
+
+    run()

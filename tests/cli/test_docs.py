@@ -157,3 +157,16 @@ def test_help_names_values_in_words_not_python_types(path: tuple[str, ...]) -> N
     for python_type in ("<bool>", "<list[", "<int range>", "[default: head]."):
         assert python_type not in shown.stdout, (python_type, shown.stdout)
     assert "Example: ophelia-db " in shown.stdout or path[0] == "local"
+
+
+def test_version_answers_without_loading_the_command_line() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from ophelia_db.cli import main; sys.argv = ['ophelia-db', '--version']; main(); "
+        "print(sorted(m for m in ('typer', 'rich', 'pydantic', 'psycopg', 'sqlalchemy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout == f"ophelia-db {ophelia_db.__version__}\n[]\n"
+    assert callable(ophelia_db.upgrade) and ophelia_db.load_fleet.__module__ == "ophelia_db.fleet.config"
