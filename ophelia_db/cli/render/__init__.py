@@ -95,16 +95,21 @@ def styled(value: str) -> str:
     return f"[{style}]{value}[/{style}]"
 
 
+def print_table(title: str | None, headers: list[str], rows: list[list[str]], stream: TextIO) -> None:
+    """A rich table (cells may carry rich markup, see ``styled``)."""
+    shown = Table(title=title)
+    for header in headers:
+        shown.add_column(header)
+    for row in rows:
+        shown.add_row(*row)
+    console(stream).print(shown)
+
+
 def table(title: str | None, headers: list[str], rows: list[list[str]], stream: TextIO | None = None) -> None:
     """A rich table on a terminal, one plain line per row otherwise."""
     stream = stream or sys.stdout
     if is_tty(stream):
-        shown = Table(title=title)
-        for header in headers:
-            shown.add_column(header)
-        for row in rows:
-            shown.add_row(*row)
-        console(stream).print(shown)
+        print_table(title, headers, rows, stream)
         return
     for row in rows:
         stream.write("  ".join(row).rstrip() + "\n")

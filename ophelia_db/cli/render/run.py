@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ophelia_db.cli.render import console, is_tty, renders, styled
+from ophelia_db.cli.render import is_tty, print_table, renders, styled
 from ophelia_db.results import (
     HistoryReport,
     InstanceResult,
@@ -31,21 +30,20 @@ if TYPE_CHECKING:
 def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if is_tty(stream):
-        table = Table(title=f"ophelia-db status (head {report.head or '-'})")
-        for column in ("instance", "role", "state", "current", "pending", "migrations", "detail"):
-            table.add_column(column)
-        for row in report.instances:
-            state = row.state + (f" ({row.registry_status})" if row.registry_status else "")
-            table.add_row(
+        headers = ["instance", "role", "state", "current", "pending", "migrations", "detail"]
+        rows = [
+            [
                 row.name,
                 row.role,
-                styled(row.state) if not row.registry_status else state,
+                styled(row.state) if not row.registry_status else f"{row.state} ({row.registry_status})",
                 row.current or "-",
                 ", ".join(row.pending) or "-",
                 "-" if row.migrations_count is None else str(row.migrations_count),
                 row.error or "",
-            )
-        console(stream).print(table)
+            ]
+            for row in report.instances
+        ]
+        print_table(f"ophelia-db status (head {report.head or '-'})", headers, rows, stream)
         return
     stream.write(f"head {report.head or '-'}\n")
     for row in report.instances:
@@ -80,11 +78,9 @@ def render_run(
     if report.inactive:
         err.write(f"skipped (archived or suspended in the hub): {', '.join(report.inactive)}\n")
     if is_tty(stream):
-        table = Table(title=f"ophelia-db run {report.run_id} → {report.target}")
-        for column in ("instance", "role", "result", "from", "to", "applied", "ms", "error"):
-            table.add_column(column)
-        for row in report.instances:
-            table.add_row(
+        headers = ["instance", "role", "result", "from", "to", "applied", "ms", "error"]
+        rows = [
+            [
                 row.name,
                 row.role,
                 styled(row.result),
@@ -93,8 +89,10 @@ def render_run(
                 ", ".join(row.applied or row.reverted) or "-",
                 str(row.duration_ms),
                 row.error or "",
-            )
-        console(stream).print(table)
+            ]
+            for row in report.instances
+        ]
+        print_table(f"ophelia-db run {report.run_id} → {report.target}", headers, rows, stream)
     elif not streamed:
         for row in report.instances:
             stream.write(result_line(row) + "\n")
@@ -123,11 +121,9 @@ def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | 
 def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if is_tty(stream):
-        table = Table(title=f"{report.name}: at {report.current or 'base'} (head {report.head or '-'})")
-        for column in ("version", "name", "state", "applied at", "ms", "checksum", "applied by"):
-            table.add_column(column)
-        for entry in report.entries:
-            table.add_row(
+        headers = ["version", "name", "state", "applied at", "ms", "checksum", "applied by"]
+        rows = [
+            [
                 entry.version,
                 entry.name,
                 styled("ok" if entry.state == "applied" else entry.state),
@@ -135,8 +131,11 @@ def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
                 "-" if entry.execution_time_ms is None else str(entry.execution_time_ms),
                 (entry.checksum or "-")[:19],
                 entry.applied_by or "-",
-            )
-        console(stream).print(table)
+            ]
+            for entry in report.entries
+        ]
+        title = f"{report.name}: at {report.current or 'base'} (head {report.head or '-'})"
+        print_table(title, headers, rows, stream)
         return
     stream.write(f"{report.name} current={report.current or '-'} head={report.head or '-'}\n")
     for entry in report.entries:
