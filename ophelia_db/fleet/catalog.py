@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -106,8 +106,7 @@ def snapshot(
     excluded: Sequence[str] = BOOKKEEPING_TABLES,
 ) -> Snapshot:
     """Read the normalised snapshot of ``schemas`` through psycopg connection ``conn``."""
-    with _pinned_search_path(conn):
-        return _read(conn, list(schemas), list(excluded))
+    return _read(conn, list(schemas), list(excluded))
 
 
 def fingerprint(conn: Any, *, schemas: Sequence[str] = DEFAULT_SCHEMAS) -> str:
@@ -171,60 +170,79 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@contextmanager
-def _pinned_search_path(conn: Any) -> Iterator[None]:
-    # pg_get_expr/pg_get_indexdef/format_type qualify names by what the search
-    # path makes visible; pinning it makes their text the same on every database.
-    with conn.transaction():
+_QUERIES = (
+    "SCHEMAS",
+    "RELATIONS",
+    "COLUMNS",
+    "SEQUENCES",
+    "INDEXES",
+    "CONSTRAINTS",
+    "TRIGGERS",
+    "POLICIES",
+    "FUNCTIONS",
+    "TYPES",
+)
+
+
+def _fetch(conn: Any, params: Mapping[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Run every catalog query in one round trip (a pipeline), in one transaction.
+
+    On an autocommit connection the pipeline's statements up to its one Sync
+    are already one (implicit) transaction; otherwise psycopg's own is used.
+    """
+    with conn.pipeline(), nullcontext() if conn.autocommit else conn.transaction():
+        # pg_get_expr/pg_get_indexdef/format_type qualify names by what the search
+        # path makes visible; pinning it makes their text the same on every database.
         conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-        yield
-
-
-def _rows(conn: Any, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    return list(conn.execute(query, params).fetchall())
+        cursors = {name: conn.execute(getattr(queries, name), params) for name in _QUERIES}
+    return {name: list(cursor.fetchall()) for name, cursor in cursors.items()}
 
 
 def _read(conn: Any, schemas: list[str], excluded: list[str]) -> Snapshot:
-    reader = _Reader(conn, schemas)
+    reader = _Reader(_fetch(conn, {"schemas": schemas, "excluded": excluded}))
     reader.schemas()
-    reader.relations(excluded)
+    reader.relations()
     reader.columns_and_sequences()
     reader.indexes_constraints_triggers_policies()
     reader.functions_and_types()
     objects = reader.objects
-    objects["grant"] = _grants(conn, reader.acls)
     return Snapshot(objects={category: dict(sorted(found.items())) for category, found in objects.items()})
 
 
 class _Reader:
-    """Fills ``objects`` category by category; ``acls`` collects every object's ACL for ``_grants``."""
+    """Fills ``objects`` category by category from the fetched rows, grants included."""
 
-    def __init__(self, conn: Any, schemas: list[str]) -> None:
-        self.conn = conn
-        self.params: dict[str, Any] = {"schemas": schemas}
+    def __init__(self, fetched: dict[str, list[tuple[Any, ...]]]) -> None:
+        self.fetched = fetched
         self.objects: dict[str, dict[str, Any]] = {category: {} for category in CATEGORIES}
-        self.acls: list[tuple[str, str, int, str]] = []
         self.names: dict[int, str] = {}
-        self.owners: dict[int, int] = {}
         self.sequence_oids: set[int] = set()
 
-    def rows(self, query: str, **extra: Any) -> list[tuple[Any, ...]]:
-        return _rows(self.conn, query, {**self.params, **extra})
+    def rows(self, query: str) -> list[tuple[Any, ...]]:
+        return self.fetched[query]
+
+    def grant(self, kind: str, name: str, grants: list[list[Any]] | None) -> None:
+        """Record ``grants`` (grantee, privilege, grantable) on one object, for the managed roles."""
+        found: dict[str, set[str]] = {}
+        for grantee, privilege, grantable in grants or []:
+            if grantee in MANAGED_GRANTEES:
+                found.setdefault(grantee, set()).add(privilege + (" WITH GRANT OPTION" if grantable else ""))
+        for grantee, privileges in found.items():
+            key = f"{kind} {name} to {grantee}"
+            self.objects["grant"][key] = {"privileges": ", ".join(sorted(privileges))}
 
     def schemas(self) -> None:
-        for name, owner, acl in self.rows(queries.SCHEMAS):
+        for name, grants in self.rows("SCHEMAS"):
             self.objects["schema"][name] = {"kind": "schema"}
-            self.acls.append(("schema", name, owner, acl))
+            self.grant("schema", name, grants)
 
-    def relations(self, excluded: list[str]) -> None:
-        for oid, schema, name, kind, rls, force, view, owner, acl in self.rows(
-            queries.RELATIONS, excluded=excluded
-        ):
+    def relations(self) -> None:
+        for oid, schema, name, kind, rls, force, view, grants in self.rows("RELATIONS"):
             qualified = f"{schema}.{name}"
-            self.names[oid], self.owners[oid] = qualified, owner
+            self.names[oid] = qualified
             if kind == "S":
                 self.sequence_oids.add(oid)
-                self.acls.append(("sequence", qualified, owner, acl))
+                self.grant("sequence", qualified, grants)
                 continue
             self.objects["table"][qualified] = {
                 "kind": queries.RELKINDS[kind],
@@ -232,16 +250,14 @@ class _Reader:
                 "force_rls": bool(force),
                 "definition": view,
             }
-            self.acls.append(("table", qualified, owner, acl))
-        self.params["oids"] = list(self.names)
+            self.grant("table", qualified, grants)
 
     def columns_and_sequences(self) -> None:
+        # The query leaves out a sequence's last_value, log_cnt, is_called: its state, not columns.
         names = self.names
-        for rel, col, type_, not_null, default, identity, generated, collation, acl in self.rows(
-            queries.COLUMNS
+        for rel, col, type_, not_null, default, identity, generated, collation, grants in self.rows(
+            "COLUMNS"
         ):
-            if rel in self.sequence_oids:
-                continue  # a sequence's last_value, log_cnt, is_called are its state, not columns
             key = f"{names[rel]}.{col}"
             self.objects["column"][key] = {
                 "type": type_,
@@ -251,9 +267,8 @@ class _Reader:
                 "generated": generated or None,
                 "collation": collation,
             }
-            if acl is not None:
-                self.acls.append(("column", key, self.owners[rel], acl))
-        for rel, type_, start, step, low, high, cache, cycle in self.rows(queries.SEQUENCES):
+            self.grant("column", key, grants)
+        for rel, type_, start, step, low, high, cache, cycle in self.rows("SEQUENCES"):
             self.objects["sequence"][names[rel]] = {
                 "type": type_,
                 "start": start,
@@ -267,21 +282,21 @@ class _Reader:
     def indexes_constraints_triggers_policies(self) -> None:
         names, objects = self.names, self.objects
         schema_of = {oid: qualified.split(".", 1)[0] for oid, qualified in names.items()}
-        for rel, name, definition, valid in self.rows(queries.INDEXES):
+        for rel, name, definition, valid in self.rows("INDEXES"):
             objects["index"][f"{schema_of[rel]}.{name}"] = {
                 "table": names[rel],
                 "definition": definition,
                 "valid": bool(valid),
             }
-        for rel, name, kind, definition, validated in self.rows(queries.CONSTRAINTS):
+        for rel, name, kind, definition, validated in self.rows("CONSTRAINTS"):
             objects["constraint"][f"{names[rel]}.{name}"] = {
                 "type": queries.CONSTRAINT_TYPES.get(kind, kind),
                 "definition": definition,
                 "validated": bool(validated),
             }
-        for rel, name, definition, enabled in self.rows(queries.TRIGGERS):
+        for rel, name, definition, enabled in self.rows("TRIGGERS"):
             objects["trigger"][f"{names[rel]}.{name}"] = {"definition": definition, "enabled": enabled}
-        for rel, name, permissive, command, roles, using, check in self.rows(queries.POLICIES):
+        for rel, name, permissive, command, roles, using, check in self.rows("POLICIES"):
             objects["policy"][f"{names[rel]}.{name}"] = {
                 "command": queries.POLICY_COMMANDS.get(command, command),
                 "permissive": bool(permissive),
@@ -291,9 +306,9 @@ class _Reader:
             }
 
     def functions_and_types(self) -> None:
-        for row in self.rows(queries.FUNCTIONS):
+        for row in self.rows("FUNCTIONS"):
             schema, name, args, result, language, kind, volatility, *rest = row
-            definer, strict, config, body, owner, acl = rest
+            definer, strict, config, body, grants = rest
             key = f"{schema}.{name}({args})"
             self.objects["function"][key] = {
                 "kind": queries.FUNCTION_KINDS.get(kind, kind),
@@ -305,33 +320,9 @@ class _Reader:
                 "config": sorted(config or []),
                 "definition": body,
             }
-            self.acls.append(("function", key, owner, acl))
-        for schema, name, kind, definition in self.rows(queries.TYPES):
+            self.grant("function", key, grants)
+        for schema, name, kind, definition in self.rows("TYPES"):
             self.objects["type"][f"{schema}.{name}"] = {
                 "kind": "enum" if kind == "e" else "domain",
                 "definition": definition,
             }
-
-
-def _grants(conn: Any, acls: list[tuple[str, str, int, str]]) -> dict[str, Any]:
-    """Explode every object's ACL in one query into ``{"table public.t to anon": privileges}``."""
-    if not acls:
-        return {}
-    rows = _rows(
-        conn,
-        queries.ACL,
-        {
-            "kinds": [kind for kind, *_ in acls],
-            "names": [name for _, name, *_ in acls],
-            "owners": [owner for _, _, owner, _ in acls],
-            "acls": [acl for *_, acl in acls],
-        },
-    )
-    grants: dict[str, set[str]] = {}
-    for kind, name, grantee, privilege, grantable in rows:
-        if grantee not in MANAGED_GRANTEES:
-            continue
-        grants.setdefault(f"{kind} {name} to {grantee}", set()).add(
-            privilege + (" WITH GRANT OPTION" if grantable else "")
-        )
-    return {key: {"privileges": ", ".join(sorted(value))} for key, value in grants.items()}

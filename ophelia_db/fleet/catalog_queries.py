@@ -1,18 +1,26 @@
 """The catalog queries behind ``catalog.snapshot``, and the codes they return spelled out.
 
 Each query reads one kind of object of the given schemas, leaving out what
-extensions own, so that a snapshot holds only what migrations created.
+extensions own, so that a snapshot holds only what migrations created. No
+query needs another's result (the relations are selected again where needed,
+and each object carries its own grants), so all are sent in one round trip.
 """
 
 NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass
   AND e.objid = {oid} AND e.deptype = 'e')"""
 
-RELATIONS = f"""
-SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
-       c.relowner,
-       coalesce(c.relacl,
-                acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))::text
+# An object's grants as ``[[grantee, privilege, grantable], ...]``: aclexplode() over
+# its effective ACL (acldefault() where it is NULL), without the owner's own
+# entries, since owners legitimately differ (postgres, supabase_admin, ...).
+GRANTS = """(SELECT json_agg(json_build_array(
+    CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee)::text END,
+    g.privilege_type, g.is_grantable))
+  FROM aclexplode({acl}) AS g WHERE g.grantee <> {owner})"""
+_RELATION_ACL = (
+    "coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))"
+)
+
+RELATION_SOURCE = f"""
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   AND {NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")}
@@ -24,57 +32,67 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S
       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
       AND tn.nspname || '.' || t.relname = ANY(%(excluded)s))
 """
+RELATION_OIDS = f"ARRAY(SELECT c.oid {RELATION_SOURCE})"
 
-SCHEMAS = """
-SELECT n.nspname, n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner))::text
+RELATIONS = f"""
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+       {GRANTS.format(acl=_RELATION_ACL, owner="c.relowner")}
+{RELATION_SOURCE}
+"""
+
+SCHEMAS = f"""
+SELECT n.nspname, {GRANTS.format(acl="coalesce(n.nspacl, acldefault('n', n.nspowner))", owner="n.nspowner")}
 FROM pg_namespace n WHERE n.nspname = ANY(%(schemas)s)
 """
 
-COLUMNS = """
+COLUMNS = f"""
 SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END, a.attacl::text
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,
+       CASE WHEN a.attacl IS NOT NULL THEN {GRANTS.format(acl="a.attacl", owner="r.relowner")} END
 FROM pg_attribute a
+JOIN pg_class r ON r.oid = a.attrelid AND r.relkind <> 'S'
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
-WHERE a.attrelid = ANY(%(oids)s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = ANY({RELATION_OIDS}) AND a.attnum > 0 AND NOT a.attisdropped
 """
 
-SEQUENCES = """
+SEQUENCES = f"""
 SELECT s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
        s.seqcache, s.seqcycle
-FROM pg_sequence s WHERE s.seqrelid = ANY(%(oids)s::oid[])
+FROM pg_sequence s WHERE s.seqrelid = ANY({RELATION_OIDS})
 """
 
-INDEXES = """
+INDEXES = f"""
 SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = ANY(%(oids)s::oid[])
+WHERE i.indrelid = ANY({RELATION_OIDS})
 """
 
-CONSTRAINTS = """
+CONSTRAINTS = f"""
 SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), c.convalidated
-FROM pg_constraint c WHERE c.conrelid = ANY(%(oids)s::oid[])
+FROM pg_constraint c WHERE c.conrelid = ANY({RELATION_OIDS})
 """
 
-TRIGGERS = """
+TRIGGERS = f"""
 SELECT t.tgrelid, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled
-FROM pg_trigger t WHERE t.tgrelid = ANY(%(oids)s::oid[]) AND NOT t.tgisinternal
+FROM pg_trigger t WHERE t.tgrelid = ANY({RELATION_OIDS}) AND NOT t.tgisinternal
 """
 
-POLICIES = """
+POLICIES = f"""
 SELECT p.polrelid, p.polname, p.polpermissive, p.polcmd,
        ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END
              FROM unnest(p.polroles) AS r ORDER BY 1),
        pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-FROM pg_policy p WHERE p.polrelid = ANY(%(oids)s::oid[])
+FROM pg_policy p WHERE p.polrelid = ANY({RELATION_OIDS})
 """
 
 FUNCTIONS = f"""
 SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
        l.lanname, p.prokind, p.provolatile, p.prosecdef, p.proisstrict, p.proconfig, p.prosrc,
-       p.proowner, coalesce(p.proacl, acldefault('f', p.proowner))::text
+       {GRANTS.format(acl="coalesce(p.proacl, acldefault('f', p.proowner))", owner="p.proowner")}
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_language l ON l.oid = p.prolang
@@ -93,17 +111,6 @@ SELECT n.nspname, t.typname, t.typtype,
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
   AND {NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}
-"""
-
-# aclexplode() over the effective ACL (acldefault() where it is NULL), without the
-# owner's own entries: owners legitimately differ (postgres, supabase_admin, ...).
-ACL = """
-SELECT x.kind, x.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END,
-       a.privilege_type, a.is_grantable
-FROM unnest(%(kinds)s::text[], %(names)s::text[], %(owners)s::oid[], %(acls)s::text[])
-     AS x(kind, name, owner, acl)
-CROSS JOIN LATERAL aclexplode(x.acl::aclitem[]) AS a
-WHERE a.grantee <> x.owner
 """
 
 RELKINDS = {

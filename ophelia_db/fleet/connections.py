@@ -119,16 +119,19 @@ _engine: Engine | None = None
 _engine_target = threading.local()
 
 
-def engine_for(target: Target) -> Engine:
+def engine_for(target: Target, connection: Connection | None = None) -> Engine:
     """Return the process's pool-less SQLAlchemy engine, connecting to ``target`` next.
 
     One engine serves every target of the process so that SQLAlchemy's dialect
     initialisation (several queries on the first connection of an engine) is
     paid once per worker rather than once per instance. The target is
-    thread-local: each thread connects where it last asked to.
+    thread-local: each thread connects where it last asked to. With
+    ``connection``, the engine's next connection is that open psycopg
+    connection instead of a new one (the migration lock is held on it).
     """
     global _engine
     _engine_target.value = target
+    _engine_target.given = connection
     if _engine is None:
         # SQLAlchemy is imported on first use: status and no-op runs never need it.
         from sqlalchemy import create_engine
@@ -136,11 +139,19 @@ def engine_for(target: Target) -> Engine:
 
         _engine = create_engine(
             "postgresql+psycopg://",
-            creator=lambda: connect(_engine_target.value),
+            creator=_next_connection,
             poolclass=NullPool,
             hide_parameters=True,
         )
     return _engine
+
+
+def _next_connection() -> Connection:
+    given = getattr(_engine_target, "given", None)
+    if given is not None:
+        _engine_target.given = None
+        return given
+    return connect(_engine_target.value)
 
 
 def sql_literal(value: object) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ophelia_db.errors import LockedError
-from ophelia_db.fleet.connections import Connection, connect, pooler_refusal
+from ophelia_db.fleet.connections import Connection, connect, pooler_refusal, sql_literal
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
@@ -49,6 +49,8 @@ _START = f"""SELECT set_config('{_TOKEN}', %(token)s, false), pg_backend_pid(),
 _WITNESS = f"SELECT current_setting('{_TOKEN}', true), pg_backend_pid()"
 _TRY_LOCK = f"SELECT pg_try_advisory_lock(%(key)s), current_setting('{_TOKEN}', true), pg_backend_pid()"
 PROOF_COLUMNS = f"current_setting('{_TOKEN}', true), pg_backend_pid()"
+# The SQLSTATE the in-batch check raises when a transaction is not on our session.
+SESSION_MOVED = "OPH01"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,21 @@ class SessionProof:
 
     def holds(self, token: Any, pid: Any) -> bool:
         return token == self.token and pid == self.pid
+
+    def guard_sql(self) -> str:
+        """A statement that fails its transaction unless it runs on this session.
+
+        For batches (run/batch.py), where the revision's statements follow in the
+        same message and there is no round trip in which to check a result.
+        """
+        return (
+            "DO $ophelia$ BEGIN\n"
+            f"  IF current_setting('{_TOKEN}', true) IS DISTINCT FROM {sql_literal(self.token)} "
+            f"OR pg_backend_pid() <> {int(self.pid)} THEN\n"
+            "    RAISE EXCEPTION 'ophelia-db: this transaction is not on the session holding the "
+            f"migration lock' USING ERRCODE = '{SESSION_MOVED}';\n"
+            "  END IF;\nEND $ophelia$"
+        )
 
     def check(self, token: Any, pid: Any) -> None:
         """Refuse when the session moved or is shared (``token``/``pid`` as just read on it)."""

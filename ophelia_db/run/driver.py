@@ -114,6 +114,37 @@ def render_sql(spec: ChainSpec, start: str | None, goal: str, *, hook: VersionHo
     return buffer.getvalue()
 
 
+class _StatementCapture:
+    """An output buffer that keeps each of Alembic's writes apart: one write is one statement."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def render_upgrade_statements(spec: ChainSpec, start: str | None, goal: str) -> list[str]:
+    """Alembic's offline output for ``start`` → ``goal``, one item per statement or comment.
+
+    Rendered without the mirror hook: the caller adds its own version and mirror rows.
+    """
+    from alembic import command  # on use: see the module docstring
+
+    capture = _StatementCapture()
+    attributes = EnvAttributes(output_buffer=capture, on_version_apply=_no_mirror)  # type: ignore[arg-type]
+    command.upgrade(config_for(spec, attributes), f"{start}:{goal}" if start else goal, sql=True)
+    return [text.strip() for text in capture.writes if text.strip()]
+
+
+def _no_mirror(**_: Any) -> None:
+    """An ``on_version_apply`` hook that writes nothing (``env.py`` would add the offline one)."""
+
+
 def render_downgrade_sql(spec: ChainSpec, start: str, goal: str | None, *, hook: VersionHook) -> str:
     """The offline SQL that takes a database at ``start`` down to ``goal`` (``None``: base)."""
     from alembic import command  # on use: see the module docstring

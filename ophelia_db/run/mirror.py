@@ -46,6 +46,33 @@ ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version,
   updated_at = EXCLUDED.updated_at,
   instance_id = COALESCE(EXCLUDED.instance_id, schema_version.instance_id)"""
 
+_MIRROR_EXISTS = (
+    "to_regclass('public.schema_migrations') IS NOT NULL AND to_regclass('public.schema_version') IS NOT NULL"
+)
+# A batch marks its start in this transaction-local setting; the server then
+# measures the revision's execution time itself, with no round trip of ours.
+REVISION_STARTED = "ophelia.revision_started"
+_ELAPSED_MS = (
+    "(extract(epoch FROM clock_timestamp() - "
+    f"current_setting('{REVISION_STARTED}')::timestamptz) * 1000)::int"
+)
+
+
+def _literals(values: dict[str, Any]) -> dict[str, str]:
+    """``values`` as SQL literals, for the ``%(name)s`` slots of the statements above."""
+    return {name: sql_literal(value) for name, value in values.items()}
+
+
+def version_step_sql(previous: str | None, revision: str) -> list[str]:
+    """Alembic's own ``alembic_version`` step for one revision, as Alembic writes it online."""
+    if previous is None:
+        first = f"INSERT INTO public.alembic_version (version_num) VALUES ({sql_literal(revision)})"
+        return [_STAMP_TABLE, first]
+    return [
+        f"UPDATE public.alembic_version SET version_num = {sql_literal(revision)} "
+        f"WHERE version_num = {sql_literal(previous)}"
+    ]
+
 
 @dataclass
 class MirrorHook:
@@ -94,6 +121,40 @@ class MirrorHook:
         if self.on_step:
             self.on_step(revision, step.is_upgrade)
         self._started = time.monotonic()
+
+    def batch_sql(self, revision: str) -> list[str]:
+        """The mirror's statements for ``revision`` sent inside its batch, just before its COMMIT.
+
+        Literal SQL (run/batch.py sends the whole revision as one message). The
+        duration is measured by the server from the batch's start mark. While the
+        mirror is not known to exist, the rows are guarded, the revision creating
+        it backfills the earlier ones, and a last SELECT says whether it exists now.
+        """
+        rev = self.chain.get(revision)
+        record = [
+            _UPSERT_ROW % {**_literals(_row(rev, self.by, None)), "ms": _ELAPSED_MS},
+            _SET_CURRENT % _literals({"version": revision, "instance": self.instance_id}),
+        ]
+        if self.mirror_exists:
+            return record
+        backfill = [
+            _BACKFILL_ROW % _literals(_row(self.chain.get(earlier), self.by, self.durations_ms.get(earlier)))
+            for earlier in self.chain.applied_through(revision)[:-1]
+        ]
+        body = "\n".join(f"    {statement};" for statement in backfill + record)
+        return [
+            f"DO $ophelia$\nBEGIN\n  IF {_MIRROR_EXISTS} THEN\n{body}\n  END IF;\nEND $ophelia$",
+            f"SELECT {_MIRROR_EXISTS}",
+        ]
+
+    def committed(self, revision: str, elapsed_ms: int, *, mirror_seen: bool | None = None) -> None:
+        """Note that ``revision``'s batch committed (``mirror_seen``: what its last SELECT said)."""
+        if mirror_seen:
+            self.mirror_exists = True
+        self.applied.append(revision)
+        self.durations_ms[revision] = elapsed_ms
+        if self.on_step:
+            self.on_step(revision, True)
 
     def _has_mirror(self, conn: Any) -> bool:
         # Once seen during an upgrade the mirror stays (no revision drops it
@@ -169,10 +230,7 @@ def _row(rev: Revision, by: str, ms: int | None) -> dict[str, Any]:
 
 
 def has_mirror(conn: Any) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass('public.schema_migrations') IS NOT NULL "
-        "AND to_regclass('public.schema_version') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute(f"SELECT {_MIRROR_EXISTS}").fetchone()
     return bool(row and row[0])
 
 

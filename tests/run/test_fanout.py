@@ -110,7 +110,7 @@ def _wait_for_sleeping(urls: list[str], deadline: float) -> None:
         for url in urls:
             rows = query(
                 url,
-                "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' AND state = 'active'",
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
             )
             if rows:
                 return
@@ -241,14 +241,14 @@ def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
 
     hub, instances = fleet_dbs(2)
     fleet = load_fleet(write_fleet(tmp_path, hub, instances))
-    original = MirrorHook.__call__
+    original = MirrorHook.batch_sql
 
-    def broken(self, **kw):
-        if self.instance_id == "inst1" and kw["step"].up_revision_id == "0003":
+    def broken(self, revision):
+        if self.instance_id == "inst1" and revision == "0003":
             raise ZeroDivisionError("simulated bug")
-        return original(self, **kw)
+        return original(self, revision)
 
-    monkeypatch.setattr(MirrorHook, "__call__", broken)
+    monkeypatch.setattr(MirrorHook, "batch_sql", broken)
     report = runner.upgrade(fleet, fleet.select(["inst1", "inst2"]), jobs=1)
     rows = {r.name: r for r in report.instances}
     assert rows["inst1"].exit_code == 70 and "internal error" in rows["inst1"].error

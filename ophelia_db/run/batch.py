@@ -1,0 +1,172 @@
+"""Revisions sent as one batch: one round trip per revision, not one per statement.
+
+A fleet of remote databases pays a network round trip for every statement,
+and Alembic online sends each statement, each ``alembic_version`` step and
+each transaction boundary on its own. So a revision whose SQL Alembic can
+render offline is run as exactly that SQL (what ``ophelia-db sql`` prints),
+in one simple-query message: ``BEGIN``, the session check and time box, the
+revision's statements, the ``alembic_version`` step, the mirror rows,
+``COMMIT``. PostgreSQL runs the statements of one message in order and stops
+at the first error, so one transaction per revision and the mirror in that
+transaction hold as before.
+
+Whatever does not fit runs through Alembic online, as before: a revision whose
+Python needs a live connection (its offline rendering fails), a
+non-transactional section (``autocommit_block``), every downgrade. A batch
+that fails is rolled back and its revision run again online, so that the error
+names the statement it came from (a batch error cannot say which statement
+failed); a lost connection, a statement timeout and a moved session are
+reported at once instead, since running them again would not help.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.pq import ExecStatus, TransactionStatus
+
+from ophelia_db.fleet.config import Timeouts
+from ophelia_db.fleet.connections import is_connection_error
+from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof
+from ophelia_db.run import driver, mirror
+from ophelia_db.run.chain import Chain
+
+log = logging.getLogger(__name__)
+_RUNNING = re.compile(r"^-- Running upgrade (\S*) -> (\S+)$")
+_BOUNDARIES = frozenset({"BEGIN;", "COMMIT;"})
+# Errors a second, online attempt cannot improve on: report them from the batch.
+NOT_RETRIED = frozenset({"57014"})
+
+
+@dataclass(frozen=True)
+class RenderedRevision:
+    """A revision's own statements, as Alembic renders them offline."""
+
+    revision: str
+    statements: tuple[str, ...]
+
+
+_rendered: dict[tuple[object, str | None, str], dict[str, RenderedRevision]] = {}
+
+
+def rendered(chain: Chain, start: str | None, goal: str) -> dict[str, RenderedRevision]:
+    """The batchable revisions after ``start`` up to ``goal``, by id; cached per process.
+
+    Empty when Alembic cannot render the range offline: the run then goes online.
+    """
+    key = (chain.spec, start, goal)
+    if key not in _rendered:
+        try:
+            writes = driver.render_upgrade_statements(chain.spec, start, goal)
+        except Exception as exc:
+            # A revision that needs a live connection (or is broken): online will
+            # run it, and report its error with the statement, as before.
+            log.debug("offline rendering of %s:%s failed, running online: %s", start, goal, exc)
+            writes = []
+        _rendered[key] = _split(writes)
+    return _rendered[key]
+
+
+def _split(writes: Sequence[str]) -> dict[str, RenderedRevision]:
+    """Cut Alembic's offline output into each revision's own statements."""
+    segments: dict[str, list[str]] = {}
+    current: str | None = None
+    for text in writes:
+        running = _RUNNING.match(text)
+        if running:
+            current = running.group(2)
+            segments[current] = []
+        elif current is not None:
+            segments[current].append(text)
+    found = {}
+    for revision, texts in segments.items():
+        # Each segment ends with the version step and COMMIT, then the next BEGIN.
+        if texts and texts[-1] == "BEGIN;":
+            texts = texts[:-1]
+        if len(texts) < 2 or texts[-1] != "COMMIT;" or "alembic_version" not in texts[-2]:
+            continue
+        own = texts[:-2]
+        if any(text in _BOUNDARIES for text in own):
+            continue  # a non-transactional section: Alembic online handles it
+        found[revision] = RenderedRevision(revision, tuple(own))
+    return found
+
+
+@dataclass
+class BatchFailure(Exception):
+    """A batch the server refused; the revision's transaction is rolled back."""
+
+    revision: str
+    error: psycopg.Error
+
+    @property
+    def retry_online(self) -> bool:
+        """Whether running the revision again online may succeed or tell more."""
+        code = self.error.sqlstate
+        return code not in NOT_RETRIED and code != SESSION_MOVED and not is_connection_error(self.error)
+
+
+def send(
+    conn: psycopg.Connection,
+    chain: Chain,
+    rendered_revision: RenderedRevision,
+    *,
+    hook: mirror.MirrorHook,
+    proof: SessionProof,
+    timeouts: Timeouts,
+) -> None:
+    """Run one revision as one message on ``conn`` (autocommit, idle); record it in ``hook``."""
+    revision = chain.get(rendered_revision.revision)
+    lock = revision.lock_timeout or timeouts.lock_timeout
+    statement = revision.statement_timeout or timeouts.statement_timeout
+    wants_answer = not hook.mirror_exists
+    statements = [
+        "BEGIN",
+        proof.guard_sql(),
+        f"SELECT set_config('lock_timeout', '{int(lock * 1000)}ms', true), "
+        f"set_config('statement_timeout', '{int(statement * 1000)}ms', true), "
+        f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",
+        *(text.rstrip(";") for text in rendered_revision.statements),
+        *mirror.version_step_sql(revision.down_revision, revision.id),
+        *hook.batch_sql(revision.id),
+        "COMMIT",
+    ]
+    started = time.monotonic()
+    cursor = conn.cursor()
+    try:
+        cursor.execute(";\n".join(statements))
+    except psycopg.Error as exc:
+        _roll_back(conn)
+        raise BatchFailure(revision.id, exc) from exc
+    except BaseException:
+        _roll_back(conn)
+        raise
+    seen = _last_answer(cursor) if wants_answer else None
+    hook.committed(revision.id, int((time.monotonic() - started) * 1000), mirror_seen=seen)
+
+
+def _last_answer(cursor: psycopg.Cursor) -> bool:
+    """The value of the batch's last SELECT (the mirror check)."""
+    answer = False
+    while True:
+        result = cursor.pgresult
+        if result is not None and result.status == ExecStatus.TUPLES_OK:
+            row = cursor.fetchone()
+            answer = bool(row and row[0])
+        if not cursor.nextset():
+            return answer
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """End a failed batch's transaction, so the connection can go on (or unlock)."""
+    if conn.closed or conn.info.transaction_status in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN):
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        log.debug("rollback after a failed batch failed", exc_info=True)
