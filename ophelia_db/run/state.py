@@ -47,8 +47,9 @@ _INTERRUPTED_SQL = f"""SELECT
    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE NOT i.indisvalid AND n.nspname = 'public')"""
 
-_TABLES_SQL = """SELECT to_regclass('public.alembic_version') IS NOT NULL,
-  to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL"""
+_TABLES_SQL = f"""SELECT to_regclass('public.alembic_version') IS NOT NULL,
+  to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL,
+  {_LOCKED}, to_regclass('{INTERRUPTED_TABLE}') IS NOT NULL"""
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,20 @@ def read_state(conn: Any) -> InstanceState:
     ``conn`` is a psycopg connection; any open transaction is ended so the
     connection is left idle, as Alembic's per-revision transactions need.
     """
+    # Both reads go in one round trip: the catalog's answer is what is left
+    # when the fast read fails because a table is missing (a new instance).
+    tables = None
     try:
-        row = conn.execute(_STATE_SQL).fetchone()
+        with conn.pipeline():
+            tables = conn.execute(_TABLES_SQL)
+            fast = conn.execute(_STATE_SQL)
+        row = fast.fetchone()
     except Exception as exc:
-        if sqlstate_of(exc) != "42P01":
+        if sqlstate_of(exc) != "42P01" or tables is None:
             raise
-        conn.rollback()
-        row = _read_partial_state(conn)
+        if not conn.autocommit:
+            conn.rollback()
+        row = _read_partial_state(conn, tables.fetchone())
     if not conn.autocommit:
         conn.rollback()
     has_version, heads, has_mirror, current, updated_at, history, locked, marked = row
@@ -133,8 +141,10 @@ def _read_interrupted(conn: Any) -> tuple[Interrupted, ...]:
     return tuple(Interrupted(revision, when, by, leftovers) for revision, when, by in steps or ())
 
 
-def _read_partial_state(conn: Any) -> tuple[Any, ...]:
-    has_version, has_mirror = conn.execute(_TABLES_SQL).fetchone()
+def _read_partial_state(conn: Any, tables: tuple[Any, ...]) -> tuple[Any, ...]:
+    has_version, has_mirror, locked, marked = tables
+    if not has_version and not has_mirror:
+        return (False, None, False, None, None, None, locked, marked)
     alembic = (
         "(SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version)"
         if has_version
