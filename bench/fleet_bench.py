@@ -1,25 +1,31 @@
-"""Fleet benchmark: ophelia-db against the plain-Alembic loop, on one throwaway cluster.
+"""Fleet benchmark: ophelia-db against plain Alembic and the SQL floor, at zero and simulated latency.
 
-For each N it creates 2N empty databases (one set for ophelia-db, one for the
-plain-Alembic loop, so both start from nothing), then times, as whole
-commands with their start-up included:
+One throwaway PostgreSQL cluster; for each round-trip time (RTT) every
+database is reached through ``latency_proxy.LatencyProxy``, which delays each
+direction by RTT/2 and counts round trips. For each method, N fresh empty
+databases are migrated from nothing to the shipped chain's head, and every
+method is timed as a whole (start-up included) in the same run:
 
-- ``ophelia-db upgrade --all`` on a fresh fleet (the shipped chain);
-- the same command again (a no-op);
-- ``ophelia-db status``;
-- ``alembic -x instance=NAME upgrade head`` once per database (the plain loop);
-- a bare Python + psycopg ``SELECT 1`` over the same databases.
+- ``ophelia-db upgrade --all`` (hub + N-1 instances; fleet default jobs), then
+  the same again (a no-op), then ``ophelia-db status``;
+- plain Alembic driven well: ``alembic.command.upgrade`` in-process, in a
+  ProcessPoolExecutor of 4 and of 16 workers (``bench/plain_alembic/env.py``:
+  no lock, no mirror, no report);
+- the offline SQL (rendered once by Alembic) with ``psql -1 -f``, 16 in parallel;
+- the same SQL sent as one batch per database with psycopg, 16 in parallel (the floor);
+- a threaded psycopg ``SELECT 1`` over the databases (16 threads).
 
-It prints the figures and the ratios the project targets. Peak memory is the
-largest sum of proportional set size (PSS: shared pages split between the
-processes sharing them) over the command's process tree, sampled every 50 ms.
+Then, at RTT 0 only, larger fleets for ophelia-db alone (linearity and peak
+memory: the largest proportional set size summed over the command's process
+tree, sampled every 50 ms).
 
-Usage: python bench/fleet_bench.py [--sizes 10,50,100,200] [--jobs K]
+Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--big 200,500]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
@@ -27,21 +33,24 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.latency_proxy import LatencyProxy  # noqa: E402
 from ophelia_db.local.binaries import free_port  # noqa: E402
 from ophelia_db.local.cluster import LocalCluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SELECT_ONE = """
-import sys, psycopg
-for url in sys.argv[1:]:
-    with psycopg.connect(url, prepare_threshold=None) as conn:
-        conn.execute("SELECT 1").fetchone()
-"""
+PLAIN_ENV = ROOT / "bench" / "plain_alembic"
+VERSIONS = ROOT / "alembic" / "versions"
+PARALLEL = 16
 
 
 def _pss_kb(pid: int) -> int:
@@ -56,30 +65,25 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def _tree_rss_kb(root_pid: int) -> int:
+def _tree_pss_kb(root_pid: int) -> int:
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as handle:
-                fields = dict(line.split(":", 1) for line in handle if ":" in line)
-        except OSError:
-            continue
-        pid = int(entry)
-        parents[pid] = int(fields.get("PPid", "0").strip())
-        rss[pid] = _pss_kb(pid)
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
     total, todo = 0, [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        total += _pss_kb(pid)
         todo.extend(child for child, parent in parents.items() if parent == pid)
     return total
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Run a command; return (seconds, exit code, peak resident kB of its tree)."""
+def run_command(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run a command to completion; return (seconds, peak MB of its process tree). Fails loudly."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -88,7 +92,7 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_rss_kb(process.pid))
+            peak = max(peak, _tree_pss_kb(process.pid))
             stop.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -98,80 +102,225 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     stop.set()
     sampler.join()
     if process.returncode != 0:
-        sys.stderr.write(err.decode()[-2000:])
-    return elapsed, process.returncode, peak
+        raise SystemExit(f"{' '.join(command[-3:])} failed ({process.returncode}): {err.decode()[-2000:]}")
+    return elapsed, peak / 1024
 
 
-def write_fleet(path: Path, cluster: LocalCluster, names: list[str], jobs: int) -> None:
-    lines = [f"[defaults]\njobs = {jobs}\n", f'[hub]\nurl = "{cluster.url(names[0])}"\n']
-    for name in names[1:]:
-        lines.append(
-            f'[instances.{name.replace("_", "-")}]\ncommunity_name = "{name}"\n'
-            f'community_type = "municipality"\nurl = "{cluster.url(name)}"\n'
-        )
-    path.write_text("\n".join(lines))
-
-
-def bench(cluster: LocalCluster, n: int, jobs: int, workdir: Path) -> dict[str, float]:
-    ours = [f"o{n}_{i:04d}" for i in range(n)]
-    plain = [f"p{n}_{i:04d}" for i in range(n)]
-    cluster.ensure_databases(ours + plain)
-    fleet_ours, fleet_plain = workdir / f"ours{n}.toml", workdir / f"plain{n}.toml"
-    write_fleet(fleet_ours, cluster, ours, jobs)
-    write_fleet(fleet_plain, cluster, plain, jobs)
-    env = {**os.environ, "OPHELIA_FLEET": str(fleet_ours)}
-    figures: dict[str, float] = {}
-    cli = [str(BIN / "ophelia-db")]
-    figures["upgrade"], code, figures["upgrade_peak_mb"] = run([*cli, "upgrade", "--all"], env)
-    assert code == 0, "upgrade --all failed"
-    figures["upgrade_peak_mb"] /= 1024
-    figures["noop"], code, _ = run([*cli, "upgrade", "--all"], env)
-    assert code == 0, "no-op upgrade failed"
-    figures["status"], code, _ = run([*cli, "status"], env)
-    assert code == 0, "status failed"
-    figures["select1"], code, _ = run([sys.executable, "-c", SELECT_ONE, *map(cluster.url, ours)], env)
-    plain_env = {**os.environ, "OPHELIA_FLEET": str(fleet_plain)}
+def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
-    names = ["hub"] + [name.replace("_", "-") for name in plain[1:]]
-    for name in names:
-        alembic = [str(BIN / "alembic"), "-c", str(ROOT / "alembic.ini")]
-        _, code, _ = run([*alembic, "-x", f"instance={name}", "upgrade", "head"], plain_env)
-        assert code == 0, f"plain alembic failed on {name}"
-    figures["plain"] = time.perf_counter() - started
-    return figures
+    action()
+    return time.perf_counter() - started
+
+
+def plain_config(url: str | None = None, buffer: io.StringIO | None = None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(PLAIN_ENV))
+    config.set_main_option("version_locations", str(VERSIONS))
+    config.set_main_option("path_separator", "os")
+    config.attributes["url"] = url
+    config.attributes["output_buffer"] = buffer
+    return config
+
+
+def plain_upgrade(url: str) -> None:
+    """One database, plain Alembic in-process (runs in a pool worker)."""
+    from alembic import command
+
+    command.upgrade(plain_config(url.replace("postgresql://", "postgresql+psycopg://", 1)), "head")
+
+
+def plain_pool(urls: Sequence[str], workers: int) -> None:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        list(pool.map(plain_upgrade, urls, chunksize=1))
+
+
+def offline_sql() -> str:
+    from alembic import command
+
+    buffer = io.StringIO()
+    command.upgrade(plain_config(buffer=buffer), "head", sql=True)
+    return buffer.getvalue()
+
+
+def threaded(urls: Sequence[str], action: Callable[[str], object]) -> None:
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(action, urls))
+
+
+def one_batch(sql: str) -> Callable[[str], None]:
+    def send(url: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[call-overload]
+
+    return send
+
+
+def with_psql(path: Path) -> Callable[[str], None]:
+    def send(url: str) -> None:
+        subprocess.run(
+            ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", str(path), url],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    return send
+
+
+def select_one(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT 1").fetchone()
+
+
+def at_head(urls: Sequence[str], head: str) -> None:
+    for url in urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        assert found == (head,), f"{url} is at {found}, not {head}"
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, workdir: Path, sql: str, head: str) -> None:
+        self.cluster, self.workdir, self.sql, self.head = cluster, workdir, sql, head
+        self.sql_file = workdir / "chain.sql"
+        self.sql_file.write_text(sql)
+        self.serial = 0
+
+    def fresh(self, proxy: LatencyProxy, n: int) -> tuple[list[str], list[str]]:
+        """N new empty databases: their names and their URLs through the proxy."""
+        self.serial += 1
+        names = [f"b{self.serial}_{i:04d}" for i in range(n)]
+        self.cluster.ensure_databases(names)
+        port = f":{self.cluster.port}/"
+        return names, [self.cluster.url(name).replace(port, f":{proxy.port}/") for name in names]
+
+    def drop(self, names: Sequence[str]) -> None:
+        with psycopg.connect(self.cluster.url("postgres"), autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[call-overload]
+
+    def fleet(self, names: Sequence[str], urls: Sequence[str]) -> dict[str, str]:
+        path = self.workdir / f"fleet{self.serial}.toml"
+        lines = [f'[hub]\nurl = "{urls[0]}"\n']
+        for name, url in zip(names[1:], urls[1:], strict=True):
+            lines.append(
+                f'[instances.{name.replace("_", "-")}]\ncommunity_name = "{name}"\n'
+                f'community_type = "municipality"\nurl = "{url}"\n'
+            )
+        path.write_text("\n".join(lines))
+        return {**os.environ, "OPHELIA_FLEET": str(path)}
+
+    def ours(self, proxy: LatencyProxy, n: int, figures: dict[str, float]) -> None:
+        names, urls = self.fresh(proxy, n)
+        env = self.fleet(names, urls)
+        cli = [str(BIN / "ophelia-db")]
+        for key, args in (
+            ("upgrade", ["upgrade", "--all"]),
+            ("noop", ["upgrade", "--all"]),
+            ("status", ["status"]),
+        ):
+            proxy.reset()
+            figures[key], peak = run_command([*cli, *args], env)
+            figures[f"{key}_rt"] = proxy.round_trips / n
+            figures[f"{key}_conn"] = proxy.connections / n
+            if key == "upgrade":
+                figures["peak_mb"] = peak
+                at_head(urls, self.head)
+        figures["select1"] = timed(lambda: threaded(urls, select_one))
+        self.drop(names)
+
+    def peers(self, proxy: LatencyProxy, n: int, figures: dict[str, float]) -> None:
+        for key, action in (
+            ("plain4", lambda urls: plain_pool(urls, 4)),
+            ("plain16", lambda urls: plain_pool(urls, 16)),
+            ("psql", lambda urls: threaded(urls, with_psql(self.sql_file))),
+            ("batch", lambda urls: threaded(urls, one_batch(self.sql))),
+        ):
+            names, urls = self.fresh(proxy, n)
+            proxy.reset()
+            figures[key] = timed(lambda action=action, urls=urls: action(urls))
+            figures[f"{key}_rt"] = proxy.round_trips / n
+            at_head(urls, self.head)
+            self.drop(names)
+
+
+ROWS = [
+    ("ophelia-db upgrade --all", "upgrade"),
+    ("plain Alembic, 4 processes", "plain4"),
+    ("plain Alembic, 16 processes", "plain16"),
+    ("offline SQL, psql -1 -f, 16 parallel", "psql"),
+    ("offline SQL, one batch per database, 16 parallel", "batch"),
+    ("ophelia-db no-op upgrade --all", "noop"),
+    ("ophelia-db status", "status"),
+    ("psycopg SELECT 1, 16 threads", "select1"),
+]
+
+
+def report(n: int, by_rtt: dict[int, dict[str, float]]) -> None:
+    rtts = sorted(by_rtt)
+    print(f"\nN = {n} (hub + {n - 1} instances), shipped chain, seconds (round trips per database)")
+    print(f"| method | {' | '.join(f'RTT {rtt} ms' for rtt in rtts)} |")
+    print(f"|---|{'---|' * len(rtts)}")
+    for label, key in ROWS:
+        cells = []
+        for rtt in rtts:
+            f = by_rtt[rtt]
+            trips = f" ({f[key + '_rt']:.1f})" if key + "_rt" in f else ""
+            cells.append(f"{f[key]:.2f}{trips}")
+        print(f"| {label} | {' | '.join(cells)} |")
+    print("\nratios (target)")
+    for rtt in rtts:
+        f = by_rtt[rtt]
+        best_plain = min(f["plain4"], f["plain16"])
+        print(
+            f"RTT {rtt:>2} ms: upgrade / best plain Alembic {f['upgrade'] / best_plain:.2f} (< 1); "
+            f"upgrade / one-batch floor {f['upgrade'] / f['batch']:.2f} (<= 1.5 at 20 ms); "
+            f"status / SELECT 1 {f['status'] / f['select1']:.2f} (<= 1.2); "
+            f"no-op / status {f['noop'] / f['status']:.2f} (<= 1.1); "
+            f"connections per instance {f['upgrade_conn']:.1f}; peak {f['peak_mb']:.0f} MB"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,50,100,200")
-    parser.add_argument("--jobs", type=int, default=4, help="fleet [defaults] jobs (shipped default 4)")
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--rtts", default="0,20", help="round-trip times in ms")
+    parser.add_argument("--big", default="200,500", help="larger fleets, at RTT 0, ophelia-db only")
     args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes.split(",")]
     state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(state, "postgres", "postgres")
     cluster = LocalCluster(state, free_port())
     cluster.start()
     workdir = Path(tempfile.mkdtemp(prefix="ophelia-bench-fleet-"))
+    from ophelia_db.run.chain import chain_for
+
+    bench = Bench(cluster, workdir, offline_sql(), str(chain_for().head))
     try:
-        print(f"cores={os.cpu_count()} jobs={args.jobs} chain=shipped (alembic/versions)")
-        header = (
-            f"{'N':>5} {'upgrade':>9} {'plain':>9} {'speedup':>8} {'no-op':>8} {'status':>8} "
-            f"{'SELECT1':>8} {'status/sel1':>11} {'noop/status':>11} {'peak MB':>8} {'ms/inst':>8}"
-        )
-        print(header)
-        for n in sizes:
-            f = bench(cluster, n, args.jobs, workdir)
-            print(
-                f"{n:>5} {f['upgrade']:>8.2f}s {f['plain']:>8.2f}s {f['plain'] / f['upgrade']:>7.1f}x "
-                f"{f['noop']:>7.2f}s {f['status']:>7.2f}s {f['select1']:>7.2f}s "
-                f"{f['status'] / f['select1']:>10.2f}x {f['noop'] / f['status']:>10.2f}x "
-                f"{f['upgrade_peak_mb']:>8.0f} {1000 * f['upgrade'] / n:>8.1f}",
-                flush=True,
-            )
-        print(
-            "targets: speedup >= 10x at N=100; status/sel1 <= 2x; noop/status <= 1.5x; peak < 300 MB at N=200"
-        )
+        print(f"cores={os.cpu_count()} python={sys.version.split()[0]} chain head={bench.head}")
+        by_rtt: dict[int, dict[str, float]] = {}
+        for rtt in [int(x) for x in args.rtts.split(",") if x]:
+            with LatencyProxy("127.0.0.1", cluster.port, rtt=rtt / 1000) as proxy:
+                figures: dict[str, float] = {}
+                bench.ours(proxy, args.n, figures)
+                bench.peers(proxy, args.n, figures)
+                by_rtt[rtt] = figures
+        report(args.n, by_rtt)
+        sizes = [int(x) for x in args.big.split(",") if x]
+        if sizes:
+            print("\nlarger fleets, RTT 0, ophelia-db only")
+            print("|    N | upgrade | ms/instance | no-op | status | SELECT 1 | peak MB |")
+            print("|---|---|---|---|---|---|---|")
+            with LatencyProxy("127.0.0.1", cluster.port) as proxy:
+                for n in [args.n, *sizes]:
+                    f: dict[str, float] = {}
+                    bench.ours(proxy, n, f)
+                    print(
+                        f"| {n:>4} | {f['upgrade']:.2f} | {1000 * f['upgrade'] / n:.1f} | {f['noop']:.2f} | "
+                        f"{f['status']:.2f} | {f['select1']:.2f} | {f['peak_mb']:.0f} |",
+                        flush=True,
+                    )
     finally:
         cluster.destroy()
         shutil.rmtree(state, ignore_errors=True)

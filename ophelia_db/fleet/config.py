@@ -58,7 +58,8 @@ class Timeouts(_Strict):
 
 
 class Defaults(Timeouts):
-    jobs: int = 4
+    # Instances in flight at once: the work waits on the network, so many (see run/fanout.py).
+    jobs: int = 16
 
     @field_validator("jobs", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class RenderedRevision:
 
 
 _rendered: dict[tuple[object, str | None, str], dict[str, RenderedRevision]] = {}
+_rendering = threading.Lock()
 
 
 def rendered(chain: Chain, start: str | None, goal: str) -> dict[str, RenderedRevision]:
@@ -60,6 +62,14 @@ def rendered(chain: Chain, start: str | None, goal: str) -> dict[str, RenderedRe
     Empty when Alembic cannot render the range offline: the run then goes online.
     """
     key = (chain.spec, start, goal)
+    with _rendering:
+        # Alembic's proxies are process-global: one rendering at a time, even from threads.
+        return _rendered_locked(key, chain, start, goal)
+
+
+def _rendered_locked(
+    key: tuple[object, str | None, str], chain: Chain, start: str | None, goal: str
+) -> dict[str, RenderedRevision]:
     if key not in _rendered:
         try:
             writes = driver.render_upgrade_statements(chain.spec, start, goal)

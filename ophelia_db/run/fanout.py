@@ -1,11 +1,14 @@
-"""Bounded fan-out of per-instance migrations over worker processes.
+"""Bounded fan-out of per-instance migrations over threads and worker processes.
 
-This module owns running ``migrate.migrate`` for many instances at once:
-at most ``jobs`` in flight, each in a worker process (Alembic's proxies are
-process-global, so threads would share them), results handed back as they
-finish, and a ``Halt`` that stops starting new work — after too many
-failures, a failed canary, or SIGINT/SIGTERM, which is forwarded to the
-workers so that each rolls back its current revision and releases its lock.
+This module owns running ``instance.migrate`` for many instances at once: at
+most ``jobs`` in flight, results handed back as they finish, and a ``Halt``
+that stops starting new work — after too many failures, a failed canary, or
+SIGINT/SIGTERM. An instance whose pending revisions all go as batches waits
+on the network, not on Python, so it runs in a thread of this process; one
+that needs Alembic online (whose proxies are process-global) runs in a worker
+process, and so does a thread's instance that turns out to need it. An
+interruption cancels the threads' running statements and is forwarded to the
+workers, so that each rolls back its current revision and releases its lock.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -23,8 +26,15 @@ from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Target
 from ophelia_db.results import SUCCESSFUL, InstanceResult, Outcome
 from ophelia_db.run.chain import ChainSpec, chain_for
-from ophelia_db.run.instance import migrate
-from ophelia_db.run.interrupts import exit_code_of, worker_initializer
+from ophelia_db.run.instance import HANDED_OVER, IN_A_THREAD, Means, migrate
+from ophelia_db.run.interrupts import (
+    Interrupted,
+    clear_thread_interrupt,
+    exit_code_of,
+    interrupt_threads,
+    worker_initializer,
+)
+from ophelia_db.run.revisions import NeedsAlembic, cancel_open_sessions
 
 Finish = Callable[[Target, InstanceResult], None]
 Start = Callable[[Target], None]
@@ -38,6 +48,10 @@ _PRELOAD = [
     "alembic.runtime.environment",
     "sqlalchemy.dialects.postgresql.psycopg",
 ]
+
+
+# Worker processes at most (Alembic online), whatever ``jobs`` says.
+MAX_PROCESSES = max(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -89,7 +103,9 @@ class Workers:
     """
 
     def __init__(self, jobs: int, *, warm: bool = False) -> None:
-        self.jobs = jobs
+        # Threads carry the I/O-bound work; processes only run Alembic online,
+        # which costs CPU and memory, so there are never more than MAX_PROCESSES.
+        self.jobs = min(jobs, MAX_PROCESSES)
         self._pool: ProcessPoolExecutor | None = None
         if warm and jobs > 1:
             for _ in range(jobs):
@@ -119,8 +135,8 @@ def _warm_up() -> None:
     chain_for()
 
 
-@dataclass(frozen=True)
-class Batch:
+@dataclass
+class Wave:
     """What every instance of a wave is migrated to, and who hears about it."""
 
     spec: ChainSpec
@@ -128,63 +144,142 @@ class Batch:
     halt: Halt
     finish: Finish
     start: Start | None = None
+    _announced: set[str] = field(default_factory=set)
 
     def started(self, target: Target) -> None:
-        if self.start:
+        # Once per instance, even when a thread hands it over to a worker process.
+        if self.start and target.name not in self._announced:
+            self._announced.add(target.name)
             self.start(target)
 
 
-def run(targets: list[Target], batch: Batch, jobs: int, workers: Workers | None = None) -> None:
-    """Migrate ``targets`` to ``batch.goal``, calling ``batch.finish`` for every one of them exactly once."""
+def run(
+    targets: list[Target],
+    wave: Wave,
+    jobs: int,
+    workers: Workers | None = None,
+    *,
+    in_threads: Callable[[Target], bool] | None = None,
+) -> None:
+    """Migrate ``targets`` to ``wave.goal``, calling ``wave.finish`` for every one of them exactly once.
+
+    ``in_threads`` tells which instances may run in a thread (all their pending
+    revisions go as batches); the others, and any a thread hands over, go to
+    worker processes.
+    """
     if not targets:
         return
     if jobs <= 1 or len(targets) == 1:
-        _run_here(targets, batch)
+        _run_here(targets, wave)
+        return
+    threaded = [t for t in targets if in_threads and in_threads(t)]
+    rest = [t for t in targets if t not in threaded]
+    handed_over = _run_threads(threaded, wave, min(jobs, len(threaded) or 1))
+    rest = sorted(rest + handed_over, key=targets.index)
+    if not rest:
+        return
+    if wave.halt.reason:
+        for target in rest:
+            wave.finish(target, wave.halt.skip(target))
     elif workers is not None:
-        _run_pool(targets, batch, min(jobs, len(targets)), workers.pool())
+        _run_pool(rest, wave, min(workers.jobs, len(rest)), workers.pool(), handed_over)
     else:
         with Workers(jobs) as own:
-            _run_pool(targets, batch, min(jobs, len(targets)), own.pool())
+            _run_pool(rest, wave, min(own.jobs, len(rest)), own.pool(), handed_over)
 
 
-def _run_here(targets: list[Target], batch: Batch) -> None:
-    halt = batch.halt
+def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
+    """Migrate ``targets`` in threads; return those that need Alembic online (handed over)."""
+    halt = wave.halt
+    queue = list(reversed(targets))
+    handed_over: list[Target] = []
+    running: dict[Future[InstanceResult], Target] = {}
+    if not targets:
+        return handed_over
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migrate")
+    try:
+        while queue or running:
+            while queue and len(running) < jobs and not halt.reason:
+                target = queue.pop()
+                wave.started(target)
+                running[pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_THREAD)] = target
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                _collect_thread(future, running.pop(future), wave, handed_over)
+    except KeyboardInterrupt as exc:
+        halt.interrupt(exit_code_of(exc))
+        # Threads cannot be signalled: they see the flag between revisions, and
+        # their running statements are cancelled so that each rolls back now.
+        interrupt_threads(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        cancel_open_sessions()
+        for future, target in running.items():
+            _collect_thread(future, target, wave, handed_over)
+    finally:
+        pool.shutdown(wait=True)
+        clear_thread_interrupt()
+    for target in reversed(queue):
+        wave.finish(target, halt.skip(target))
+    return [] if halt.interrupted else handed_over
+
+
+def _collect_thread(
+    future: Future[InstanceResult], target: Target, wave: Wave, handed_over: list[Target]
+) -> None:
+    try:
+        result = future.result()
+    except NeedsAlembic:
+        if wave.halt.interrupted:
+            result = wave.halt.skip(target, "interrupted")
+        else:
+            handed_over.append(target)
+            return
+    wave.halt.record(result)
+    wave.finish(target, result)
+
+
+def _run_here(targets: list[Target], wave: Wave) -> None:
+    halt = wave.halt
     for target in targets:
         if halt.reason:
-            batch.finish(target, halt.skip(target))
+            wave.finish(target, halt.skip(target))
             continue
-        batch.started(target)
+        wave.started(target)
         try:
-            result = migrate(target, batch.spec, batch.goal)
+            result = migrate(target, wave.spec, wave.goal)
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
             result = halt.skip(target, "interrupted", ExitCode.SIGINT)
         halt.record(result)
-        batch.finish(target, result)
+        wave.finish(target, result)
 
 
-def _run_pool(targets: list[Target], batch: Batch, jobs: int, pool: ProcessPoolExecutor) -> None:
-    halt = batch.halt
+def _run_pool(
+    targets: list[Target], wave: Wave, jobs: int, pool: ProcessPoolExecutor, handed_over: list[Target]
+) -> None:
+    halt = wave.halt
     queue = list(reversed(targets))
     running: dict[Future[InstanceResult], Target] = {}
     try:
         while queue or running:
             while queue and len(running) < jobs and not halt.reason:
                 target = queue.pop()
-                batch.started(target)
-                running[pool.submit(migrate, target, batch.spec, batch.goal)] = target
+                wave.started(target)
+                means = HANDED_OVER if target in handed_over else Means()
+                running[pool.submit(migrate, target, wave.spec, wave.goal, means=means)] = target
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                _collect(future, running.pop(future), halt, batch.finish)
+                _collect(future, running.pop(future), halt, wave.finish)
     except KeyboardInterrupt as exc:
         halt.interrupt(exit_code_of(exc))
         _stop_workers(pool)
         for future, target in running.items():
-            _collect(future, target, halt, batch.finish)
+            _collect(future, target, halt, wave.finish)
     for target in reversed(queue):
-        batch.finish(target, halt.skip(target))
+        wave.finish(target, halt.skip(target))
 
 
 def _collect(future: Future[InstanceResult], target: Target, halt: Halt, finish: Finish) -> None:

@@ -10,7 +10,9 @@ failure never stops the others.
 from __future__ import annotations
 
 import logging
+import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ophelia_db.errors import ExitCode, OpheliaError
@@ -26,8 +28,8 @@ from ophelia_db.fleet.lock import SessionProof, session_lock
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult, Outcome, state_exit_code
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
-from ophelia_db.run.interrupts import exit_code_of, worker_interrupted
-from ophelia_db.run.revisions import PlannedRun, Session
+from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
+from ophelia_db.run.revisions import NeedsAlembic, PlannedRun, Session
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify, read_state
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,41 @@ def state_fields(state: InstanceState) -> dict[str, Any]:
     }
 
 
-def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False) -> InstanceResult:
-    """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock."""
+@dataclass(frozen=True)
+class Means:
+    """What a migration may use: Alembic online (not in a thread), batches (not after a handover)."""
+
+    alembic: bool = True
+    batches: bool = True
+
+
+IN_A_THREAD = Means(alembic=False)
+HANDED_OVER = Means(batches=False)
+
+
+def migrate(
+    target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False, means: Means = Means()
+) -> InstanceResult:
+    """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock.
+
+    With ``IN_A_THREAD`` it raises ``NeedsAlembic`` (after unlocking) when a
+    revision must go through Alembic online; run it again with ``HANDED_OVER``
+    in a worker process.
+    """
     started = time.monotonic()
     if worker_interrupted():
-        return InstanceResult.skipped(target, f"{target.name}: not started: interrupted", ExitCode.SIGTERM)
+        return _not_started(target, started)
     try:
         chain = chain_for(spec)
         # One connection per instance: the lock, the re-read, every revision and
         # the fingerprint all go through it (a tenant's connection slots are few,
         # and a remote connection costs several round trips).
         with Session(target) as session, session_lock(session.conn, target) as proof:
-            return _migrate_locked(target, chain, goal, downgrade, started, session, proof)
+            if worker_interrupted():
+                return _not_started(target, started)
+            return _migrate_locked(target, chain, goal, downgrade, started, session, proof, means)
+    except NeedsAlembic:
+        raise
     except OpheliaError as error:
         return InstanceResult.from_error(target, error, started)
     except Exception as exc:
@@ -85,13 +110,17 @@ def migrate(target: Target, spec: ChainSpec, goal: str | None, *, downgrade: boo
         )
     except KeyboardInterrupt as exc:
         # Interrupted before any revision started (waiting for the lock, say).
-        return InstanceResult.of(
-            target,
-            Outcome.SKIPPED,
-            started=started,
-            exit_code=exit_code_of(exc),
-            error=f"{target.name}: interrupted before any change; nothing was done",
-        )
+        return _not_started(target, started, exit_code_of(exc))
+
+
+def _not_started(target: Target, started: float, code: int | None = None) -> InstanceResult:
+    return InstanceResult.of(
+        target,
+        Outcome.SKIPPED,
+        started=started,
+        exit_code=code or exit_code_of(Interrupted(worker_interrupted() or signal.SIGTERM)),
+        error=f"{target.name}: interrupted before any change; nothing was done",
+    )
 
 
 def _migrate_locked(
@@ -102,6 +131,7 @@ def _migrate_locked(
     started: float,
     session: Session,
     proof: SessionProof,
+    means: Means,
 ) -> InstanceResult:
     # Decide the plan only now, under the lock: another runner may have
     # moved the instance between our first look and taking the lock.
@@ -109,7 +139,9 @@ def _migrate_locked(
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned
-    run = PlannedRun(target, chain, state, goal, downgrade, planned, started, proof)
+    run = PlannedRun(
+        target, chain, state, goal, downgrade, planned, started, proof, means.alembic, means.batches
+    )
     failed = run.execute(session)
     if failed is not None:
         return failed

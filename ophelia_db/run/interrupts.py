@@ -72,8 +72,20 @@ _worker_signal: int | None = None
 
 
 def worker_interrupted() -> int | None:
-    """The signal that interrupted this worker process, if any: it must start nothing new."""
+    """The signal that interrupted this worker process (or its run's threads): start nothing new."""
     return _worker_signal
+
+
+def interrupt_threads(signum: int) -> None:
+    """Tell the migrations running in threads of this process that the run is interrupted."""
+    global _worker_signal
+    _worker_signal = signum
+
+
+def clear_thread_interrupt() -> None:
+    """Forget an interruption once its run's threads have all stopped (a library may run again)."""
+    global _worker_signal
+    _worker_signal = None
 
 
 def _raise_in_worker(signum: int, _frame: FrameType | None) -> None:

@@ -10,7 +10,9 @@ SQLSTATE and statement, and what to do next.
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +32,33 @@ from ophelia_db.fleet.lock import PROOF_COLUMNS, SESSION_MOVED, SHARED_BACKEND, 
 from ophelia_db.results import InstanceResult, Outcome
 from ophelia_db.run import batch, driver, mirror
 from ophelia_db.run.chain import Chain
-from ophelia_db.run.interrupts import exit_code_of
+from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
 from ophelia_db.run.state import InstanceState
 
 LOCK_RETRIES = 2
 LOCK_BACKOFF_SECONDS = 0.5
+
+
+class NeedsAlembic(Exception):
+    """Raised where Alembic online is needed but not allowed (a migration in a thread).
+
+    Nothing is left half-done: every revision before is committed, the one in
+    hand was rolled back. The caller runs the instance again in a process.
+    """
+
+
+_open_sessions: set[Session] = set()
+_open_lock = threading.Lock()
+
+
+def cancel_open_sessions() -> None:
+    """Cancel the statement each open session is running (an interruption, from the main thread)."""
+    with _open_lock:
+        sessions = list(_open_sessions)
+    for session in sessions:
+        with suppress(Exception):
+            session.conn.cancel_safe(timeout=5)
 
 
 class Session:
@@ -45,6 +68,8 @@ class Session:
         self.target = target
         self.conn = connect(target, autocommit=True)
         self._alembic: Any = None
+        with _open_lock:
+            _open_sessions.add(self)
 
     def alembic_connection(self) -> Any:
         """A SQLAlchemy connection over ``conn``, for Alembic online; made on first use."""
@@ -58,6 +83,8 @@ class Session:
         return self
 
     def __exit__(self, *_: object) -> None:
+        with _open_lock:
+            _open_sessions.discard(self)
         if self._alembic is not None:
             self._alembic.close()
         self.conn.close()
@@ -75,6 +102,10 @@ class PlannedRun:
     planned: list[str]
     started: float
     proof: SessionProof
+    # False in a thread: Alembic's proxies are process-global (see NeedsAlembic).
+    alembic_allowed: bool = True
+    # False to go straight to Alembic online (a run handed over from a thread).
+    batches_allowed: bool = True
     hook: MirrorHook = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,38 +119,68 @@ class PlannedRun:
 
     def execute(self, session: Session) -> InstanceResult | None:
         """Run the plan, in batches while they fit, then through Alembic online; ``None``: all done."""
-        attempts = 0
-        if not self.downgrade and self.goal is not None:
+        if not self.downgrade and self.goal is not None and self.batches_allowed:
             try:
                 self.send_batches(session.conn)
             except KeyboardInterrupt as exc:
                 return self.interrupted(exc)
             except batch.BatchFailure as failure:
-                if failure.error.sqlstate == SESSION_MOVED:
-                    raise pooler_refusal(self.target, SHARED_BACKEND) from None
-                if not failure.retry_online:
-                    return self.revision_failed(failure.error)
-                # Rolled back; run online, it names the statement. A lock timeout was a first attempt.
-                attempts = 1 if failure.error.sqlstate == "55P03" else 0
+                settled = self.batch_failed(failure)
+                if settled is not None:
+                    return settled
             if self.done == len(self.planned):
                 return None
+        if not self.alembic_allowed:
+            raise NeedsAlembic(self.planned[self.done])
         connection = session.alembic_connection()
         self.time_box_each_revision(connection)
-        return self.with_lock_retries(connection, attempts)
+        return self.with_lock_retries(connection)
 
     def send_batches(self, conn: Connection) -> None:
-        """Send each planned revision that renders offline as one batch, until one does not."""
+        """Send each planned revision that renders offline as one batch, until one does not.
+
+        A revision that could not get its table locks is sent again, as Alembic
+        online would run it again (the whole revision, rolled back first).
+        """
         assert self.goal is not None
         rendered = batch.rendered(self.chain, self.state.revision, self.goal)
-        for revision in self.planned:
+        for revision in self.planned[self.done :]:
             found = rendered.get(revision)
             if found is None:
                 return
-            timeouts = self.target.timeouts
-            batch.send(conn, self.chain, found, hook=self.hook, proof=self.proof, timeouts=timeouts)
+            attempt = 0
+            while True:
+                _stop_if_interrupted()
+                try:
+                    timeouts = self.target.timeouts
+                    batch.send(conn, self.chain, found, hook=self.hook, proof=self.proof, timeouts=timeouts)
+                    break
+                except batch.BatchFailure as failure:
+                    if failure.error.sqlstate != "55P03" or attempt >= LOCK_RETRIES or worker_interrupted():
+                        raise
+                    attempt += 1
+                    time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
 
-    def with_lock_retries(self, connection: Any, attempt: int = 0) -> InstanceResult | None:
+    def batch_failed(self, failure: batch.BatchFailure) -> InstanceResult | None:
+        """The result a failed batch settles the instance with, or ``None`` to run it online."""
+        error = failure.error
+        signal = worker_interrupted()
+        if signal:
+            # The main thread cancelled the statement: an interruption, not a failure of the revision.
+            return self.interrupted(Interrupted(signal))
+        if error.sqlstate == SESSION_MOVED:
+            raise pooler_refusal(self.target, SHARED_BACKEND) from None
+        if error.sqlstate == "55P03":
+            return self.revision_failed(error, _blockers(self.target))
+        if not failure.retry_online:
+            return self.revision_failed(error)
+        if not self.alembic_allowed:
+            raise NeedsAlembic(failure.revision)
+        return None  # rolled back; Alembic online runs it again and names the statement
+
+    def with_lock_retries(self, connection: Any) -> InstanceResult | None:
         """Run Alembic; ``None`` when every planned revision committed, else the failure's result."""
+        attempt = 0
         while True:
             try:
                 self.run_alembic(connection)
@@ -256,6 +317,13 @@ class PlannedRun:
             f"{self.target.name}: interrupted{during}; the instance stays at {self.stays_at() or 'base'} "
             f"(not applied: {not_applied}); run upgrade again to finish",
         )
+
+
+def _stop_if_interrupted() -> None:
+    """Start no new revision once the run is interrupted (threads see the main thread's signal here)."""
+    signal = worker_interrupted()
+    if signal:
+        raise Interrupted(signal)
 
 
 def _detail(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from ophelia_db.results import (
     RunReport,
     state_exit_code,
 )
-from ophelia_db.run import fanout
+from ophelia_db.run import batch, fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
@@ -152,7 +152,10 @@ class _FleetRun:
         # own instances from it, so a failed hub still leaves the others untouched.
         states = self.states = probe_all(targets)
         outcomes = {t.name: _triage(t, states[t.name], self.chain, self.goal, dry_run) for t in targets}
-        parallel_work = sum(1 for t in canaries + rest if outcomes[t.name] is None)
+        # Worker processes are warmed only for the instances that need Alembic online.
+        parallel_work = sum(
+            1 for t in canaries + rest if outcomes[t.name] is None and not self.all_batched(t)
+        )
         waves = [(hub, 1, "the hub"), (canaries, self.jobs, f"canary instances tagged '{canary}'")]
         waves.append((rest, self.jobs, ""))
         with fanout.Workers(self.jobs, warm=parallel_work > 1) as workers:
@@ -184,8 +187,17 @@ class _FleetRun:
             else:
                 self.halt.record(outcome)
                 self.finish(target, outcome)
-        batch = fanout.Batch(self.chain.spec, self.goal, self.halt, self.finish, self.on_start)
-        fanout.run(work, batch, jobs, workers)
+        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.on_start)
+        fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
+
+    def all_batched(self, target: Target) -> bool:
+        """Whether every revision the first look found pending goes as a batch (see run/batch.py)."""
+        state = self.states.get(target.name)
+        if not isinstance(state, InstanceState) or self.goal is None:
+            return False
+        pending = classify(state, self.chain, self.goal).pending
+        rendered = batch.rendered(self.chain, state.revision, self.goal)
+        return all(revision in rendered for revision in pending)
 
 
 def _triage(

@@ -273,7 +273,7 @@ def test_parse_duration_refuses(value: str | int) -> None:
 
 def test_defaults_apply_when_absent(tmp_path: Path) -> None:
     fleet = load_fleet(write(tmp_path, HUB + CORTE), environ={})
-    assert fleet.defaults.jobs == 4
+    assert fleet.defaults.jobs == 16
     for target in fleet.members:
         assert target.timeouts.model_dump() == {
             "lock_wait": 30.0,
