@@ -183,8 +183,10 @@ def at_head(urls: Sequence[str], head: str) -> None:
 class Bench:
     def __init__(self, cluster: LocalCluster, workdir: Path, sql: str, head: str) -> None:
         self.cluster, self.workdir, self.sql, self.head = cluster, workdir, sql, head
+        # psql -1 gives the file one transaction: the per-revision BEGIN/COMMIT lines go.
         self.sql_file = workdir / "chain.sql"
-        self.sql_file.write_text(sql)
+        lines = sql.splitlines(keepends=True)
+        self.sql_file.write_text("".join(line for line in lines if line.strip() not in ("BEGIN;", "COMMIT;")))
         self.serial = 0
 
     def fresh(self, proxy: LatencyProxy, n: int) -> tuple[list[str], list[str]]:

@@ -212,6 +212,13 @@ class MirrorHook:
             calls.append(
                 f"  {guard}PERFORM public.register_migration({args}, NULL, {sql_literal(self.by)});{end}"
             )
+        if self.instance_id:
+            # register_migration() leaves instance_id alone; a live run sets it, so does pasted SQL.
+            calls.append(
+                f"  UPDATE public.schema_version SET instance_id = {sql_literal(self.instance_id)} "
+                "WHERE id = 1 AND instance_id IS DISTINCT FROM "
+                f"{sql_literal(self.instance_id)};"
+            )
         body = "\n".join(calls)
         return (
             "DO $ophelia$\nBEGIN\n"

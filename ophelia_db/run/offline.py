@@ -43,7 +43,8 @@ def offline_sql(
     return mark_non_transactional(_with_time_boxes(script, chain, timeouts))
 
 
-_RUNNING = re.compile(r"^-- Running upgrade \S+ -> (\S+)\s*$")
+# The first revision's line has no "from": "-- Running upgrade  -> 0001".
+_RUNNING = re.compile(r"^-- Running upgrade \S* -> (\S+)\s*$")
 
 
 def _with_time_boxes(script: str, chain: Chain, timeouts: Timeouts) -> str:

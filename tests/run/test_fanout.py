@@ -274,6 +274,28 @@ def test_offline_sql_carries_each_revisions_time_box(tmp_path):
     assert section_0005.splitlines()[1] == "SET LOCAL lock_timeout = '300ms';"
 
 
+def test_offline_sql_time_boxes_the_first_revision_too(tmp_path):
+    from ophelia_db.run import offline_sql
+
+    fleet = load_fleet(write_fleet(tmp_path, "postgresql://u@h/hub", {"inst1": "postgresql://u@h/i"}))
+    text = offline_sql(fleet.get("inst1"), from_database=False)
+    # Alembic writes the first revision's line with no "from": "-- Running upgrade  -> 0001".
+    first = text[text.index("-> 0001") :].splitlines()
+    assert first[1] == "SET LOCAL lock_timeout = '5000ms';", first[:3]
+    assert text.count("SET LOCAL lock_timeout") == len(CHAIN.revisions)
+
+
+def test_pasted_offline_sql_records_the_instance_id(tmp_path, make_database):
+    from ophelia_db.run import offline_sql
+
+    url = make_database("pasted")
+    fleet = load_fleet(write_fleet(tmp_path, "postgresql://u@h/hub", {"corte": url}))
+    script = offline_sql(fleet.get("corte"), from_database=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(script)
+    assert query(url, "SELECT current_version, instance_id FROM schema_version") == [(CHAIN.head, "corte")]
+
+
 def test_a_killed_runner_releases_the_instance_within_seconds(tmp_path, fleet_dbs):
     hub, instances = fleet_dbs(1)
     url = instances["inst1"]

@@ -1,0 +1,64 @@
+"""Round trips per instance, counted by a proxy between ophelia-db and a real PostgreSQL.
+
+Remote fleets pay a network round trip per exchange, so the number of
+exchanges is the speed a test can hold without timing anything: a change that
+sends statements one by one again fails here. A round trip is a client turn
+(``bench/latency_proxy.py``); the proxy delays each direction by a few
+milliseconds so that pipelined statements are seen as the one turn they are.
+Two turns of every figure are the connection's start-up (SSL request, startup
+message; TLS and SCRAM add more on a real remote database).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from bench.latency_proxy import LatencyProxy
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from tests.helpers import HEAD, current_version, write_fleet
+
+# One instance from empty to head (4 revisions): start-up 2, session token 1, lock 1,
+# state read 1, one per revision 4, fingerprint 1, unlock 1.
+EMPTY_TO_HEAD_ON_ITS_CONNECTION = 11
+# Besides it: the first look (start-up 2 + state 1) and the pooler witness (start-up 2 + 1).
+EMPTY_TO_HEAD_CONNECTIONS = 3
+NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
+
+
+@pytest.fixture
+def proxied(tmp_path, fleet_dbs):
+    """A fleet whose instance is reached through a counting proxy (the hub directly)."""
+    hub, instances = fleet_dbs(1)
+    direct = urlsplit(instances["inst1"])
+    with LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432, rtt=0.004) as proxy:
+        through = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+        fleet = load_fleet(write_fleet(tmp_path, hub, {"inst1": through}))
+        yield fleet, proxy, instances["inst1"]
+
+
+def test_empty_instance_to_head_in_few_round_trips(proxied):
+    fleet, proxy, url = proxied
+    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert [r.result for r in report.instances] == ["ok"]
+    assert current_version(url) == HEAD
+    counts = proxy.counts
+    assert counts.connections == EMPTY_TO_HEAD_CONNECTIONS, counts
+    migration = max(counts.per_connection)
+    # Sent statement by statement, as Alembic online does, the same run took 84.
+    assert migration <= EMPTY_TO_HEAD_ON_ITS_CONNECTION, counts
+
+
+def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
+    fleet, proxy, _ = proxied
+    runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    for action in (
+        lambda: runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1),
+        lambda: runner.status(fleet, fleet.select(["inst1"])),
+    ):
+        proxy.reset()
+        action()
+        assert proxy.counts.connections == 1, proxy.counts
+        assert proxy.round_trips <= NOOP_OR_STATUS, proxy.counts
