@@ -15,6 +15,8 @@ method is timed as a whole (start-up included) in the same run:
 - the same SQL sent as one batch per database with psycopg, 16 in parallel (the floor);
 - a threaded psycopg ``SELECT 1`` over the databases (16 threads).
 
+Every peer runs as a child process, so that all figures include start-up.
+
 Then, at RTT 0 only, larger fleets for ophelia-db alone (linearity and peak
 memory: the largest proportional set size summed over the command's process
 tree, sampled every 50 ms).
@@ -106,12 +108,6 @@ def run_command(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, peak / 1024
 
 
-def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def plain_config(url: str | None = None, buffer: io.StringIO | None = None):
     from alembic.config import Config
 
@@ -158,9 +154,14 @@ def one_batch(sql: str) -> Callable[[str], None]:
 
 
 def with_psql(path: Path) -> Callable[[str], None]:
+    # psql -1 gives the file one transaction: the per-revision BEGIN/COMMIT lines go.
+    single = path.with_suffix(".single.sql")
+    lines = path.read_text().splitlines(keepends=True)
+    single.write_text("".join(line for line in lines if line.strip() not in ("BEGIN;", "COMMIT;")))
+
     def send(url: str) -> None:
         subprocess.run(
-            ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", str(path), url],
+            ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", str(single), url],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -185,8 +186,7 @@ class Bench:
         self.cluster, self.workdir, self.sql, self.head = cluster, workdir, sql, head
         # psql -1 gives the file one transaction: the per-revision BEGIN/COMMIT lines go.
         self.sql_file = workdir / "chain.sql"
-        lines = sql.splitlines(keepends=True)
-        self.sql_file.write_text("".join(line for line in lines if line.strip() not in ("BEGIN;", "COMMIT;")))
+        self.sql_file.write_text(sql)
         self.serial = 0
 
     def fresh(self, proxy: LatencyProxy, n: int) -> tuple[list[str], list[str]]:
@@ -229,19 +229,30 @@ class Bench:
             if key == "upgrade":
                 figures["peak_mb"] = peak
                 at_head(urls, self.head)
-        figures["select1"] = timed(lambda: threaded(urls, select_one))
+        figures["select1"], _ = self.peer("select1", urls)
         self.drop(names)
 
+    def peer(self, kind: str, urls: Sequence[str]) -> tuple[float, float]:
+        """Run a peer as a whole command, interpreter start-up included, as ophelia-db is run."""
+        listing = self.workdir / f"urls{self.serial}.txt"
+        listing.write_text("\n".join(urls))
+        command = [
+            sys.executable,
+            __file__,
+            "--peer",
+            kind,
+            "--urls",
+            str(listing),
+            "--sql",
+            str(self.sql_file),
+        ]
+        return run_command(command, dict(os.environ))
+
     def peers(self, proxy: LatencyProxy, n: int, figures: dict[str, float]) -> None:
-        for key, action in (
-            ("plain4", lambda urls: plain_pool(urls, 4)),
-            ("plain16", lambda urls: plain_pool(urls, 16)),
-            ("psql", lambda urls: threaded(urls, with_psql(self.sql_file))),
-            ("batch", lambda urls: threaded(urls, one_batch(self.sql))),
-        ):
+        for key in ("plain4", "plain16", "psql", "batch"):
             names, urls = self.fresh(proxy, n)
             proxy.reset()
-            figures[key] = timed(lambda action=action, urls=urls: action(urls))
+            figures[key], _ = self.peer(key, urls)
             figures[f"{key}_rt"] = proxy.round_trips / n
             at_head(urls, self.head)
             self.drop(names)
@@ -284,12 +295,30 @@ def report(n: int, by_rtt: dict[int, dict[str, float]]) -> None:
         )
 
 
+def run_peer(kind: str, urls: list[str], sql_file: Path) -> None:
+    """One peer over ``urls`` (a child process of the benchmark, so it is timed whole)."""
+    if kind == "select1":
+        threaded(urls, select_one)
+    elif kind in ("plain4", "plain16"):
+        plain_pool(urls, int(kind.removeprefix("plain")))
+    elif kind == "psql":
+        threaded(urls, with_psql(sql_file))
+    elif kind == "batch":
+        threaded(urls, one_batch(sql_file.read_text()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--urls", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sql", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--rtts", default="0,20", help="round-trip times in ms")
     parser.add_argument("--big", default="200,500", help="larger fleets, at RTT 0, ophelia-db only")
     args = parser.parse_args()
+    if args.peer:
+        run_peer(args.peer, args.urls.read_text().split(), args.sql)
+        return
     state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(state, "postgres", "postgres")

@@ -9,11 +9,11 @@ hidden prompts or read from stdin, never echoed, and shown as ``***``.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ophelia_db import instances as library
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import (
     AllOpt,
     FleetOpt,
@@ -28,7 +28,14 @@ from ophelia_db.cli.render import emit, emit_json, err, is_tty, out, table
 from ophelia_db.cli.render.instances import TERMINAL_CELL, entry_row
 from ophelia_db.errors import ConfigError, combine_exit_codes
 from ophelia_db.fleet.hub import Status
-from ophelia_db.instances import vault
+
+if TYPE_CHECKING:
+    from ophelia_db import instances as library
+    from ophelia_db.instances import vault
+else:
+    # Loaded when a command runs: `status` and the rest need no provisioning code.
+    library = lazy_module("ophelia_db.instances")
+    vault = lazy_module("ophelia_db.instances.vault")
 
 RevealOpt = Annotated[bool, typer.Option("--reveal", help="Show secret values instead of ***.")]
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Instance name (its subdomain).")]
