@@ -152,12 +152,33 @@ def send(
         cursor.execute(";\n".join(statements))
     except psycopg.Error as exc:
         _roll_back(conn)
+        if _committed_anyway(conn, revision.id):
+            # Cancelled (an interruption) after its COMMIT had gone through: it is applied.
+            hook.committed(revision.id, int((time.monotonic() - started) * 1000))
+            return
         raise BatchFailure(revision.id, exc) from exc
     except BaseException:
         _roll_back(conn)
+        if _committed_anyway(conn, revision.id):
+            hook.committed(revision.id, int((time.monotonic() - started) * 1000))
         raise
     seen = _last_answer(cursor) if wants_answer else None
     hook.committed(revision.id, int((time.monotonic() - started) * 1000), mirror_seen=seen)
+
+
+def _committed_anyway(conn: psycopg.Connection, revision: str) -> bool:
+    """Whether a batch that raised had committed all the same (a cancel that came too late).
+
+    The result then says what the database holds. Only asked when the
+    connection is still usable; a lost one is reported as such by the caller.
+    """
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    try:
+        row = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] == revision
 
 
 def _last_answer(cursor: psycopg.Cursor) -> bool:
