@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 
@@ -100,11 +100,25 @@ def migration_lock(target: Target) -> Iterator[Connection]:
         conn.close()
 
 
+class UnderLock(Protocol):
+    """Reads sent in the same round trip as the lock, valid when the lock was granted."""
+
+    def send(self, conn: Connection) -> None: ...
+
+    def receive(self, failure: Exception | None) -> None: ...
+
+
 @contextmanager
-def session_lock(conn: Connection, target: Target) -> Iterator[SessionProof]:
-    """Hold the instance's migration lock on ``conn``, a session proven to be a real one."""
+def session_lock(
+    conn: Connection, target: Target, *, read: UnderLock | None = None
+) -> Iterator[SessionProof]:
+    """Hold the instance's migration lock on ``conn``, a session proven to be a real one.
+
+    ``read`` is sent right behind the lock, in the same round trip: PostgreSQL
+    runs it after the lock is granted, so it sees what the lock protects.
+    """
     proof = _prove_session(conn, target)
-    _acquire(conn, target, proof)
+    _acquire(conn, target, proof, read)
     try:
         yield proof
     except BaseException:
@@ -135,12 +149,30 @@ def _prove_session(conn: Connection, target: Target) -> SessionProof:
     return proof
 
 
-def _acquire(conn: Connection, target: Target, proof: SessionProof) -> None:
+def _try_lock(conn: Connection, read: UnderLock | None) -> tuple[Any, ...]:
+    """Try the lock, with ``read`` behind it in the same pipeline; the lock's row."""
+    if read is None or not conn.autocommit:
+        return _run(conn, _TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
+    cursor = None
+    failure: Exception | None = None
+    try:
+        with conn.pipeline():
+            cursor = conn.execute(_TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
+            read.send(conn)
+    except psycopg.Error as exc:
+        if cursor is None:
+            raise
+        failure = exc  # the read's (a missing table, say); the lock's row came first
+    read.receive(failure)
+    return tuple(cursor.fetchone() or ())
+
+
+def _acquire(conn: Connection, target: Target, proof: SessionProof, read: UnderLock | None) -> None:
     wait = target.timeouts.lock_wait
     deadline = time.monotonic() + wait
     pause = 0.05
     while True:
-        got, token, pid = _run(conn, _TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
+        got, token, pid = _try_lock(conn, read)
         if not proof.holds(token, pid):
             if got:
                 with suppress(psycopg.Error):

@@ -30,7 +30,7 @@ from ophelia_db.results import InstanceResult, Outcome, state_exit_code
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
 from ophelia_db.run.revisions import NeedsAlembic, PlannedRun, Session
-from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify, read_state
+from ophelia_db.run.state import REFUSED_STATES, InstanceState, StateRead, below_current, classify
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,15 @@ def migrate(
         # One connection per instance: the lock, the re-read, every revision and
         # the fingerprint all go through it (a tenant's connection slots are few,
         # and a remote connection costs several round trips).
-        with Session(target) as session, session_lock(session.conn, target) as proof:
+        # The state is read behind the lock, in its round trip: the plan is decided
+        # only under the lock (another runner may have moved the instance since
+        # the first look).
+        under_lock = StateRead()
+        with Session(target) as session, session_lock(session.conn, target, read=under_lock) as proof:
             if worker_interrupted():
                 return _not_started(target, started)
-            return _migrate_locked(target, chain, goal, downgrade, started, session, proof, means)
+            state = under_lock.result()
+            return _migrate_locked(target, chain, goal, downgrade, started, session, proof, means, state)
     except NeedsAlembic:
         raise
     except OpheliaError as error:
@@ -132,10 +137,8 @@ def _migrate_locked(
     session: Session,
     proof: SessionProof,
     means: Means,
+    state: InstanceState,
 ) -> InstanceResult:
-    # Decide the plan only now, under the lock: another runner may have
-    # moved the instance between our first look and taking the lock.
-    state = read_state(session.conn)
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned

@@ -99,22 +99,54 @@ def read_state(conn: Any) -> InstanceState:
     ``conn`` is a psycopg connection; any open transaction is ended so the
     connection is left idle, as Alembic's per-revision transactions need.
     """
-    # Both reads go in one round trip: the catalog's answer is what is left
-    # when the fast read fails because a table is missing (a new instance).
-    tables = None
+    reader = StateRead()
+    failure: Exception | None = None
     try:
         with conn.pipeline():
-            tables = conn.execute(_TABLES_SQL)
-            fast = conn.execute(_STATE_SQL)
-        row = fast.fetchone()
+            reader.send(conn)
     except Exception as exc:
-        if sqlstate_of(exc) != "42P01" or tables is None:
-            raise
+        failure = exc
+    return reader.result(failure)
+
+
+class StateRead:
+    """A state read sent into a pipeline, possibly behind other statements (the lock's).
+
+    Both reads go in the same round trip: the catalog's answer is what is left
+    when the fast read fails because a table is missing (a new instance).
+    """
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.tables: Any = None
+        self.fast: Any = None
+        self.failure: Exception | None = None
+
+    def send(self, conn: Any) -> None:
+        """Queue the reads on ``conn``, which is in pipeline mode."""
+        self.conn = conn
+        self.tables = conn.execute(_TABLES_SQL)
+        self.fast = conn.execute(_STATE_SQL)
+
+    def receive(self, failure: Exception | None) -> None:
+        """Note what the pipeline raised when it ended, if anything."""
+        self.failure = failure
+
+    def result(self, failure: Exception | None = None) -> InstanceState:
+        """The state, once the pipeline has ended (``failure``: what it raised, if anything)."""
+        failure = failure or self.failure
+        conn = self.conn
+        if failure is not None and (sqlstate_of(failure) != "42P01" or self.tables is None):
+            raise failure
         if not conn.autocommit:
             conn.rollback()
-        row = _read_partial_state(conn, tables.fetchone())
-    if not conn.autocommit:
-        conn.rollback()
+        row = self.fast.fetchone() if failure is None else _read_partial_state(conn, self.tables.fetchone())
+        if not conn.autocommit:
+            conn.rollback()
+        return _state(conn, row)
+
+
+def _state(conn: Any, row: tuple[Any, ...]) -> InstanceState:
     has_version, heads, has_mirror, current, updated_at, history, locked, marked = row
     if isinstance(history, str):
         history = json.loads(history)
