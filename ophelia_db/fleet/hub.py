@@ -98,6 +98,15 @@ class HubReporter:
         self._pending: list[RegistryUpdate] = []
         self._conn: Connection | None = None
 
+    def registry_statuses(self) -> dict[str, str] | None:
+        """``registry_statuses`` on the connection the reports will use: one hub connection per run."""
+        if self._conn is None:
+            try:
+                self._conn = connect(self.hub, autocommit=True)
+            except OpheliaError:
+                return None  # the reports will try again, and say so if they fail
+        return _statuses(self._conn)
+
     def report(self, update: RegistryUpdate) -> None:
         self._pending.append(update)
         if len(self._pending) >= self.BATCH:
@@ -141,14 +150,19 @@ def registry_statuses(hub: Target) -> dict[str, str] | None:
     except OpheliaError:
         return None
     try:
+        return _statuses(conn)
+    finally:
+        conn.close()
+
+
+def _statuses(conn: Connection) -> dict[str, str] | None:
+    try:
         rows = conn.execute("SELECT subdomain, status FROM public.instance_registry").fetchall()
         return {name: status for name, status in rows}
     except Exception as exc:
         if sqlstate_of(exc) is None:
             raise
         return None
-    finally:
-        conn.close()
 
 
 # Lifecycle, listing and provisioning. Each takes an open hub connection.

@@ -35,9 +35,8 @@ from ophelia_db.run.status import probe_all
 ProgressCallback = Callable[[InstanceResult], None]
 
 
-def _drop_inactive(fleet: Fleet, targets: list[Target]) -> tuple[list[Target], list[str]]:
+def _drop_inactive(registry: dict[str, str] | None, targets: list[Target]) -> tuple[list[Target], list[str]]:
     """Drop archived and suspended instances (per the hub registry) from an ``--all`` run."""
-    registry = registry_statuses(fleet.hub)
     if not registry:
         return targets, []
     kept, skipped = [], []
@@ -93,16 +92,18 @@ def upgrade(
     if canary:
         fleet.tagged(canary)  # a misspelt canary tag must not run the fleet without its canary wave
     inactive: list[str] = []
-    if skip_inactive:
-        targets, inactive = _drop_inactive(fleet, targets)
-    if shard:
-        targets = select_shard(targets, shard)
-    if on_plan:
-        on_plan(targets)
     reporter = None if dry_run else HubReporter(fleet.hub)
-    jobs = jobs or fleet.defaults.jobs
-    run = _FleetRun(chain, goal, jobs, Halt(max_failures), reporter, on_start, on_result)
     try:
+        if skip_inactive:
+            # Read on the connection the reports will go through, when there are reports.
+            registry = reporter.registry_statuses() if reporter else registry_statuses(fleet.hub)
+            targets, inactive = _drop_inactive(registry, targets)
+        if shard:
+            targets = select_shard(targets, shard)
+        if on_plan:
+            on_plan(targets)
+        jobs = jobs or fleet.defaults.jobs
+        run = _FleetRun(chain, goal, jobs, Halt(max_failures), reporter, on_start, on_result)
         run.waves(targets, canary, dry_run)
     finally:
         if reporter is not None:

@@ -62,3 +62,17 @@ def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
         action()
         assert proxy.counts.connections == 1, proxy.counts
         assert proxy.round_trips <= NOOP_OR_STATUS, proxy.counts
+
+
+def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
+    # The registry's lifecycle statuses are read on the connection the reports then use.
+    hub, instances = fleet_dbs(1)
+    direct = urlsplit(hub)
+    with LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432, rtt=0.004) as proxy:
+        through = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+        fleet = load_fleet(write_fleet(tmp_path, through, instances))
+        runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+        proxy.reset()
+        report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+        assert report.hub_report == "ok"
+        assert proxy.connections == 1, proxy.counts
