@@ -110,14 +110,20 @@ class UnderLock(Protocol):
 
 @contextmanager
 def session_lock(
-    conn: Connection, target: Target, *, read: UnderLock | None = None
+    conn: Connection,
+    target: Target,
+    *,
+    read: UnderLock | None = None,
+    witness: Connection | None = None,
 ) -> Iterator[SessionProof]:
     """Hold the instance's migration lock on ``conn``, a session proven to be a real one.
 
     ``read`` is sent right behind the lock, in the same round trip: PostgreSQL
     runs it after the lock is granted, so it sees what the lock protects.
+    ``witness`` is a second connection opened beforehand (while ``conn`` was
+    opening, say); it is used once and closed. Without it one is opened here.
     """
-    proof = _prove_session(conn, target)
+    proof = _prove_session(conn, target, witness)
     _acquire(conn, target, proof, read)
     try:
         yield proof
@@ -137,12 +143,17 @@ def _run(conn: Connection, query: str, params: Any) -> tuple[Any, ...]:
     return tuple(row or ())
 
 
-def _prove_session(conn: Connection, target: Target) -> SessionProof:
+def _prove_session(conn: Connection, target: Target, witness: Connection | None) -> SessionProof:
     token = uuid.uuid4().hex
     check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
-    _, pid, _ = _run(conn, _START, {"token": token, "check": check})
+    try:
+        _, pid, _ = _run(conn, _START, {"token": token, "check": check})
+    except BaseException:
+        if witness is not None:
+            witness.close()
+        raise
     proof = SessionProof(target, token, pid)
-    with connect(target, autocommit=True) as witness:
+    with witness or connect(target, autocommit=True) as witness:
         seen_token, seen_pid = _run(witness, _WITNESS, None)
     if seen_token == token or seen_pid == pid:
         raise pooler_refusal(target, SHARED_BACKEND)

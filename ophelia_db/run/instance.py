@@ -73,12 +73,14 @@ def migrate(
         chain = chain_for(spec)
         # One connection per instance: the lock, the re-read, every revision and
         # the fingerprint all go through it (a tenant's connection slots are few,
-        # and a remote connection costs several round trips).
-        # The state is read behind the lock, in its round trip: the plan is decided
-        # only under the lock (another runner may have moved the instance since
-        # the first look).
+        # and a remote connection costs several round trips). The state is read
+        # behind the lock, in its round trip: the plan is decided only under the
+        # lock (another runner may have moved the instance since the first look).
         under_lock = StateRead()
-        with Session(target) as session, session_lock(session.conn, target, read=under_lock) as proof:
+        with (
+            Session(target) as session,
+            session_lock(session.conn, target, read=under_lock, witness=session.take_witness()) as proof,
+        ):
             if worker_interrupted():
                 return _not_started(target, started)
             state = under_lock.result()
@@ -88,34 +90,39 @@ def migrate(
     except OpheliaError as error:
         return InstanceResult.from_error(target, error, started)
     except Exception as exc:
-        if is_connection_error(exc):
-            # Lost between revisions (while unlocking, say): committed revisions stay.
-            return InstanceResult.of(
-                target,
-                Outcome.UNREACHABLE,
-                started=started,
-                exit_code=ExitCode.UNREACHABLE,
-                error=(
-                    f"{target.name}: lost the connection: {describe_error(exc)}; run "
-                    f"`ophelia-db status --instance {target.name}` to see where it stands, then upgrade again"
-                ),
-            )
-        # A bug of ours: its traceback goes to the log (stderr by default), and
-        # the instance's result says so, so that the other instances carry on.
-        log.exception("internal error while migrating %s", target.name)
-        return InstanceResult.of(
-            target,
-            Outcome.FAILED,
-            started=started,
-            exit_code=ExitCode.INTERNAL,
-            error=(
-                f"{target.name}: internal error (a bug in ophelia-db): {type(exc).__name__}: "
-                f"{redact(str(exc))}; its revision was rolled back. Please report it with the traceback"
-            ),
-        )
+        return _unexpected(target, exc, started)
     except KeyboardInterrupt as exc:
         # Interrupted before any revision started (waiting for the lock, say).
         return _not_started(target, started, exit_code_of(exc))
+
+
+def _unexpected(target: Target, exc: Exception, started: float) -> InstanceResult:
+    """The result of an error no revision raised: a lost connection, or a bug of ours."""
+    if is_connection_error(exc):
+        # Lost between revisions (while unlocking, say): committed revisions stay.
+        return InstanceResult.of(
+            target,
+            Outcome.UNREACHABLE,
+            started=started,
+            exit_code=ExitCode.UNREACHABLE,
+            error=(
+                f"{target.name}: lost the connection: {describe_error(exc)}; run "
+                f"`ophelia-db status --instance {target.name}` to see where it stands, then upgrade again"
+            ),
+        )
+    # A bug of ours: its traceback goes to the log (stderr by default), and
+    # the instance's result says so, so that the other instances carry on.
+    log.exception("internal error while migrating %s", target.name)
+    return InstanceResult.of(
+        target,
+        Outcome.FAILED,
+        started=started,
+        exit_code=ExitCode.INTERNAL,
+        error=(
+            f"{target.name}: internal error (a bug in ophelia-db): {type(exc).__name__}: "
+            f"{redact(str(exc))}; its revision was rolled back. Please report it with the traceback"
+        ),
+    )
 
 
 def _not_started(target: Target, started: float, code: int | None = None) -> InstanceResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,21 @@ class Session:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.conn = connect(target, autocommit=True)
+        # The lock's witness (fleet/lock.py) connects at the same time, not after:
+        # a remote connection costs several round trips.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness") as side:
+            opening = side.submit(connect, target, autocommit=True)
+            try:
+                self.conn = connect(target, autocommit=True)
+            except BaseException:
+                with suppress(Exception):
+                    opening.result().close()
+                raise
+            try:
+                self.witness: Connection | None = opening.result()
+            except BaseException:
+                self.conn.close()
+                raise
         self._alembic: Any = None
         with _open_lock:
             _open_sessions.add(self)
@@ -82,7 +97,14 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
+    def take_witness(self) -> Connection | None:
+        """The witness connection, handed over once (the lock closes it after use)."""
+        witness, self.witness = self.witness, None
+        return witness
+
     def __exit__(self, *_: object) -> None:
+        if self.witness is not None:
+            self.witness.close()
         with _open_lock:
             _open_sessions.discard(self)
         if self._alembic is not None:
