@@ -15,8 +15,9 @@ Python needs a live connection (its offline rendering fails), a
 non-transactional section (``autocommit_block``), every downgrade. A batch
 that fails is rolled back and its revision run again online, so that the error
 names the statement it came from (a batch error cannot say which statement
-failed); a lost connection, a statement timeout and a moved session are
-reported at once instead, since running them again would not help.
+failed); a lock timeout is retried as a batch (``revisions``), and a lost
+connection, a statement timeout and a moved session are reported at once,
+since running them again online would not help.
 """
 
 from __future__ import annotations
