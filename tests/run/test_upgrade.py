@@ -212,6 +212,25 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     assert_consistent(url, "0005", chain)
 
 
+def test_failing_revision_in_a_parallel_run_is_rerun_online_and_named(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    # In parallel, each instance migrates in a thread in batches; the failed batch is rolled back
+    # and the instance handed to a worker process, where Alembic online names the statement.
+    hub_url, urls = fleet_dbs(2)
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    chain = failing_chain()
+
+    report = runner.upgrade(fleet, fleet.select(["inst1", "inst2"]), chain=chain, jobs=2)
+
+    assert report.exit_code == 5, report.as_record()
+    for result in report.instances:
+        assert (result.result, result.to_revision) == ("failed", "0005"), result
+        assert "(in: THIS IS NOT VALID SQL)" in (result.error or ""), result.error
+        assert_consistent(urls[result.name], "0005", chain)
+
+
 def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
