@@ -162,7 +162,7 @@ def _prove_session(conn: Connection, target: Target, witness: Connection | None)
 
 def _try_lock(conn: Connection, read: UnderLock | None) -> tuple[Any, ...]:
     """Try the lock, with ``read`` behind it in the same pipeline; the lock's row."""
-    if read is None or not conn.autocommit:
+    if read is None:
         return _run(conn, _TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
     cursor = None
     failure: Exception | None = None
@@ -174,6 +174,9 @@ def _try_lock(conn: Connection, read: UnderLock | None) -> tuple[Any, ...]:
         if cursor is None:
             raise
         failure = exc  # the read's (a missing table, say); the lock's row came first
+    if not conn.autocommit:
+        # Leave no transaction open (a session advisory lock outlives it).
+        conn.rollback()
     read.receive(failure)
     return tuple(cursor.fetchone() or ())
 

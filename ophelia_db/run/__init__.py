@@ -1,14 +1,14 @@
 """Running the revision chain: the area that owns Alembic and the version mirror.
 
 It owns reading the chain (``chain``), building every Alembic ``Config``
-(``driver``), the per-instance step under the migration lock (``instance``)
-and its revisions (``revisions``), each sent as one batch where it can be
-(``batch``), the fan-out over worker processes (``fanout``) and signals
-(``interrupts``),
-the mirror tables ``schema_migrations``/``schema_version`` (``mirror``, their
-only writer), and the commands built on them: ``status``/``history``,
-``upgrade``/``downgrade``, ``sync``, the offline ``sql`` and the plain
-``alembic -x instance=NAME`` entry (``plain_alembic``).
+(``driver``), the per-instance step under the migration lock (``instance``),
+its connections (``session``) and its revisions (``revisions``), each sent as
+one batch where it can be (``batch``), the fan-out over threads and worker
+processes (``fanout``) and signals (``interrupts``), the mirror tables
+``schema_migrations``/``schema_version`` (``mirror``, their only writer), and
+the commands built on them: ``status``/``history``, ``upgrade``/``downgrade``,
+``sync``, the offline ``sql`` and the plain ``alembic -x instance=NAME`` entry
+(``plain_alembic``).
 """
 
 from ophelia_db.run.downgrade import DowngradePlan, downgrade, plan_downgrade

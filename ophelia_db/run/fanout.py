@@ -26,7 +26,7 @@ from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Target
 from ophelia_db.results import SUCCESSFUL, InstanceResult, Outcome
 from ophelia_db.run.chain import ChainSpec, chain_for
-from ophelia_db.run.instance import HANDED_OVER, IN_A_THREAD, Means, migrate
+from ophelia_db.run.instance import migrate
 from ophelia_db.run.interrupts import (
     Interrupted,
     clear_thread_interrupt,
@@ -34,7 +34,8 @@ from ophelia_db.run.interrupts import (
     interrupt_threads,
     worker_initializer,
 )
-from ophelia_db.run.revisions import NeedsAlembic, cancel_open_sessions
+from ophelia_db.run.revisions import HANDED_OVER, IN_A_PROCESS, IN_A_THREAD, NeedsAlembic
+from ophelia_db.run.session import cancel_open_sessions
 
 Finish = Callable[[Target, InstanceResult], None]
 Start = Callable[[Target], None]
@@ -172,10 +173,13 @@ def run(
     if jobs <= 1 or len(targets) == 1:
         _run_here(targets, wave)
         return
-    threaded = [t for t in targets if in_threads and in_threads(t)]
-    rest = [t for t in targets if t not in threaded]
+    threaded: list[Target] = []
+    rest: list[Target] = []
+    for target in targets:
+        (threaded if in_threads and in_threads(target) else rest).append(target)
     handed_over = _run_threads(threaded, wave, min(jobs, len(threaded) or 1))
-    rest = sorted(rest + handed_over, key=targets.index)
+    order = {target.name: index for index, target in enumerate(targets)}
+    rest = sorted(rest + handed_over, key=lambda target: order[target.name])
     if not rest:
         return
     if wave.halt.reason:
@@ -221,7 +225,8 @@ def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
         clear_thread_interrupt()
     for target in reversed(queue):
         wave.finish(target, halt.skip(target))
-    return [] if halt.interrupted else handed_over
+    # After an interruption the caller skips them too: halt.reason is set.
+    return handed_over
 
 
 def _collect_thread(
@@ -266,7 +271,7 @@ def _run_pool(
             while queue and len(running) < jobs and not halt.reason:
                 target = queue.pop()
                 wave.started(target)
-                means = HANDED_OVER if target in handed_over else Means()
+                means = HANDED_OVER if target in handed_over else IN_A_PROCESS
                 running[pool.submit(migrate, target, wave.spec, wave.goal, means=means)] = target
             if not running:
                 break

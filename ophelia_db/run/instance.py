@@ -10,9 +10,7 @@ failure never stops the others.
 from __future__ import annotations
 
 import logging
-import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from ophelia_db.errors import ExitCode, OpheliaError
@@ -28,8 +26,9 @@ from ophelia_db.fleet.lock import SessionProof, session_lock
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult, Outcome, state_exit_code
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
-from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
-from ophelia_db.run.revisions import NeedsAlembic, PlannedRun, Session
+from ophelia_db.run.interrupts import exit_code_of, interrupted_exit_code, worker_interrupted
+from ophelia_db.run.revisions import IN_A_PROCESS, Means, NeedsAlembic, PlannedRun
+from ophelia_db.run.session import Session
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, StateRead, below_current, classify
 
 log = logging.getLogger(__name__)
@@ -45,20 +44,8 @@ def state_fields(state: InstanceState) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Means:
-    """What a migration may use: Alembic online (not in a thread), batches (not after a handover)."""
-
-    alembic: bool = True
-    batches: bool = True
-
-
-IN_A_THREAD = Means(alembic=False)
-HANDED_OVER = Means(batches=False)
-
-
 def migrate(
-    target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False, means: Means = Means()
+    target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False, means: Means = IN_A_PROCESS
 ) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock.
 
@@ -130,7 +117,7 @@ def _not_started(target: Target, started: float, code: int | None = None) -> Ins
         target,
         Outcome.SKIPPED,
         started=started,
-        exit_code=code or exit_code_of(Interrupted(worker_interrupted() or signal.SIGTERM)),
+        exit_code=code or interrupted_exit_code(),
         error=f"{target.name}: interrupted before any change; nothing was done",
     )
 
@@ -149,9 +136,7 @@ def _migrate_locked(
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned
-    run = PlannedRun(
-        target, chain, state, goal, downgrade, planned, started, proof, means.alembic, means.batches
-    )
+    run = PlannedRun(target, chain, state, goal, downgrade, planned, started, proof, means)
     failed = run.execute(session)
     if failed is not None:
         return failed

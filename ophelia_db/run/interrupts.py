@@ -76,6 +76,11 @@ def worker_interrupted() -> int | None:
     return _worker_signal
 
 
+def interrupted_exit_code() -> int:
+    """The exit code of this process's interruption (SIGTERM's when none is recorded)."""
+    return ExitCode.SIGINT if _worker_signal == signal.SIGINT else ExitCode.SIGTERM
+
+
 def interrupt_threads(signum: int) -> None:
     """Tell the migrations running in threads of this process that the run is interrupted."""
     global _worker_signal

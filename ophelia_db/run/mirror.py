@@ -113,14 +113,18 @@ class MirrorHook:
             self._record(ctx.connection.connection.driver_connection, revision, elapsed)
         else:
             self._forget(ctx.connection.connection.driver_connection, revision, new_head)
-        if step.is_upgrade:
+        self._note(revision, step.is_upgrade, elapsed)
+        self._started = time.monotonic()
+
+    def _note(self, revision: str, is_upgrade: bool, elapsed_ms: int) -> None:
+        """Record that ``revision`` committed, up or down, and tell ``on_step``."""
+        if is_upgrade:
             self.applied.append(revision)
-            self.durations_ms[revision] = elapsed
+            self.durations_ms[revision] = elapsed_ms
         else:
             self.reverted.append(revision)
         if self.on_step:
-            self.on_step(revision, step.is_upgrade)
-        self._started = time.monotonic()
+            self.on_step(revision, is_upgrade)
 
     def batch_sql(self, revision: str) -> list[str]:
         """The mirror's statements for ``revision`` sent inside its batch, just before its COMMIT.
@@ -151,10 +155,7 @@ class MirrorHook:
         """Note that ``revision``'s batch committed (``mirror_seen``: what its last SELECT said)."""
         if mirror_seen:
             self.mirror_exists = True
-        self.applied.append(revision)
-        self.durations_ms[revision] = elapsed_ms
-        if self.on_step:
-            self.on_step(revision, True)
+        self._note(revision, True, elapsed_ms)
 
     def _has_mirror(self, conn: Any) -> bool:
         # Once seen during an upgrade the mirror stays (no revision drops it

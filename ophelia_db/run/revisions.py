@@ -10,10 +10,7 @@ SQLSTATE and statement, and what to do next.
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +20,6 @@ from ophelia_db.fleet.connections import (
     Connection,
     connect,
     describe_error,
-    engine_for,
     failed_statement,
     is_connection_error,
     pooler_refusal,
@@ -35,10 +31,24 @@ from ophelia_db.run import batch, driver, mirror
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
+from ophelia_db.run.session import Session
 from ophelia_db.run.state import InstanceState
 
 LOCK_RETRIES = 2
 LOCK_BACKOFF_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Means:
+    """What a migration may use: Alembic online (not in a thread), batches (not after a handover)."""
+
+    alembic: bool = True
+    batches: bool = True
+
+
+IN_A_PROCESS = Means()
+IN_A_THREAD = Means(alembic=False)
+HANDED_OVER = Means(batches=False)
 
 
 class NeedsAlembic(Exception):
@@ -47,69 +57,6 @@ class NeedsAlembic(Exception):
     Nothing is left half-done: every revision before is committed, the one in
     hand was rolled back. The caller runs the instance again in a process.
     """
-
-
-_open_sessions: set[Session] = set()
-_open_lock = threading.Lock()
-
-
-def cancel_open_sessions() -> None:
-    """Cancel the statement each open session is running (an interruption, from the main thread)."""
-    with _open_lock:
-        sessions = list(_open_sessions)
-    for session in sessions:
-        with suppress(Exception):
-            session.conn.cancel_safe(timeout=5)
-
-
-class Session:
-    """The instance's one connection: psycopg for reads and batches, Alembic online over it if needed."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        # The lock's witness (fleet/lock.py) connects at the same time, not after:
-        # a remote connection costs several round trips.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness") as side:
-            opening = side.submit(connect, target, autocommit=True)
-            try:
-                self.conn = connect(target, autocommit=True)
-            except BaseException:
-                with suppress(Exception):
-                    opening.result().close()
-                raise
-            try:
-                self.witness: Connection | None = opening.result()
-            except BaseException:
-                self.conn.close()
-                raise
-        self._alembic: Any = None
-        with _open_lock:
-            _open_sessions.add(self)
-
-    def alembic_connection(self) -> Any:
-        """A SQLAlchemy connection over ``conn``, for Alembic online; made on first use."""
-        if self._alembic is None:
-            # SQLAlchemy and Alembic own the transactions from here on.
-            self.conn.autocommit = False
-            self._alembic = engine_for(self.target, self.conn).connect()
-        return self._alembic
-
-    def __enter__(self) -> Session:
-        return self
-
-    def take_witness(self) -> Connection | None:
-        """The witness connection, handed over once (the lock closes it after use)."""
-        witness, self.witness = self.witness, None
-        return witness
-
-    def __exit__(self, *_: object) -> None:
-        if self.witness is not None:
-            self.witness.close()
-        with _open_lock:
-            _open_sessions.discard(self)
-        if self._alembic is not None:
-            self._alembic.close()
-        self.conn.close()
 
 
 @dataclass
@@ -124,10 +71,8 @@ class PlannedRun:
     planned: list[str]
     started: float
     proof: SessionProof
-    # False in a thread: Alembic's proxies are process-global (see NeedsAlembic).
-    alembic_allowed: bool = True
-    # False to go straight to Alembic online (a run handed over from a thread).
-    batches_allowed: bool = True
+    # In a thread Alembic online is not allowed (see NeedsAlembic); after a handover, batches are not.
+    means: Means = IN_A_PROCESS
     hook: MirrorHook = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,7 +86,7 @@ class PlannedRun:
 
     def execute(self, session: Session) -> InstanceResult | None:
         """Run the plan, in batches while they fit, then through Alembic online; ``None``: all done."""
-        if not self.downgrade and self.goal is not None and self.batches_allowed:
+        if not self.downgrade and self.goal is not None and self.means.batches:
             try:
                 self.send_batches(session.conn)
             except KeyboardInterrupt as exc:
@@ -152,7 +97,7 @@ class PlannedRun:
                     return settled
             if self.done == len(self.planned):
                 return None
-        if not self.alembic_allowed:
+        if not self.means.alembic:
             raise NeedsAlembic(self.planned[self.done])
         connection = session.alembic_connection()
         self.time_box_each_revision(connection)
@@ -196,7 +141,7 @@ class PlannedRun:
             return self.revision_failed(error, _blockers(self.target))
         if not failure.retry_online:
             return self.revision_failed(error)
-        if not self.alembic_allowed:
+        if not self.means.alembic:
             raise NeedsAlembic(failure.revision)
         return None  # rolled back; Alembic online runs it again and names the statement
 

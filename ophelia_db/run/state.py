@@ -106,7 +106,8 @@ def read_state(conn: Any) -> InstanceState:
             reader.send(conn)
     except Exception as exc:
         failure = exc
-    return reader.result(failure)
+    reader.receive(failure)
+    return reader.result()
 
 
 class StateRead:
@@ -132,10 +133,9 @@ class StateRead:
         """Note what the pipeline raised when it ended, if anything."""
         self.failure = failure
 
-    def result(self, failure: Exception | None = None) -> InstanceState:
-        """The state, once the pipeline has ended (``failure``: what it raised, if anything)."""
-        failure = failure or self.failure
-        conn = self.conn
+    def result(self) -> InstanceState:
+        """The state, once the pipeline has ended and ``receive`` has been told how."""
+        failure, conn = self.failure, self.conn
         if failure is not None and (sqlstate_of(failure) != "42P01" or self.tables is None):
             raise failure
         if not conn.autocommit:

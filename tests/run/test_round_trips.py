@@ -11,6 +11,8 @@ message; TLS and SCRAM add more on a real remote database).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -28,13 +30,19 @@ EMPTY_TO_HEAD_CONNECTIONS = 3
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
 
 
+@contextmanager
+def _through_proxy(url: str) -> Iterator[tuple[LatencyProxy, str]]:
+    """A counting proxy in front of ``url``'s server, and ``url`` pointed at it."""
+    direct = urlsplit(url)
+    with LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432, rtt=0.004) as proxy:
+        yield proxy, urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+
+
 @pytest.fixture
 def proxied(tmp_path, fleet_dbs):
     """A fleet whose instance is reached through a counting proxy (the hub directly)."""
     hub, instances = fleet_dbs(1)
-    direct = urlsplit(instances["inst1"])
-    with LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432, rtt=0.004) as proxy:
-        through = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+    with _through_proxy(instances["inst1"]) as (proxy, through):
         fleet = load_fleet(write_fleet(tmp_path, hub, {"inst1": through}))
         yield fleet, proxy, instances["inst1"]
 
@@ -67,9 +75,7 @@ def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
 def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
     # The registry's lifecycle statuses are read on the connection the reports then use.
     hub, instances = fleet_dbs(1)
-    direct = urlsplit(hub)
-    with LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432, rtt=0.004) as proxy:
-        through = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+    with _through_proxy(hub) as (proxy, through):
         fleet = load_fleet(write_fleet(tmp_path, through, instances))
         runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
         proxy.reset()
