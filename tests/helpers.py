@@ -189,7 +189,7 @@ def assert_consistent(url: str, revision: str, chain: Chain = CHAIN) -> None:
 
 
 def failing_chain() -> Chain:
-    """The project chain plus tests/chains/failing: 0005 works, 0006 fails half-way."""
+    """The project chain plus tests/chains/failing: 0105 works, 0106 fails half-way."""
     return Chain.load(ChainSpec(alembic_ini=ALEMBIC_INI, version_locations=chain_locations("failing")))
 
 

@@ -125,18 +125,55 @@ class BatchFailure(Exception):
 def send(
     conn: psycopg.Connection,
     chain: Chain,
-    rendered_revision: RenderedRevision,
+    revisions: Sequence[RenderedRevision],
     *,
     hook: mirror.MirrorHook,
     proof: SessionProof,
     timeouts: Timeouts,
 ) -> None:
-    """Run one revision as one message on ``conn`` (autocommit, idle); record it in ``hook``."""
+    """Run consecutive revisions as one message on ``conn`` (autocommit, idle), each in its own
+    transaction; record each that committed in ``hook``.
+
+    The server stops at the first error of a message, so the revisions before
+    the failing one stay committed: ``alembic_version`` then says which they are.
+    """
+    wants_answer = not hook.mirror_exists
+    statements = [
+        text
+        for rendered_revision in revisions
+        for text in _transaction(chain, rendered_revision, hook, proof, timeouts)
+    ]
+    started = time.monotonic()
+    cursor = conn.cursor()
+    try:
+        cursor.execute(";\n".join(statements))
+    except psycopg.Error as exc:
+        _roll_back(conn)
+        done = _committed_through(conn, revisions)
+        _note_committed(hook, revisions[:done], started)
+        if done < len(revisions):
+            raise BatchFailure(revisions[done].revision, exc) from exc
+        return  # cancelled (an interruption) after its last COMMIT had gone through: all applied
+    except BaseException:
+        _roll_back(conn)
+        _note_committed(hook, revisions[: _committed_through(conn, revisions)], started)
+        raise
+    seen = _last_answer(cursor) if wants_answer else None
+    _note_committed(hook, revisions, started, mirror_seen=seen)
+
+
+def _transaction(
+    chain: Chain,
+    rendered_revision: RenderedRevision,
+    hook: mirror.MirrorHook,
+    proof: SessionProof,
+    timeouts: Timeouts,
+) -> list[str]:
+    """One revision's transaction: session check, time box, its statements, version step, mirror."""
     revision = chain.get(rendered_revision.revision)
     lock = revision.lock_timeout or timeouts.lock_timeout
     statement = revision.statement_timeout or timeouts.statement_timeout
-    wants_answer = not hook.mirror_exists
-    statements = [
+    return [
         "BEGIN",
         proof.guard_sql(),
         f"SELECT set_config('lock_timeout', '{int(lock * 1000)}ms', true), "
@@ -147,39 +184,39 @@ def send(
         *hook.batch_sql(revision.id),
         "COMMIT",
     ]
-    started = time.monotonic()
-    cursor = conn.cursor()
-    try:
-        cursor.execute(";\n".join(statements))
-    except psycopg.Error as exc:
-        _roll_back(conn)
-        if _committed_anyway(conn, revision.id):
-            # Cancelled (an interruption) after its COMMIT had gone through: it is applied.
-            hook.committed(revision.id, int((time.monotonic() - started) * 1000))
-            return
-        raise BatchFailure(revision.id, exc) from exc
-    except BaseException:
-        _roll_back(conn)
-        if _committed_anyway(conn, revision.id):
-            hook.committed(revision.id, int((time.monotonic() - started) * 1000))
-        raise
-    seen = _last_answer(cursor) if wants_answer else None
-    hook.committed(revision.id, int((time.monotonic() - started) * 1000), mirror_seen=seen)
 
 
-def _committed_anyway(conn: psycopg.Connection, revision: str) -> bool:
-    """Whether a batch that raised had committed all the same (a cancel that came too late).
+def _note_committed(
+    hook: mirror.MirrorHook,
+    revisions: Sequence[RenderedRevision],
+    started: float,
+    *,
+    mirror_seen: bool | None = None,
+) -> None:
+    """Tell ``hook`` of the revisions that committed; the message's time is shared between them
+    (the recorded ``execution_time_ms`` is the server's own measure of each)."""
+    if not revisions:
+        return
+    share = int((time.monotonic() - started) * 1000) // len(revisions)
+    for rendered_revision in revisions[:-1]:
+        hook.committed(rendered_revision.revision, share)
+    hook.committed(revisions[-1].revision, share, mirror_seen=mirror_seen)
+
+
+def _committed_through(conn: psycopg.Connection, revisions: Sequence[RenderedRevision]) -> int:
+    """How many of a message's revisions committed, after it raised (an error or a late cancel).
 
     The result then says what the database holds. Only asked when the
     connection is still usable; a lost one is reported as such by the caller.
     """
     if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-        return False
+        return 0
     try:
         row = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
     except psycopg.Error:
-        return False
-    return row is not None and row[0] == revision
+        return 0
+    ids = [rendered_revision.revision for rendered_revision in revisions]
+    return ids.index(row[0]) + 1 if row is not None and row[0] in ids else 0
 
 
 def _last_answer(cursor: psycopg.Cursor) -> bool:

@@ -11,6 +11,7 @@ functions below), which also stamp ``alembic_version``.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -56,6 +57,16 @@ _ELAPSED_MS = (
     "(extract(epoch FROM clock_timestamp() - "
     f"current_setting('{REVISION_STARTED}')::timestamptz) * 1000)::int"
 )
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,50}$")
+
+
+def _duration_setting(revision: str) -> str | None:
+    """The session setting a batch keeps ``revision``'s duration in, for a later backfill.
+
+    Several revisions go in one message before the mirror exists; the one that
+    creates it backfills the earlier ones with the durations the server measured.
+    """
+    return f"ophelia.ms_{revision}" if _IDENTIFIER.match(revision) else None
 
 
 def _literals(values: dict[str, Any]) -> dict[str, str]:
@@ -142,14 +153,26 @@ class MirrorHook:
         if self.mirror_exists:
             return record
         backfill = [
-            _BACKFILL_ROW % _literals(_row(self.chain.get(earlier), self.by, self.durations_ms.get(earlier)))
+            _BACKFILL_ROW % self._backfill_values(earlier)
             for earlier in self.chain.applied_through(revision)[:-1]
         ]
         body = "\n".join(f"    {statement};" for statement in backfill + record)
+        setting = _duration_setting(revision)
+        keep = (
+            f"  PERFORM set_config({sql_literal(setting)}, {_ELAPSED_MS}::text, false);\n" if setting else ""
+        )
         return [
-            f"DO $ophelia$\nBEGIN\n  IF {_MIRROR_EXISTS} THEN\n{body}\n  END IF;\nEND $ophelia$",
+            f"DO $ophelia$\nBEGIN\n{keep}  IF {_MIRROR_EXISTS} THEN\n{body}\n  END IF;\nEND $ophelia$",
             f"SELECT {_MIRROR_EXISTS}",
         ]
+
+    def _backfill_values(self, revision: str) -> dict[str, str]:
+        """An earlier revision's row: its duration as measured here, else as its batch kept it."""
+        values = _literals(_row(self.chain.get(revision), self.by, self.durations_ms.get(revision)))
+        setting = _duration_setting(revision)
+        if revision not in self.durations_ms and setting:
+            values["ms"] = f"NULLIF(current_setting({sql_literal(setting)}, true), '')::int"
+        return values
 
     def committed(self, revision: str, elapsed_ms: int, *, mirror_seen: bool | None = None) -> None:
         """Note that ``revision``'s batch committed (``mirror_seen``: what its last SELECT said)."""

@@ -10,6 +10,7 @@ SQLSTATE and statement, and what to do next.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,29 +105,29 @@ class PlannedRun:
         return self.with_lock_retries(connection)
 
     def send_batches(self, conn: Connection) -> None:
-        """Send each planned revision that renders offline as one batch, until one does not.
+        """Send the planned revisions that render offline in one message, up to one that does not.
 
         A revision that could not get its table locks is sent again, as Alembic
         online would run it again (the whole revision, rolled back first).
         """
         assert self.goal is not None
         rendered = batch.rendered(self.chain, self.state.revision, self.goal)
-        for revision in self.planned[self.done :]:
-            found = rendered.get(revision)
-            if found is None:
+        attempt = 0
+        while True:
+            # The revisions that render offline, from the next one up to the first that does not.
+            ahead = list(itertools.takewhile(rendered.__contains__, self.planned[self.done :]))
+            if not ahead:
                 return
-            attempt = 0
-            while True:
-                _stop_if_interrupted()
-                try:
-                    timeouts = self.target.timeouts
-                    batch.send(conn, self.chain, found, hook=self.hook, proof=self.proof, timeouts=timeouts)
-                    break
-                except batch.BatchFailure as failure:
-                    if failure.error.sqlstate != "55P03" or attempt >= LOCK_RETRIES or worker_interrupted():
-                        raise
-                    attempt += 1
-                    time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            _stop_if_interrupted()
+            try:
+                timeouts = self.target.timeouts
+                sending = [rendered[revision] for revision in ahead]
+                batch.send(conn, self.chain, sending, hook=self.hook, proof=self.proof, timeouts=timeouts)
+            except batch.BatchFailure as failure:
+                if failure.error.sqlstate != "55P03" or attempt >= LOCK_RETRIES or worker_interrupted():
+                    raise
+                attempt += 1
+                time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
 
     def batch_failed(self, failure: batch.BatchFailure) -> InstanceResult | None:
         """The result a failed batch settles the instance with, or ``None`` to run it online."""

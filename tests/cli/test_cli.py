@@ -107,11 +107,11 @@ def test_status_states_json_shape_and_check(fleet_dbs: FleetDbs, tmp_path: Path)
 
     inst1 = by_name["inst1"]
     assert (inst1["state"], inst1["current"], inst1["pending"]) == ("up-to-date", HEAD, [])
-    assert (inst1["migrations_count"], inst1["error"]) == (4, None)
+    assert (inst1["migrations_count"], inst1["error"]) == (len(REVISIONS), None)
     assert datetime.fromisoformat(inst1["updated_at"]).tzinfo is not None
 
     inst2 = by_name["inst2"]
-    assert (inst2["state"], inst2["current"], inst2["pending"]) == ("outdated", "0002", ["0003", "0004"])
+    assert (inst2["state"], inst2["current"], inst2["pending"]) == ("outdated", "0002", REVISIONS[2:])
     assert inst2["migrations_count"] == 2
 
     inst3 = by_name["inst3"]

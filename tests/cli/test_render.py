@@ -9,7 +9,7 @@ import pytest
 
 from ophelia_db.cli.render.run import progress_display
 from ophelia_db.results import InstanceResult
-from tests.helpers import run_cli, write_fleet
+from tests.helpers import HEAD, REVISIONS, run_cli, write_fleet
 
 
 class Terminal(io.StringIO):
@@ -25,7 +25,7 @@ def test_plain_output_is_one_line_per_instance_then_a_summary(tmp_path, fleet_db
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert sorted(line.split()[0] for line in lines[:-1]) == ["hub", "inst1", "inst2"]
-    assert all(" ok base -> 0004 [0001, 0002, 0003, 0004] " in line for line in lines[:-1])
+    assert all(f" ok base -> {HEAD} [{', '.join(REVISIONS)}] " in line for line in lines[:-1])
     assert lines[-1] == "3 instance(s): 3 ok; hub report ok"
     assert done.stderr == ""
 

@@ -120,7 +120,7 @@ def test_short_values_are_not_registered() -> None:
     "text",
     [
         "",
-        "instance corte is at 0003, 2 pending (0004, 0005)",
+        "instance corte is at 0003, 2 pending (0004, 0105)",
         'password authentication failed for user "ophelia"',
         "connection to server at 127.0.0.1:5432 failed: Connection refused",
         "postgresql://ophelia@db.internal:5432/corte?sslmode=require",

@@ -49,17 +49,17 @@ def test_alembic_revision_rev_id_writes_a_file_like_the_committed_ones(tmp_path:
     )
     proc = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ini),
-         "revision", "--rev-id", "0005", "-m", "add something"],
+         "revision", "--rev-id", "0006", "-m", "add something"],
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    (created,) = versions.glob("0005_*.py")
-    assert created.name == "0005_add_something.py"
+    (created,) = versions.glob("0006_*.py")
+    assert created.name == "0006_add_something.py"
     text = created.read_text(encoding="utf-8")
-    assert 'revision: str = "0005"' in text
-    assert 'down_revision: str | Sequence[str] | None = "0004"' in text
+    assert 'revision: str = "0006"' in text
+    assert 'down_revision: str | Sequence[str] | None = "0005"' in text
     chain = Chain.load(ChainSpec(alembic_ini=ini))
-    assert chain.head == "0005" and chain.get("0005").name == "add something"
+    assert chain.head == "0006" and chain.get("0006").name == "add something"
 
 
 def test_a_deleted_revision_file_is_named_not_mistaken_for_two_heads(tmp_path: Path) -> None:
@@ -67,12 +67,12 @@ def test_a_deleted_revision_file_is_named_not_mistaken_for_two_heads(tmp_path: P
     versions.mkdir()
     for path in SHIPPED.glob("0*.py"):
         (versions / path.name).write_bytes(path.read_bytes())
-    # 0005 was applied, then its file deleted; 0006 still points to it.
-    (versions / "0006_after.py").write_text(
-        '"""After."""\nrevision = "0006"\ndown_revision = "0005"\n\n\ndef upgrade():\n    pass\n',
+    # 0105 was applied, then its file deleted; 0106 still points to it.
+    (versions / "0106_after.py").write_text(
+        '"""After."""\nrevision = "0106"\ndown_revision = "0105"\n\n\ndef upgrade():\n    pass\n',
         encoding="utf-8",
     )
-    with pytest.raises(IntegrityRefusal, match=r"revision 0006 \(0006_after.py\) points to revision 0005"):
+    with pytest.raises(IntegrityRefusal, match=r"revision 0106 \(0106_after.py\) points to revision 0105"):
         Chain.load(ChainSpec(alembic_ini=ROOT / "alembic.ini", version_locations=str(versions)))
     done = run_cli(["lint", "--no-squawk"], locations=str(versions))
     assert done.returncode == 4, done.stderr

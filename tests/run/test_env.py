@@ -70,14 +70,15 @@ def test_plain_alembic_upgrade_current_downgrade(fleet_dbs: FleetDbs, tmp_path: 
         (rev.id, rev.checksum) for rev in CHAIN.revisions
     ]
     row = registry(hub_url)["inst1"]
-    assert (row["schema_version"], row["migrations_count"], row["last_run_status"]) == (HEAD, 4, "ok")
+    assert (row["schema_version"], row["last_run_status"]) == (HEAD, "ok")
+    assert row["migrations_count"] == len(REVISIONS)
     assert row["community_name"] == "Inst1"
 
     current = alembic(*x, "current", cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert f"{HEAD} (head)" in current.stdout
 
-    down = alembic(*x, "downgrade", "-1", cwd=tmp_path)
+    down = alembic(*x, "downgrade", "0003", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert_consistent(url, "0003")
     assert registry(hub_url)["inst1"]["schema_version"] == "0003"
@@ -88,7 +89,7 @@ def test_plain_alembic_upgrade_current_downgrade(fleet_dbs: FleetDbs, tmp_path: 
     assert again.returncode == 0, again.stderr
     assert_consistent(url, HEAD)
     status = runner.status(fleet, fleet.select(["inst1"])).instances[0]
-    assert (status.state, status.migrations_count) == ("up-to-date", 4)
+    assert (status.state, status.migrations_count) == ("up-to-date", len(REVISIONS))
 
 
 @pytest.mark.parametrize(

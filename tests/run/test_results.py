@@ -80,7 +80,7 @@ def status(name: str, state: str, role: str = "instance") -> InstanceStatus:
     ],
 )
 def test_status_exit_code(states: list[str], plain: int, checked: int) -> None:
-    report = StatusReport(head="0005", instances=tuple(status(f"i{n}", s) for n, s in enumerate(states)))
+    report = StatusReport(head="0105", instances=tuple(status(f"i{n}", s) for n, s in enumerate(states)))
     assert report.exit_code() == plain
     assert report.exit_code(check=False) == plain
     assert report.exit_code(check=True) == checked
@@ -89,14 +89,14 @@ def test_status_exit_code(states: list[str], plain: int, checked: int) -> None:
 def test_status_record_keys_and_values() -> None:
     moment = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     report = StatusReport(
-        head="0005",
+        head="0105",
         instances=(
             InstanceStatus(
                 name="corte",
                 role="instance",
                 state="outdated",
                 current="0003",
-                pending=("0004", "0005"),
+                pending=("0004", "0105"),
                 migrations_count=3,
                 updated_at=moment,
             ),
@@ -111,7 +111,7 @@ def test_status_record_keys_and_values() -> None:
         "role": "instance",
         "state": "outdated",
         "current": "0003",
-        "pending": ["0004", "0005"],
+        "pending": ["0004", "0105"],
         "migrations_count": 3,
         "updated_at": "2026-11-24T10:00:00+00:00",
         "error": None,
@@ -174,8 +174,8 @@ def test_upgrade_record_keys_and_values() -> None:
                 role="instance",
                 result="ok",
                 from_revision="0003",
-                to_revision="0005",
-                applied=("0004", "0005"),
+                to_revision="0105",
+                applied=("0004", "0105"),
                 duration_ms=812,
                 exit_code=ExitCode.OK,
             ),
@@ -200,8 +200,8 @@ def test_upgrade_record_keys_and_values() -> None:
         "role": "instance",
         "result": "ok",
         "from": "0003",
-        "to": "0005",
-        "applied": ["0004", "0005"],
+        "to": "0105",
+        "applied": ["0004", "0105"],
         "duration_ms": 812,
         "exit_code": 0,
         "error": None,
@@ -216,7 +216,7 @@ def test_run_record_adds_hub_error_and_reverted_only_when_present() -> None:
     report = RunReport(
         run_id="r",
         target="0003",
-        instances=(InstanceResult(name="corte", role="instance", result="ok", reverted=("0005", "0004")),),
+        instances=(InstanceResult(name="corte", role="instance", result="ok", reverted=("0105", "0004")),),
         hub_report="pending",
         hub_error="hub unreachable",
     )
@@ -224,7 +224,7 @@ def test_run_record_adds_hub_error_and_reverted_only_when_present() -> None:
     assert list(record) == ["run_id", "target", "instances", "hub_report", "hub_error"]
     assert record["hub_error"] == "hub unreachable"
     assert list(record["instances"][0]) == [*RUN_KEYS, "reverted"]
-    assert record["instances"][0]["reverted"] == ["0005", "0004"]
+    assert record["instances"][0]["reverted"] == ["0105", "0004"]
 
 
 @pytest.mark.parametrize(
@@ -249,10 +249,10 @@ def test_history_record() -> None:
     report = HistoryReport(
         name="corte",
         current="0004",
-        head="0005",
+        head="0105",
         entries=(
             HistoryEntry("0004", "vault", "applied", moment, "sha256:ab", 12, "ci"),
-            HistoryEntry("0005", "registry", "pending"),
+            HistoryEntry("0105", "registry", "pending"),
         ),
     )
     record = report.as_record()
@@ -268,7 +268,7 @@ def test_history_record() -> None:
             "applied_by": "ci",
         },
         {
-            "version": "0005",
+            "version": "0105",
             "name": "registry",
             "state": "pending",
             "applied_at": None,

@@ -41,11 +41,11 @@ CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
 # --- the tests ----------------------------------------------------------------------------
 
 
-def test_chain_under_test_is_0001_to_0004() -> None:
-    assert REVISIONS == ["0001", "0002", "0003", "0004"], (
-        "tests/chains/failing builds on 0004 and these tests expect 4 revisions; update them with the chain"
+def test_chain_under_test_is_0001_to_0005() -> None:
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005"], (
+        "tests/chains/failing builds on 0005 and these tests expect 5 revisions; update them with the chain"
     )
-    assert failing_chain().head == "0006"
+    assert failing_chain().head == "0106"
 
 
 def test_fresh_instance_to_head_writes_the_mirror(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_two_step_upgrade_times_only_this_runs_revisions(fleet_dbs: FleetDbs, tm
 
     second = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert second.exit_code == 0, second.as_record()
-    assert list(second.instances[0].applied) == ["0003", "0004"]
+    assert list(second.instances[0].applied) == ["0003", "0004", "0005"]
     assert_consistent(url, HEAD)
     late = rows(
         url, "SELECT version, applied_at, execution_time_ms FROM public.schema_migrations ORDER BY id"
@@ -121,7 +121,7 @@ def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> No
 
     down = runner.downgrade(fleet, fleet.get("inst1"), to="0003")
     assert down.exit_code == 0, down.as_record()
-    assert list(down.instances[0].reverted) == ["0004"]
+    assert list(down.instances[0].reverted) == ["0005", "0004"]
     assert_consistent(url, "0003")
     assert not exists(url, "public.instance_registry")
     assert exists(url, "public.instance_config")
@@ -129,7 +129,7 @@ def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> No
 
     up = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert up.exit_code == 0, up.as_record()
-    assert list(up.instances[0].applied) == ["0004"]
+    assert list(up.instances[0].applied) == ["0004", "0005"]
     assert_consistent(url, HEAD)
     assert exists(url, "public.instance_registry")
 
@@ -173,10 +173,10 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     assert report.exit_code == 5, report.as_record()
     result = report.instances[0]
     assert (result.result, result.exit_code) == ("failed", 5)
-    assert list(result.applied) == [*REVISIONS, "0005"]
-    assert result.to_revision == "0005"
+    assert list(result.applied) == [*REVISIONS, "0105"]
+    assert result.to_revision == "0105"
     error = result.error or ""
-    for needle in ("inst1", "0006", "0006_broken.py", "rolled back", "stays at 0005"):
+    for needle in ("inst1", "0106", "0106_broken.py", "rolled back", "stays at 0105"):
         assert needle in error, f"{needle!r} missing from: {error}"
     assert "ophelia-db upgrade --instance inst1" in error, f"no next step in: {error}"
     assert "THIS IS NOT VALID SQL" in error or "syntax error" in error, error
@@ -184,12 +184,12 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     assert "[SQLSTATE 42601]" in error and "(in: THIS IS NOT VALID SQL)" in error, error
     assert "\n" not in error and "Traceback" not in error
 
-    assert_consistent(url, "0005", chain)
-    assert rows(url, "SELECT checksum FROM public.schema_migrations WHERE version = '0005'") == [
-        (file_checksum(chain.get("0005").path),)
+    assert_consistent(url, "0105", chain)
+    assert rows(url, "SELECT checksum FROM public.schema_migrations WHERE version = '0105'") == [
+        (file_checksum(chain.get("0105").path),)
     ]
     assert exists(url, "public.instance_notes")
-    assert not exists(url, "public.half_done"), "0006's CREATE TABLE must be rolled back"
+    assert not exists(url, "public.half_done"), "0106's CREATE TABLE must be rolled back"
     assert not rows(
         url,
         "SELECT 1 FROM information_schema.columns "
@@ -197,19 +197,19 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     )
 
     hub_row = registry(hub_url)["inst1"]
-    assert (hub_row["last_run_status"], hub_row["schema_version"]) == ("failed", "0005")
-    assert hub_row["migrations_count"] == 5
-    assert "0006" in hub_row["last_error"]
+    assert (hub_row["last_run_status"], hub_row["schema_version"]) == ("failed", "0105")
+    assert hub_row["migrations_count"] == len(REVISIONS) + 1
+    assert "0106" in hub_row["last_error"]
 
     # Where it stands now, seen with both chains.
     status = runner.status(fleet, fleet.select(["inst1"]), chain=chain).instances[0]
-    assert (status.state, status.current, list(status.pending)) == ("outdated", "0005", ["0006"])
+    assert (status.state, status.current, list(status.pending)) == ("outdated", "0105", ["0106"])
     assert runner.status(fleet, fleet.select(["inst1"])).instances[0].state == "ahead"
 
-    # Running again fails the same way and still leaves 0005.
+    # Running again fails the same way and still leaves 0105.
     again = runner.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
     assert (again.instances[0].result, again.instances[0].applied) == ("failed", ())
-    assert_consistent(url, "0005", chain)
+    assert_consistent(url, "0105", chain)
 
 
 def test_failing_revision_in_a_parallel_run_is_rerun_online_and_named(
@@ -226,9 +226,9 @@ def test_failing_revision_in_a_parallel_run_is_rerun_online_and_named(
 
     assert report.exit_code == 5, report.as_record()
     for result in report.instances:
-        assert (result.result, result.to_revision) == ("failed", "0005"), result
+        assert (result.result, result.to_revision) == ("failed", "0105"), result
         assert "(in: THIS IS NOT VALID SQL)" in (result.error or ""), result.error
-        assert_consistent(urls[result.name], "0005", chain)
+        assert_consistent(urls[result.name], "0105", chain)
 
 
 def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
@@ -244,8 +244,8 @@ def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> Non
     assert proc.returncode == 5, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     out = proc.stdout + proc.stderr
-    assert "0006_broken.py" in out and "rolled back" in out, out
-    assert_consistent(url, "0005", failing_chain())
+    assert "0106_broken.py" in out and "rolled back" in out, out
+    assert_consistent(url, "0105", failing_chain())
 
     as_json = invoke(["upgrade", "--instance", "inst1", "--fleet", str(path), "--json"], env=env)
     assert as_json.exit_code == 5, as_json.stderr
@@ -255,10 +255,10 @@ def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> Non
         "inst1",
         "failed",
         5,
-        "0005",
-        "0005",
+        "0105",
+        "0105",
     )
-    assert "0006" in row["error"]
+    assert "0106" in row["error"]
 
 
 def test_a_missing_privilege_is_named_as_such(
@@ -284,10 +284,10 @@ def test_a_missing_privilege_is_named_as_such(
     result = report.instances[0]
     assert (result.result, result.exit_code) == ("failed", 5), result
     error = result.error or ""
-    assert "0005 (0005_add_notes.py) needs a privilege the migration role lacks" in error, error
+    assert "0105 (0105_add_notes.py) needs a privilege the migration role lacks" in error, error
     assert "permission denied for schema public [SQLSTATE 42501]" in error, error
-    assert "stays at 0004" in error and "grant that privilege" in error, error
-    assert_consistent(urls["inst1"], "0004")
+    assert "stays at 0005" in error and "grant that privilege" in error, error
+    assert_consistent(urls["inst1"], HEAD)
 
 
 def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, tmp_path: Path) -> None:

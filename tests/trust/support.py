@@ -65,7 +65,7 @@ def paste_offline_sql(url: str, to: str, chain: Chain = CHAIN) -> None:
         conn.execute("\n".join(kept))
 
 
-def extra_chain(directory: Path, revision_body: str, name: str = "0005_trust.py") -> tuple[str, Path]:
+def extra_chain(directory: Path, revision_body: str, name: str = "0105_trust.py") -> tuple[str, Path]:
     """The shipped chain plus one revision written by the test; (version_locations, its file)."""
     folder = directory / "chain"
     folder.mkdir(exist_ok=True)

@@ -48,6 +48,9 @@ def test_snapshot_sees_the_chains_objects_and_not_the_bookkeeping(
         "public.instance_registry",
         "public.schema_migrations",
         "public.schema_version",
+        "public.ophelia_runs",
+        "public.ophelia_run_shards",
+        "public.ophelia_run_instances",
     }
     assert objects["table"]["public.instance_config"]["rls"] is True
     assert objects["column"]["public.schema_migrations.version"]["type"] == "character varying(50)"

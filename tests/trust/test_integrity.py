@@ -43,8 +43,8 @@ REVISION_0005 = '''"""A revision the trust tests edit after it was applied."""
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0105"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -72,7 +72,7 @@ class Trusted:
 
 @pytest.fixture
 def trusted(tmp_path: Path, fleet_dbs: FleetDbs, pg_cluster: LocalCluster) -> Trusted:
-    """The hub and inst1 at 0005: the shipped chain plus a test revision."""
+    """The hub and inst1 at 0105: the shipped chain plus a test revision."""
     hub, urls = fleet_dbs(1)
     path = trust_fleet(tmp_path, pg_cluster, hub, urls)
     locations, revision_file = extra_chain(tmp_path, REVISION_0005)
@@ -94,8 +94,8 @@ def test_valid_instance_passes(trusted: Trusted) -> None:
     report = trust.validate(trusted.fleet, trusted.fleet.select(all_=True), chain=trusted.chain())
     assert report.exit_code == 0
     assert {row.name: (row.state, row.current) for row in report.instances} == {
-        "hub": ("valid", "0005"),
-        "inst1": ("valid", "0005"),
+        "hub": ("valid", "0105"),
+        "inst1": ("valid", "0105"),
     }
     done = run_cli(["validate"], fleet=trusted.fleet_path, locations=trusted.locations)
     assert done.returncode == 0, done.stderr
@@ -117,12 +117,12 @@ def test_edited_file_is_refused_naming_everything_and_nothing_changes(trusted: T
     (row,) = report.instances
     assert (report.exit_code, row.state) == (4, "checksum-mismatch")
     (finding,) = row.findings
-    assert (finding.revision, finding.recorded_checksum, finding.file_checksum) == ("0005", old, new)
+    assert (finding.revision, finding.recorded_checksum, finding.file_checksum) == ("0105", old, new)
     assert finding.file == str(trusted.revision_file)
 
     done = run_cli(["validate", "--instance", "inst1"], fleet=trusted.fleet_path, locations=trusted.locations)
     assert done.returncode == 4, done.stderr
-    for needle in ("inst1", "0005", "0005_trust.py", old, new):
+    for needle in ("inst1", "0105", "0105_trust.py", old, new):
         assert needle in done.stdout, needle
 
     upgraded = run_cli(
@@ -130,7 +130,7 @@ def test_edited_file_is_refused_naming_everything_and_nothing_changes(trusted: T
     )
     assert upgraded.returncode == 4, upgraded.stderr
     result = json.loads(upgraded.stdout)["instances"][0]
-    assert result["result"] == "refused" and "0005_trust.py" in result["error"]
+    assert result["result"] == "refused" and "0105_trust.py" in result["error"]
     assert pg_dump(trusted.url) == before
 
 
@@ -205,23 +205,23 @@ def test_accept_checksum_records_the_edit(trusted: Trusted) -> None:
     old, new = _edit(trusted)
     chain = trusted.chain()
     target = trusted.fleet.get("inst1")
-    request = trust.RepairRequest(accept_checksums=("0005",), reason="typo in a comment")
+    request = trust.RepairRequest(accept_checksums=("0105",), reason="typo in a comment")
 
     plan = trust.plan_repair(target, request, chain=chain)
     assert [(s.action, s.revision, s.before, s.after) for s in plan.steps] == [
-        ("accept-checksum", "0005", old, new)
+        ("accept-checksum", "0105", old, new)
     ]
     assert not plan.remaining
     # Answering the confirmation prompt (no --yes) applies the shown plan.
     done = run_cli(
-        ["repair", "-i", "inst1", "--accept-checksum", "0005", "--reason", "typo in a comment"],
+        ["repair", "-i", "inst1", "--accept-checksum", "0105", "--reason", "typo in a comment"],
         fleet=trusted.fleet_path,
         locations=trusted.locations,
         stdin="y\n",
     )
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert old in done.stdout and new in done.stdout and "repaired inst1: 1 change(s)" in done.stdout
-    assert rows(trusted.url, "SELECT checksum FROM schema_migrations WHERE version = '0005'") == [(new,)]
+    assert rows(trusted.url, "SELECT checksum FROM schema_migrations WHERE version = '0105'") == [(new,)]
     assert trust.validate(trusted.fleet, [target], chain=chain).exit_code == 0
     (details,) = rows(trusted.url, "SELECT details FROM ophelia_repairs WHERE action = 'accept-checksum'")[0]
     assert (details["before"], details["after"], details["reason"]) == (old, new, "typo in a comment")
@@ -248,11 +248,11 @@ def test_repair_bad_input_is_one_line_with_exit_2(trusted: Trusted) -> None:
     assert_one_error_line(run_cli(["repair", "-i", "inst1", "--accept-checksum", "0077"], **common), 2)
     assert_one_error_line(run_cli(["repair", "-i", "nope", "--rebuild-mirror"], **common), 2)
     assert_one_error_line(run_cli(["validate", "-i", "nope"], **common), 2)
-    with pytest.raises(ConfigError, match="no row for revision 0005"):
-        execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0005'")
+    with pytest.raises(ConfigError, match="no row for revision 0105"):
+        execute(trusted.url, "DELETE FROM public.schema_migrations WHERE version = '0105'")
         trust.plan_repair(
             trusted.fleet.get("inst1"),
-            trust.RepairRequest(accept_checksums=("0005",)),
+            trust.RepairRequest(accept_checksums=("0105",)),
             chain=trusted.chain(),
         )
 
@@ -337,13 +337,13 @@ def test_a_runner_killed_while_building_an_index_concurrently_needs_a_retry(
     refused = cli(["upgrade", "--instance", "inst1", "--json"])
     assert refused.returncode == 6, refused.stdout + refused.stderr
     error = json.loads(refused.stdout)["instances"][0]["error"]
-    for needle in ("0005 (0005_cic.py)", "non-transactional section", "public.cic_target_id", "resolve"):
+    for needle in ("0105 (0105_cic.py)", "non-transactional section", "public.cic_target_id", "resolve"):
         assert needle in error, error
     status = json.loads(cli(["status", "--json"]).stdout)
     assert {r["name"]: r["state"] for r in status["instances"]}["inst1"] == "needs-attention"
 
     resolved = run_cli(
-        ["resolve", "--instance", "inst1", "0005", "--retry", "--yes"], fleet=path, locations=locations
+        ["resolve", "--instance", "inst1", "0105", "--retry", "--yes"], fleet=path, locations=locations
     )
     assert resolved.returncode == 0, resolved.stderr
     assert "dropped invalid index(es) public.cic_target_id" in resolved.stdout
@@ -369,18 +369,18 @@ def test_a_runner_killed_after_its_non_transactional_section_did_its_work_is_rec
     assert refused.returncode == 6, refused.stdout + refused.stderr
     assert "relation" not in refused.stdout, "not the false 'already exists ... rolled back'"
     not_confirmed = run_cli(
-        ["resolve", "--instance", "inst1", "0005", "--applied"], fleet=path, locations=locations
+        ["resolve", "--instance", "inst1", "0105", "--applied"], fleet=path, locations=locations
     )
     assert not_confirmed.returncode == 2 and "not confirmed" in not_confirmed.stderr
 
     resolved = run_cli(
-        ["resolve", "--instance", "inst1", "0005", "--applied", "--yes", "--json"],
+        ["resolve", "--instance", "inst1", "0105", "--applied", "--yes", "--json"],
         fleet=path,
         locations=locations,
     )
     assert resolved.returncode == 0, resolved.stderr
     assert json.loads(resolved.stdout)["decision"] == "applied"
-    assert_consistent(url, "0005", chain_at(locations))
+    assert_consistent(url, "0105", chain_at(locations))
     status = cli(["status", "--check", "--instance", "inst1"])
     assert status.returncode == 0, status.stdout
-    assert rows(url, "SELECT action, revision FROM public.ophelia_repairs") == [("resolve-applied", "0005")]
+    assert rows(url, "SELECT action, revision FROM public.ophelia_repairs") == [("resolve-applied", "0105")]

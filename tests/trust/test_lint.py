@@ -29,46 +29,46 @@ def test_squawk_cli_is_installed_with_the_project() -> None:
 def test_the_shipped_chain_lints_clean(use_squawk: bool) -> None:
     report = lint(chain=chain_at(str(SHIPPED_VERSIONS)), squawk=use_squawk)
     assert report.findings == (), [f.as_record() for f in report.findings]
-    assert report.revisions == ("0001", "0002", "0003", "0004") and report.exit_code == 0
+    assert report.revisions == ("0001", "0002", "0003", "0004", "0005") and report.exit_code == 0
     assert ALEMBIC_INI.is_file()
 
 
 def test_safe_revision_passes_new_tables_autocommit_blocks_and_defaults() -> None:
-    report = lint(start="0004", to="0005", chain=chain_at(LINT_CHAIN))
+    report = lint(start="0005", to="0105", chain=chain_at(LINT_CHAIN))
     assert report.findings == (), [f.as_record() for f in report.findings]
-    assert report.revisions == ("0005",)
+    assert report.revisions == ("0105",)
 
 
 def test_blocking_index_build_and_friends_are_flagged() -> None:
-    report = lint(start="0005", chain=chain_at(LINT_CHAIN))
+    report = lint(start="0105", chain=chain_at(LINT_CHAIN))
     assert report.exit_code == 1
     assert rules(report, "ophelia-db") == {
-        ("0006", "blocking-index-build"),
-        ("0006", "concurrently-in-transaction"),
-        ("0006", "not-null-without-default"),
-        ("0006", "missing-lock-timeout"),
+        ("0106", "blocking-index-build"),
+        ("0106", "concurrently-in-transaction"),
+        ("0106", "not-null-without-default"),
+        ("0106", "missing-lock-timeout"),
     }
     if SQUAWK:
         assert {
-            ("0006", "require-concurrent-index-creation"),
-            ("0006", "ban-concurrent-index-creation-in-transaction"),
-            ("0006", "adding-required-field"),
+            ("0106", "require-concurrent-index-creation"),
+            ("0106", "ban-concurrent-index-creation-in-transaction"),
+            ("0106", "adding-required-field"),
         } <= rules(report, "squawk")
     blocking = next(f for f in report.findings if f.rule == "blocking-index-build")
-    assert blocking.file == "0006_blocking.py"
+    assert blocking.file == "0106_blocking.py"
     assert "public.instance_config" in blocking.message and "CONCURRENTLY" in blocking.message
     assert blocking.statement.startswith("CREATE INDEX instance_config_category")
 
 
 def test_lint_command_exit_codes_and_json() -> None:
-    clean = run_cli(["lint", "--from", "0004", "--to", "0005"], locations=LINT_CHAIN)
+    clean = run_cli(["lint", "--from", "0005", "--to", "0105"], locations=LINT_CHAIN)
     assert clean.returncode == 0, (clean.stdout, clean.stderr)
     assert "0 finding(s)" in clean.stdout
 
-    flagged = run_cli(["lint", "--from", "0005", "--json"], locations=LINT_CHAIN)
+    flagged = run_cli(["lint", "--from", "0105", "--json"], locations=LINT_CHAIN)
     assert flagged.returncode == 1, flagged.stderr
     record = json.loads(flagged.stdout)
-    assert record["revisions"] == ["0006"]
+    assert record["revisions"] == ["0106"]
     assert {"blocking-index-build", "missing-lock-timeout"} <= {f["rule"] for f in record["findings"]}
 
     unknown = run_cli(["lint", "--from", "0042"], locations=LINT_CHAIN)
@@ -81,16 +81,16 @@ def test_sql_puts_non_transactional_statements_in_a_marked_section(tmp_path: Pat
         tmp_path, "postgresql://postgres@127.0.0.1:1/hub", {"inst1": "postgresql://postgres@127.0.0.1:1/i"}
     )
     done = run_cli(
-        ["sql", "--instance", "inst1", "--from", "0004", "--to", "0005"], fleet=fleet, locations=LINT_CHAIN
+        ["sql", "--instance", "inst1", "--from", "0005", "--to", "0105"], fleet=fleet, locations=LINT_CHAIN
     )
     assert done.returncode == 0, done.stderr
     text = done.stdout
-    header = text.index("NON-TRANSACTIONAL SECTION of revision 0005")
+    header = text.index("NON-TRANSACTIONAL SECTION of revision 0105")
     index = text.index("CREATE INDEX CONCURRENTLY instance_config_lint_flag")
-    footer = text.index("end of the non-transactional section of revision 0005")
+    footer = text.index("end of the non-transactional section of revision 0105")
     assert text.rindex("COMMIT;", 0, header) < header < index < footer < text.index("BEGIN;", footer)
-    assert text.startswith("-- This script has 1 non-transactional section(s) (revision 0005)")
-    assert "PERFORM public.register_migration('0005'" in text  # the paste is still recorded
+    assert text.startswith("-- This script has 1 non-transactional section(s) (revision 0105)")
+    assert "PERFORM public.register_migration('0105'" in text  # the paste is still recorded
     # The section marks change comments only: the statements are the same, in the same order.
     assert [s.text for s in statements(text)] == [s.text for s in statements(text.split("\n\n", 1)[1])]
 

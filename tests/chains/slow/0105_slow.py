@@ -6,8 +6,8 @@ Tests interrupt it mid-statement (SIGTERM) or hold a conflicting lock on
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0105"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 lock_timeout = "300ms"

@@ -5,8 +5,8 @@ Test chain only: used by tests to exercise a failure in the middle of a run.
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0105"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -4,8 +4,8 @@ a NOT NULL column without default on an existing table, and no lock_timeout of i
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0106"
+down_revision = "0105"
 branch_labels = None
 depends_on = None
 

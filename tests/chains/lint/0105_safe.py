@@ -5,8 +5,8 @@ Used by tests/test_lint.py and, for the `sql` sections, by the same file.
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0105"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 lock_timeout = "2s"

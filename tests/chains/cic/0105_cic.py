@@ -6,8 +6,8 @@ for a transaction holding the table) or after it (during the sleep).
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0105"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -5,8 +5,8 @@ Test chain only: the table created first must vanish with the rollback.
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0106"
+down_revision = "0105"
 branch_labels = None
 depends_on = None
 
