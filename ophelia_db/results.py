@@ -241,7 +241,7 @@ class RunReport(Record):
     """The outcome of ``upgrade``/``downgrade`` over a selection."""
 
     json_hidden: ClassVar[frozenset[str]] = frozenset({"interrupted", "inactive", "dry_run"})
-    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error", "journal_local"})
 
     run_id: str
     target: str
@@ -252,6 +252,8 @@ class RunReport(Record):
     # Instances left out because the hub marks them archived or suspended.
     inactive: tuple[str, ...] = ()
     dry_run: bool = False
+    # The local journal file, when the hub could not take the run's journal (`sync` pushes it).
+    journal_local: str | None = None
 
     @property
     def exit_code(self) -> int:

@@ -13,11 +13,18 @@ never fails an instance's upgrade: the report is marked pending and
 from __future__ import annotations
 
 import difflib
+import queue
+import threading
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
+import psycopg
+
 from ophelia_db.errors import ConfigError, OpheliaError
+from ophelia_db.fleet import journal
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import (
     Connection,
@@ -28,6 +35,7 @@ from ophelia_db.fleet.connections import (
     sql_literal,
     sqlstate_of,
 )
+from ophelia_db.fleet.journal import LocalJournal
 from ophelia_db.redaction import redact
 
 _UPSERT = """INSERT INTO public.instance_registry AS r
@@ -80,26 +88,31 @@ class RegistryUpdate:
 
 
 class HubReporter:
-    """Sends the instances' reports of a run to the hub in batches, on one connection.
+    """Writes a run's registry reports and journal to the hub, from a thread of its own, on one connection.
 
-    A batch is one pipelined round trip, rather than one upsert after another:
-    at 20 ms from the hub, fifty instances cost one round trip, not a second.
-    Batches go as they fill and at ``close``, so that a long run keeps the hub
-    current. After the first failure it stops trying (an unreachable hub costs
-    one connection time-out per run); ``sync`` replays.
+    Whatever the run hands over while a write is on its way goes in the next
+    one, as one pipelined round trip: at 20 ms from the hub fifty instances
+    cost a few round trips, not a second, and the run never waits for the hub.
+    Each instance's lines still reach the hub as soon as its result is known.
+    After the first failure it stops trying (an unreachable hub costs one
+    connection time-out per run): the registry is left to ``sync``, and the
+    journal goes to ``local`` (the run's local journal) for ``sync`` to push.
     """
 
-    BATCH = 64
-
-    def __init__(self, hub: Target) -> None:
+    def __init__(self, hub: Target, *, local: LocalJournal | None = None) -> None:
         self.hub = hub
         self.state = "ok"
         self.error: str | None = None
-        self._pending: list[RegistryUpdate] = []
+        # Whether the hub has the journal tables (revision 0005); None until asked.
+        self.journal_ready: bool | None = None
+        self._local = local
         self._conn: Connection | None = None
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def registry_statuses(self) -> dict[str, str] | None:
         """``registry_statuses`` on the connection the reports will use: one hub connection per run."""
+        assert self._thread is None, "read before the writes start"
         if self._conn is None:
             try:
                 self._conn = connect(self.hub, autocommit=True)
@@ -108,37 +121,118 @@ class HubReporter:
         return _statuses(self._conn)
 
     def report(self, update: RegistryUpdate) -> None:
-        self._pending.append(update)
-        if len(self._pending) >= self.BATCH:
-            self._send()
+        self._put("registry", update)
+
+    def record(self, operation: journal.Operation) -> None:
+        """Add a journal operation; it reaches the hub (or the local journal) in order."""
+        self._put("journal", operation)
+
+    def recheck_journal(self) -> None:
+        """Ask again whether the hub has its journal (the run just migrated the hub)."""
+        self._put("recheck", None)
 
     def close(self) -> None:
         """Send what is left; ``state``/``error`` then say how the reports went."""
         try:
-            self._send()
+            if self._thread is not None:
+                self._queue.put(("stop", None))
+                self._thread.join()
         finally:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
-    def _send(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending or self.state != "ok":
-            return
+    def _put(self, kind: str, item: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((kind, item))
+
+    def _loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            with suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            try:
+                self._write(items)
+            except Exception as exc:  # a bug of ours: the run goes on, the reports say so
+                self._fail("failed", f"{self.hub.name}: internal error while reporting: {type(exc).__name__}")
+            if any(kind == "stop" for kind, _ in items):
+                return
+
+    def _write(self, items: list[tuple[str, Any]]) -> None:
+        # The hub may have just got its journal (the run migrated it): asked on a recheck and at the end.
+        recheck = any(kind in ("recheck", "stop") for kind, _ in items)
+        if self.state == "ok" and self._connected() and (self.journal_ready is None or recheck):
+            self._ask_journal()
+        statements: list[tuple[str, dict[str, Any]]] = []
+        kept_locally: list[journal.Operation] = []
+        for kind, item in items:
+            if kind == "registry" and self.state == "ok":
+                statements.append((_UPSERT, item.params()))
+            elif kind == "journal" and self.state == "ok" and self.journal_ready:
+                statements.append((item.sql, dict(item.values)))
+            elif kind == "journal":
+                kept_locally.append(item)
+        if self._local is not None:
+            self._local.append(kept_locally)
+            if self.state == "ok" and self.journal_ready:
+                self._push_local()
+        if statements and self.state == "ok":
+            self._send(statements)
+
+    @property
+    def kept_locally(self) -> Path | None:
+        """The local journal file, when the hub did not take the whole journal."""
+        return self._local.path if self._local is not None and self._local.path.exists() else None
+
+    def _connected(self) -> bool:
+        if self._conn is not None:
+            return True
         try:
-            if self._conn is None:
-                self._conn = connect(self.hub, autocommit=True)
-            with self._conn.cursor() as cursor:
-                cursor.executemany(_UPSERT, [update.params() for update in pending])
+            self._conn = connect(self.hub, autocommit=True)
+            return True
         except OpheliaError as exc:
             self._fail("pending", exc.message)
+            return False
+
+    def _ask_journal(self) -> None:
+        assert self._conn is not None
+        try:
+            row = self._conn.execute(journal.READY_SQL).fetchone()
+            self.journal_ready = bool(row and row[0])
         except Exception as exc:
-            if sqlstate_of(exc) is None:
-                raise
-            state = "pending" if self._conn is None or self._conn.closed else "failed"
-            self._fail(state, f"{self.hub.name}: cannot write instance_registry: {describe_error(exc)}")
+            self._server_error(exc)
+
+    def _push_local(self) -> None:
+        """Send the journal kept locally so far (the hub had none, or a recheck found it)."""
+        if self._local is None or not self._local.path.exists():
+            return
+        assert self._conn is not None
+        try:
+            journal.replay(self._conn, self._local.path)
+        except Exception as exc:
+            self._server_error(exc)
+
+    def _send(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        assert self._conn is not None
+        try:
+            with self._conn.pipeline(), self._conn.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql.encode(), params)
+        except Exception as exc:
+            self._server_error(exc)
+
+    def _server_error(self, exc: Exception) -> None:
+        if sqlstate_of(exc) is None and not isinstance(exc, psycopg.Error):
+            raise exc
+        state = "pending" if self._conn is None or self._conn.closed else "failed"
+        self._fail(state, f"{self.hub.name}: cannot write instance_registry: {describe_error(exc)}")
 
     def _fail(self, state: str, message: str) -> None:
+        if self.state != "ok":
+            return
         self.state = state
         self.error = f"{message}; run `ophelia-db sync --all` once the hub is back"
 

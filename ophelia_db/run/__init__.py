@@ -13,12 +13,14 @@ the commands built on them: ``status``/``history``, ``upgrade``/``downgrade``,
 
 from ophelia_db.run.downgrade import DowngradePlan, downgrade, plan_downgrade
 from ophelia_db.run.offline import offline_sql
+from ophelia_db.run.selection import select_shard
 from ophelia_db.run.status import history, probe_all, status
 from ophelia_db.run.sync import sync
-from ophelia_db.run.upgrade import select_shard, upgrade
+from ophelia_db.run.upgrade import Resumption, upgrade
 
 __all__ = [
     "DowngradePlan",
+    "Resumption",
     "downgrade",
     "history",
     "offline_sql",

@@ -10,26 +10,20 @@ functions below), which also stamp ``alembic_version``.
 
 from __future__ import annotations
 
-import getpass
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ophelia_db._version import __version__
 from ophelia_db.fleet.connections import closed_to_api_roles, sql_literal
+from ophelia_db.fleet.journal import who
 from ophelia_db.run.chain import Chain, Revision
 
 
 def applied_by() -> str:
-    """Who applies a revision: the tool version and user@host."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"ophelia-db/{__version__} {user}@{socket.gethostname()}"[:200]
+    """Who applies a revision: the tool version and user@host (as the run journal says it)."""
+    return who()
 
 
 _UPSERT_ROW = """INSERT INTO public.schema_migrations

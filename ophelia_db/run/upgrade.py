@@ -1,19 +1,16 @@
-"""`upgrade` and `downgrade` over a fleet selection: waves, triage, fan-out, hub reports.
+"""`upgrade` over a fleet selection: shards, waves, triage, fan-out, hub reports and journal.
 
 This module owns orchestration: deciding from one concurrent read which
 instances need work, leaving archived/suspended instances and other shards
-out, running the hub first and canaries next, handing the work to
-``fanout``, and reporting each finished instance to the hub. It never
-prints and never exits.
+out, running the hub first and the waves next within their error budget,
+handing the work to ``fanout``, and reporting each finished instance to the
+hub registry and the run journal. It never prints and never exits.
 """
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
@@ -29,6 +26,8 @@ from ophelia_db.run import batch, fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
+from ophelia_db.run.journal import RunJournal, identify, reporter_for
+from ophelia_db.run.selection import Budget, WavePlan, parse_shard, plan_waves, shard_number
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
 
@@ -63,6 +62,31 @@ def registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
     )
 
 
+@dataclass(frozen=True)
+class Resumption:
+    """A run being resumed: its id, and the revision it last recorded for each instance it left.
+
+    An instance whose first look finds it elsewhere has moved since (someone
+    else ran it, or changed it by hand): it is reported, not forced.
+    """
+
+    run_id: str
+    recorded: Mapping[str, str | None] = field(default_factory=dict)
+
+    def moved(self, target: Target, state: InstanceState | OpheliaError) -> InstanceResult | None:
+        recorded = self.recorded.get(target.name)
+        if recorded is None or not isinstance(state, InstanceState) or state.revision == recorded:
+            return None
+        why = (
+            f"{target.name}: moved since run {self.run_id} (recorded at {recorded}, now at "
+            f"{state.revision or 'base'}); not forced: run `ophelia-db upgrade --instance {target.name}` "
+            "if it should go on"
+        )
+        return replace(
+            InstanceResult.skipped(target, why), from_revision=state.revision, to_revision=state.revision
+        )
+
+
 def upgrade(
     fleet: Fleet,
     targets: list[Target],
@@ -71,53 +95,101 @@ def upgrade(
     jobs: int | None = None,
     dry_run: bool = False,
     canary: str | None = None,
+    waves: Sequence[str] = (),
     max_failures: int | None = None,
+    max_failure_rate: float | None = None,
     skip_inactive: bool = True,
     shard: str | None = None,
+    run_id: str | None = None,
+    resuming: Resumption | None = None,
     chain: Chain | None = None,
     on_plan: Callable[[list[Target]], None] | None = None,
     on_start: Callable[[Target], None] | None = None,
     on_result: ProgressCallback | None = None,
 ) -> RunReport:
-    """Upgrade the selected instances to ``to``: the hub first, canaries next, then the rest.
+    """Upgrade the selected instances to ``to``: the hub first, then the waves, and journal the run.
 
     ``skip_inactive`` leaves out the instances the hub registry marks archived
-    or suspended; ``shard`` (``"K/N"``) keeps one shard of the selection. A
-    failing hub or canary stops the run before the others are touched;
-    ``max_failures`` stops starting new instances once that many have failed.
+    or suspended; ``shard`` (``"K/N"`` or ``"auto/N"``) keeps one shard of the
+    selection, journalled under ``run_id`` with the other shards. ``waves``
+    (tags, percentages, ``rest``; ``canary`` is one tag's wave) run one after
+    the other while the failures stay within ``max_failures``/``max_failure_rate``
+    (none by default); a failing hub stops the run before the others are
+    touched, and ``max_failures`` also stops starting instances within a wave.
     ``on_plan`` hears the final selection, ``on_start``/``on_result`` each instance.
     """
     chain = chain or chain_for()
     goal = chain.resolve(to)
-    if canary:
-        fleet.tagged(canary)  # a misspelt canary tag must not run the fleet without its canary wave
+    if canary and waves:
+        raise ConfigError("--canary TAG is the first wave of --wave TAG ...: give one or the other")
+    wave_specs = list(waves) or ([canary] if canary else [])
+    budget = Budget(max_failures, max_failure_rate) if waves else Budget()
+    shard_spec = parse_shard(shard) if shard else None
+    identity = identify(run_id, shard_spec, resuming.run_id if resuming else None)
     inactive: list[str] = []
-    reporter = None if dry_run else HubReporter(fleet.hub)
+    reporter = None if dry_run else reporter_for(fleet, identity)
     try:
         if skip_inactive:
             # Read on the connection the reports will go through, when there are reports.
             registry = reporter.registry_statuses() if reporter else registry_statuses(fleet.hub)
             targets, inactive = _drop_inactive(registry, targets)
-        if shard:
-            targets = select_shard(targets, shard)
+        plan = _plan(fleet, targets, wave_specs, shard_spec)
+        journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of) if reporter else None
+        if journal:
+            selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
+            journal.begin("upgrade", to, selection)
         if on_plan:
-            on_plan(targets)
-        jobs = jobs or fleet.defaults.jobs
-        run = _FleetRun(chain, goal, jobs, Halt(max_failures), reporter, on_start, on_result)
-        run.waves(targets, canary, dry_run)
+            on_plan(plan.targets)
+        halt = Halt(max_failures)
+        run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, halt, reporter, journal, resuming)
+        run.on_start, run.on_result = on_start, on_result
+        run.run_waves(plan, budget, dry_run)
+        report = run.report(identity.run_id, to, inactive, dry_run)
+        if journal:
+            journal.end(report)
     finally:
         if reporter is not None:
             reporter.close()
-    return RunReport(
-        run_id=uuid.uuid4().hex[:12],
-        target=to,
-        instances=tuple(sorted(run.results.values(), key=lambda r: (r.role != "hub", r.name))),
-        hub_report="ok" if reporter is None else reporter.state,
-        hub_error=None if reporter is None else reporter.error,
-        interrupted=run.halt.interrupted,
-        inactive=tuple(inactive),
-        dry_run=dry_run,
+    return _with_hub_state(report, reporter)
+
+
+def _with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport:
+    """The report once the hub writes are over: how they went, and where the journal is if not there."""
+    if reporter is None:
+        return report
+    kept = reporter.kept_locally
+    return replace(
+        report, hub_report=reporter.state, hub_error=reporter.error, journal_local=str(kept) if kept else None
     )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A run's selection cut into shards and waves: what this process runs, and how it is journalled."""
+
+    hub: list[Target]
+    waves: list[WavePlan]
+    shard_of: dict[str, int]
+    wave_of: dict[str, int]
+
+    @property
+    def targets(self) -> list[Target]:
+        return [*self.hub, *(t for wave in self.waves for t in wave.targets)]
+
+
+def _plan(fleet: Fleet, targets: list[Target], wave_specs: list[str], shard: tuple[int, int] | None) -> _Plan:
+    # Waves are cut from the whole selection, so that every shard numbers them alike.
+    waves = plan_waves(fleet, targets, wave_specs)
+    wave_of = {t.name: index for index, wave in enumerate(waves, start=2) for t in wave.targets}
+    hub = [t for t in targets if t.role == "hub"]
+    wave_of.update({t.name: 1 for t in hub})
+    if shard is None:
+        return _Plan(hub, waves, {t.name: 1 for t in targets}, wave_of)
+    index, count = shard
+    # No shard runs the hub: it is upgraded once, before the matrix.
+    shard_of = {t.name: shard_number(t, count) for t in targets if t.role != "hub"}
+    mine = [WavePlan(w.label, tuple(t for t in w.targets if shard_of[t.name] == index)) for w in waves]
+    return _Plan([], mine, shard_of, wave_of)
 
 
 @dataclass
@@ -129,10 +201,18 @@ class _FleetRun:
     jobs: int
     halt: Halt
     reporter: HubReporter | None
-    on_start: Callable[[Target], None] | None
-    on_result: ProgressCallback | None
+    journal: RunJournal | None
+    resuming: Resumption | None
+    on_start: Callable[[Target], None] | None = None
+    on_result: ProgressCallback | None = None
     results: dict[str, InstanceResult] = field(default_factory=dict)
     states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
+
+    def started(self, target: Target) -> None:
+        if self.journal:
+            self.journal.started(target)
+        if self.on_start:
+            self.on_start(target)
 
     def finish(self, target: Target, result: InstanceResult) -> None:
         probed = self.states.get(target.name)
@@ -142,31 +222,60 @@ class _FleetRun:
         self.results[target.name] = result
         if self.reporter is not None and result.result != "skipped":
             self.reporter.report(registry_update(result, target))
+        if self.journal:
+            self.journal.finished(result)
         if self.on_result:
             self.on_result(result)
 
-    def waves(self, targets: list[Target], canary: str | None, dry_run: bool) -> None:
-        hub = [t for t in targets if t.role == "hub"]
-        canaries = [t for t in targets if t.role != "hub" and canary and canary in t.tags]
-        rest = [t for t in targets if t.role != "hub" and t not in canaries]
+    def run_waves(self, plan: _Plan, budget: Budget, dry_run: bool) -> None:
+        targets = plan.targets
         # One concurrent read of every instance up front; each wave settles its
         # own instances from it, so a failed hub still leaves the others untouched.
         states = self.states = probe_all(targets)
-        outcomes = {t.name: _triage(t, states[t.name], self.chain, self.goal, dry_run) for t in targets}
+        outcomes = {t.name: self.triage(t, states[t.name], dry_run) for t in targets}
         # Worker processes are warmed only for the instances that need Alembic online.
         parallel_work = sum(
-            1 for t in canaries + rest if outcomes[t.name] is None and not self.all_batched(t)
+            1 for t in targets if t.role != "hub" and outcomes[t.name] is None and not self.all_batched(t)
         )
-        waves = [(hub, 1, "the hub"), (canaries, self.jobs, f"canary instances tagged '{canary}'")]
-        waves.append((rest, self.jobs, ""))
         with fanout.Workers(self.jobs, warm=parallel_work > 1) as workers:
-            for index, (wave, wave_jobs, label) in enumerate(waves):
-                self.wave(wave, wave_jobs, outcomes, workers)
-                failed = [t.name for t in wave if not self.results[t.name].succeeded]
-                if label and failed and index < len(waves) - 1 and not self.halt.reason:
-                    self.halt.reason = (
-                        f"not run: {label} did not all upgrade ({', '.join(failed)}); fix that first"
-                    )
+            if plan.hub:
+                self.wave(plan.hub, 1, outcomes, workers)
+                if not all(self.results[t.name].succeeded for t in plan.hub) and not self.halt.reason:
+                    self.halt.reason = "not run: the hub did not upgrade; fix that first"
+                if self.reporter is not None:
+                    self.reporter.recheck_journal()  # the hub may have just got its journal
+            for index, wave in enumerate(plan.waves):
+                if index and not self.halt.reason:
+                    self.check_budget(budget, wave, plan.waves[:index])
+                self.wave(list(wave.targets), self.jobs, outcomes, workers)
+
+    def check_budget(self, budget: Budget, wave: WavePlan, before: list[WavePlan]) -> None:
+        """Keep the next wave from starting once the failures so far are over the budget."""
+        done = [r for r in self.results.values() if r.role != "hub" and r.result != "skipped"]
+        failures = [r.name for r in done if not r.succeeded]
+        over = budget.exceeded(len(failures), len(done))
+        if over:
+            after = ", ".join(f"'{w.label}'" for w in before)
+            self.halt.reason = (
+                f"not run: wave '{wave.label}' not started after wave {after}: {over} ({', '.join(failures)})"
+            )
+            self.halt.failure_codes.add(ExitCode.MIXED)
+
+    def report(self, run_id: str, to: str, inactive: list[str], dry_run: bool) -> RunReport:
+        return RunReport(
+            run_id=run_id,
+            target=to,
+            instances=tuple(sorted(self.results.values(), key=lambda r: (r.role != "hub", r.name))),
+            interrupted=self.halt.interrupted,
+            inactive=tuple(inactive),
+            dry_run=dry_run,
+        )
+
+    def triage(
+        self, target: Target, state: InstanceState | OpheliaError, dry_run: bool
+    ) -> InstanceResult | None:
+        moved = self.resuming.moved(target, state) if self.resuming else None
+        return moved or _triage(target, state, self.chain, self.goal, dry_run)
 
     def wave(
         self,
@@ -188,7 +297,7 @@ class _FleetRun:
             else:
                 self.halt.record(outcome)
                 self.finish(target, outcome)
-        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.on_start)
+        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.started)
         fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
 
     def all_batched(self, target: Target) -> bool:
@@ -226,17 +335,3 @@ def _triage(
     if not verdict.pending and not state.locked:
         return InstanceResult.of(target, Outcome.NOOP, **known)
     return None
-
-
-def select_shard(targets: list[Target], spec: str) -> list[Target]:
-    """Keep the instances of shard ``K/N`` (1-based), leaving the hub out.
-
-    Membership depends only on each instance's name (a CRC32 of it), so
-    adding an instance to the fleet never moves the others between shards,
-    and N machines of a CI matrix together cover the selection exactly once.
-    """
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise ConfigError(f"--shard {spec!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
-    index, count = int(match.group(1)) - 1, int(match.group(2))
-    return [t for t in targets if t.role != "hub" and zlib.crc32(t.name.encode()) % count == index]
