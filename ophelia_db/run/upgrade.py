@@ -107,16 +107,12 @@ def upgrade(
     on_start: Callable[[Target], None] | None = None,
     on_result: ProgressCallback | None = None,
 ) -> RunReport:
-    """Upgrade the selected instances to ``to``: the hub first, then the waves, and journal the run.
+    """Upgrade the selected instances to ``to``: the hub first, then the waves; journal the run.
 
-    ``skip_inactive`` leaves out the instances the hub registry marks archived
-    or suspended; ``shard`` (``"K/N"`` or ``"auto/N"``) keeps one shard of the
-    selection, journalled under ``run_id`` with the other shards. ``waves``
-    (tags, percentages, ``rest``; ``canary`` is one tag's wave) run one after
-    the other while the failures stay within ``max_failures``/``max_failure_rate``
-    (none by default); a failing hub stops the run before the others are
-    touched, and ``max_failures`` also stops starting instances within a wave.
-    ``on_plan`` hears the final selection, ``on_start``/``on_result`` each instance.
+    ``skip_inactive`` leaves out archived and suspended instances; ``shard``
+    (``K/N``, ``auto/N``) keeps one shard, journalled under ``run_id``. Each wave
+    (``waves``: tags, ``10%``, ``rest``; ``canary``: one tag) starts only while the
+    failures are within ``max_failures``/``max_failure_rate`` (none by default).
     """
     chain = chain or chain_for()
     goal = chain.resolve(to)
