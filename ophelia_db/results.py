@@ -136,7 +136,7 @@ class Record:
 
 @dataclass(frozen=True)
 class InstanceStatus(Record):
-    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"registry_status"})
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"registry_status", "registry_version"})
 
     name: str
     role: str
@@ -147,6 +147,13 @@ class InstanceStatus(Record):
     updated_at: datetime | None = None
     error: str | None = None
     registry_status: str | None = None
+    # The version the hub registry holds for it, when that is not what the instance itself says
+    # (a missed report, an out-of-band change): `sync` writes the live one.
+    registry_version: str | None = None
+
+    @property
+    def registry_disagrees(self) -> bool:
+        return self.registry_version is not None
 
     @property
     def exit_code(self) -> int:
@@ -165,6 +172,8 @@ class StatusReport(Record):
     def exit_code(self, check: bool = False) -> int:
         """0 when all are at head; with ``--check`` 1 when some are merely behind."""
         # Archived and suspended instances are left alone by `upgrade --all`: shown, not counted.
+        # Archived and suspended instances are left alone by `upgrade --all`: shown, not counted.
+        # A registry that disagrees is shown too; `instances --check` is the check that counts it.
         codes = [i.exit_code for i in self.instances if i.registry_status not in ("archived", "suspended")]
         if not check:
             codes = [c for c in codes if c != ExitCode.NOT_AT_HEAD]
@@ -269,11 +278,13 @@ class RunReport(Record):
 class SyncReport(Record):
     """The outcome of ``sync``: each instance's version as pushed to the hub."""
 
-    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error"})
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"hub_error", "journals_pushed"})
 
     instances: tuple[InstanceStatus, ...]
     hub_report: str
     hub_error: str | None = None
+    # Runs whose locally kept journal this sync pushed to the hub.
+    journals_pushed: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -304,3 +315,76 @@ class HistoryReport(Record):
     current: str | None
     head: str | None
     entries: tuple[HistoryEntry, ...]
+
+
+# The run journal (`runs`, `runs show`).
+
+
+@dataclass(frozen=True)
+class JournalEntry(Record):
+    """One instance's line of a run, as the journal holds it."""
+
+    json_names: ClassVar[dict[str, str]] = {"from_revision": "from", "to_revision": "to"}
+
+    instance: str
+    state: str
+    shard: int = 1
+    wave: int = 1
+    from_revision: str | None = None
+    to_revision: str | None = None
+    applied: tuple[str, ...] = ()
+    duration_ms: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JournalShard(Record):
+    """One shard of a run: ``finished``, ``unfinished`` (running, or stopped) or ``never-started``."""
+
+    shard: int
+    state: str
+    started_by: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JournalRun(Record):
+    """A run of the journal: what it was, who ran it, how it stands (``ok``, ``failed``, ``unfinished``)."""
+
+    run_id: str
+    command: str
+    target: str
+    outcome: str
+    started_at: datetime | None
+    finished_at: datetime | None = None
+    started_by: str | None = None
+    git_sha: str | None = None
+    ci_job_url: str | None = None
+    shard_count: int = 1
+    resumes: str | None = None
+    counts: dict[str, int] | None = None
+    source: str = "hub"
+
+
+@dataclass(frozen=True)
+class RunsReport(Record):
+    """`runs`: the recent runs, newest first; ``local`` names journals the hub has not got yet."""
+
+    runs: tuple[JournalRun, ...]
+    local: tuple[str, ...] = ()
+    exit_code: int = ExitCode.OK
+
+
+@dataclass(frozen=True)
+class RunDetail(Record):
+    """`runs show RUN`: a run across all its shards, per instance."""
+
+    run: JournalRun
+    shards: tuple[JournalShard, ...]
+    instances: tuple[JournalEntry, ...]
+    exit_code: int = ExitCode.OK

@@ -226,16 +226,23 @@ def activate(name: NameArg, json_: JsonOpt = False, fleet: FleetOpt = None) -> N
 def instances(
     json_: JsonOpt = False,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 1 if fleet.toml and the registry differ.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Also read each instance; exit 1 if fleet.toml, the registry and the live versions differ.",
+        ),
     ] = False,
     fleet: FleetOpt = None,
 ) -> None:
     """List the fleet as the hub registry sees it, flagging names only one side knows.
 
+    With --check each instance is read too, and a registry row whose version is
+    not the instance's own is flagged (`ophelia-db sync` fixes it).
+
     Example: ophelia-db instances --check
     """
     with errors():
-        report = library.instances(fleet_at(fleet))
+        report = library.instances(fleet_at(fleet), live=check)
     emit(report, as_json=json_, code=report.exit_code(check))
 
 

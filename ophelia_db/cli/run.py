@@ -26,9 +26,12 @@ from ophelia_db.cli.options import (
 )
 from ophelia_db.cli.render import emit, err
 from ophelia_db.cli.render.run import progress_display
+from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import Fleet
 from ophelia_db.local import commands as local
 from ophelia_db.run.interrupts import raising_on_signals
+from ophelia_db.run.selection import parse_rate
+from ophelia_db.run.upgrade import Progress
 
 
 def _local_hint(fleet: Fleet) -> None:
@@ -64,59 +67,102 @@ def status(
     emit(report, as_json=json_, code=report.exit_code(check=check))
 
 
+# The options of `upgrade` that no other command takes.
+ToOpt = Annotated[str, typer.Option("--to", metavar="REV", help="Target revision.", show_default=True)]
+JobsOpt = Annotated[
+    int | None, typer.Option("--jobs", "-j", metavar="K", min=1, help="Instances migrated at once.")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing, lock nothing.")]
+CanaryOpt = Annotated[
+    str | None,
+    typer.Option("--canary", metavar="TAG", help="Run instances with this tag first; stop if one fails."),
+]
+WaveOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--wave",
+        metavar="TAG|P%|rest",
+        help="Run in waves, in this order (repeatable); a wave starts only within the failure budget.",
+    ),
+]
+MaxFailuresOpt = Annotated[
+    int | None,
+    typer.Option("--max-failures", metavar="K", min=1, help="Stop starting instances after K failures."),
+]
+MaxFailureRateOpt = Annotated[
+    str | None,
+    typer.Option("--max-failure-rate", metavar="P", help="Start no further wave above this failure rate."),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="Only shard K/N of the selection (hub excluded), for CI matrices; auto/N in a k8s Job.",
+    ),
+]
+RunIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        metavar="ID",
+        envvar="OPHELIA_RUN_ID",
+        help="Journal the run under this id (shards share one; default: the CI's run id, else new).",
+    ),
+]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option("--resume", metavar="RUN", help="Redo only what run RUN did not finish, with its target."),
+]
+
+
 def upgrade(
     instance: InstanceOpt = None,
     all_: AllOpt = False,
     tag: TagOpt = None,
-    to: Annotated[
-        str, typer.Option("--to", metavar="REV", help="Target revision.", show_default=True)
-    ] = "head",
-    jobs: Annotated[
-        int | None, typer.Option("--jobs", "-j", metavar="K", min=1, help="Instances migrated at once.")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the plan; change nothing, lock nothing.")
-    ] = False,
-    canary: Annotated[
-        str | None,
-        typer.Option("--canary", metavar="TAG", help="Run instances with this tag first; stop if one fails."),
-    ] = None,
-    max_failures: Annotated[
-        int | None,
-        typer.Option("--max-failures", metavar="K", min=1, help="Stop starting instances after K failures."),
-    ] = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard", metavar="K/N", help="Only shard K/N of the selection (hub excluded), for CI matrices."
-        ),
-    ] = None,
+    to: ToOpt = "head",
+    jobs: JobsOpt = None,
+    dry_run: DryRunOpt = False,
+    canary: CanaryOpt = None,
+    wave: WaveOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_failure_rate: MaxFailureRateOpt = None,
+    shard: ShardOpt = None,
+    run_id: RunIdOpt = None,
+    resume: ResumeOpt = None,
     json_: JsonOpt = False,
     fleet: FleetOpt = None,
 ) -> None:
     """Upgrade the selected instances (the hub first with --all), each under its own lock.
 
-    Example: ophelia-db upgrade --all --canary canary --max-failures 3
+    Example: ophelia-db upgrade --all --wave canary --wave 10% --wave rest --max-failures 3
     """
     with errors():
         loaded = fleet_at(fleet)
-        targets = loaded.select(instance or (), all_=all_, tags=tag or ())
+        if resume and (instance or all_ or tag or to != "head" or dry_run or wave or canary):
+            raise ConfigError("--resume RUN takes the run's own selection and target: give it alone")
+        targets = [] if resume else loaded.select(instance or (), all_=all_, tags=tag or ())
         with progress_display(len(targets), enabled=not json_) as progress, raising_on_signals():
-            report = run.upgrade(
-                loaded,
-                targets,
-                to=to,
-                jobs=jobs,
-                dry_run=dry_run,
-                canary=canary,
-                max_failures=max_failures,
-                # Archived and suspended instances are left alone by --all, not when named.
-                skip_inactive=all_,
-                shard=shard,
-                on_plan=progress.planned,
-                on_start=progress.started,
-                on_result=progress.finished,
-            )
+            watch = Progress(on_plan=progress.planned, on_start=progress.started, on_result=progress.finished)
+            if resume:
+                report = run.resume(loaded, resume, jobs=jobs, shard=shard, progress=watch)
+            else:
+                report = run.upgrade(
+                    loaded,
+                    targets,
+                    to=to,
+                    jobs=jobs,
+                    dry_run=dry_run,
+                    canary=canary,
+                    waves=wave or (),
+                    max_failures=max_failures,
+                    max_failure_rate=parse_rate(max_failure_rate) if max_failure_rate else None,
+                    # Archived and suspended instances are left alone by --all, not when named.
+                    skip_inactive=all_,
+                    shard=shard,
+                    run_id=run_id,
+                    progress=watch,
+                )
     _hub_warning(json_, report.hub_report, report.hub_error)
     if any(row.result == "unreachable" for row in report.instances):
         _local_hint(loaded)

@@ -249,6 +249,33 @@ def registry_statuses(hub: Target) -> dict[str, str] | None:
         conn.close()
 
 
+@dataclass(frozen=True)
+class RegistryRow:
+    """What the registry says of an instance: its lifecycle status and the version it last reported."""
+
+    status: str
+    schema_version: str | None
+
+
+def registry_rows(hub: Target) -> dict[str, RegistryRow] | None:
+    """Return ``{subdomain: RegistryRow}`` from the hub, or ``None`` if it cannot be read."""
+    try:
+        conn = connect(hub, autocommit=True)
+    except OpheliaError:
+        return None
+    try:
+        rows = conn.execute(
+            "SELECT subdomain, status, schema_version FROM public.instance_registry"
+        ).fetchall()
+        return {name: RegistryRow(status, version) for name, status, version in rows}
+    except Exception as exc:
+        if sqlstate_of(exc) is None:
+            raise
+        return None
+    finally:
+        conn.close()
+
+
 def _statuses(conn: Connection) -> dict[str, str] | None:
     try:
         rows = conn.execute("SELECT subdomain, status FROM public.instance_registry").fetchall()

@@ -15,6 +15,8 @@ from ophelia_db.fleet import hub
 from ophelia_db.fleet.config import Fleet
 from ophelia_db.fleet.connections import connect
 from ophelia_db.results import Record
+from ophelia_db.run.state import InstanceState
+from ophelia_db.run.status import probe_all
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Member(Record):
     last_run_status: str | None
     in_fleet: bool
     in_registry: bool
+    # With --check: the version the instance itself holds (``None``: not read, or unreachable).
+    live_version: str | None = None
+    live_read: bool = False
 
     @property
     def flag(self) -> str | None:
@@ -74,6 +79,11 @@ class Member(Record):
             return "in fleet.toml, not in the registry"
         if not self.in_fleet:
             return "in the registry, not in fleet.toml"
+        if self.live_read and self.live_version != self.schema_version:
+            return (
+                f"the registry says {self.schema_version or 'none'}, the instance is at "
+                f"{self.live_version or 'base'}: `ophelia-db sync --instance {self.name}` fixes it"
+            )
         return None
 
 
@@ -89,14 +99,21 @@ class InstancesReport(Record):
         return ExitCode.NOT_AT_HEAD if check and any(m.flag for m in self.members) else ExitCode.OK
 
 
-def instances(fleet: Fleet) -> InstancesReport:
-    """The fleet as the hub registry sees it, each name flagged if only one side knows it."""
+def instances(fleet: Fleet, *, live: bool = False) -> InstancesReport:
+    """The fleet as the hub registry sees it, each name flagged if only one side knows it.
+
+    With ``live``, each instance is read too, and flagged when its registry
+    row holds another version than the instance does.
+    """
     with connect(fleet.hub, autocommit=True) as conn:
         hub.require_registry(conn, fleet.hub)
         rows = {row[0]: row for row in conn.execute(hub.ROWS_SQL).fetchall()}
+    states = probe_all(list(fleet.members)) if live else {}
     members = []
     for target in fleet.members:
         row = rows.pop(target.name, None)
+        state = states.get(target.name)
+        read = isinstance(state, InstanceState)
         members.append(
             Member(
                 name=target.name,
@@ -108,6 +125,8 @@ def instances(fleet: Fleet) -> InstancesReport:
                 last_run_status=row[5] if row else None,
                 in_fleet=True,
                 in_registry=row is not None,
+                live_version=state.revision if isinstance(state, InstanceState) else None,
+                live_read=read,
             )
         )
     for name, community, kind, status, version, last, is_hub in rows.values():

@@ -13,6 +13,7 @@ the commands built on them: ``status``/``history``, ``upgrade``/``downgrade``,
 
 from ophelia_db.run.downgrade import DowngradePlan, downgrade, plan_downgrade
 from ophelia_db.run.offline import offline_sql
+from ophelia_db.run.runs import resume, show_run
 from ophelia_db.run.selection import select_shard
 from ophelia_db.run.status import history, probe_all, status
 from ophelia_db.run.sync import sync
@@ -26,7 +27,9 @@ __all__ = [
     "offline_sql",
     "plan_downgrade",
     "probe_all",
+    "resume",
     "select_shard",
+    "show_run",
     "status",
     "sync",
     "upgrade",

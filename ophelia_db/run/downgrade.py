@@ -10,8 +10,7 @@ registry revision only then, saying the registry goes with it.
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import Fleet, Target
@@ -21,6 +20,7 @@ from ophelia_db.results import Record, RunReport
 from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.instance import migrate
+from ophelia_db.run.journal import RunJournal, identify, reporter_for
 from ophelia_db.run.script import statements
 from ophelia_db.run.state import read_state
 from ophelia_db.run.upgrade import registry_update
@@ -31,6 +31,7 @@ _DROP = re.compile(
 )
 REGISTRY = "public.instance_registry"
 # The chain's own bookkeeping: going down to base takes its history with it by design.
+_JOURNAL = "public.ophelia_runs"
 _VERSION_TABLES = frozenset({"public.schema_migrations", "public.schema_version"})
 
 
@@ -111,11 +112,23 @@ def downgrade(
             f"{target.name}: going down to {plan.goal or 'base'} drops {lost}; nothing was changed. "
             "Pass --yes to drop them (back them up first)"
         )
-    result = migrate(target, chain.spec, chain.resolve(to), downgrade=True)
+    identity = identify(None, None)
+    # A hub going below the journal's revision takes the journal with it: nothing to write to.
+    keeps_journal = not (target.role == "hub" and any(d.name == _JOURNAL for d in plan.drops))
+    reporter = reporter_for(fleet, identity) if keeps_journal else HubReporter(fleet.hub)
+    journal = RunJournal(reporter, identity, {target.name: 1}, {target.name: 1}) if keeps_journal else None
+    if journal:
+        journal.begin("downgrade", to, {"instances": [target.name]})
+        journal.started(target)
+    try:
+        result = migrate(target, chain.spec, chain.resolve(to), downgrade=True)
+    finally:
+        if target.role == "hub" and plan.loses_registry:
+            reporter.close()  # what was journalled before; the registry is gone
     if target.role == "hub" and plan.loses_registry:
         # The report would go to the table this run just dropped.
         return RunReport(
-            run_id=uuid.uuid4().hex[:12],
+            run_id=identity.run_id,
             target=to,
             instances=(result,),
             hub_report="pending",
@@ -124,13 +137,13 @@ def downgrade(
                 f"hub (`ophelia-db upgrade --instance {target.name}`), then run `ophelia-db sync --all`"
             ),
         )
-    reporter = HubReporter(fleet.hub)
     reporter.report(registry_update(result, target))
+    report = RunReport(run_id=identity.run_id, target=to, instances=(result,))
+    if journal:
+        journal.finished(result)
+        journal.end(report)
     reporter.close()
-    return RunReport(
-        run_id=uuid.uuid4().hex[:12],
-        target=to,
-        instances=(result,),
-        hub_report=reporter.state,
-        hub_error=reporter.error,
+    kept = reporter.kept_locally
+    return replace(
+        report, hub_report=reporter.state, hub_error=reporter.error, journal_local=str(kept) if kept else None
     )

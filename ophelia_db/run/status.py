@@ -13,7 +13,7 @@ from dataclasses import replace
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect
-from ophelia_db.fleet.hub import registry_statuses
+from ophelia_db.fleet.hub import RegistryRow, registry_rows
 from ophelia_db.results import (
     HistoryEntry,
     HistoryReport,
@@ -63,23 +63,34 @@ def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain)
 
 
 def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> StatusReport:
-    """Tell where each selected instance stands against the chain's head."""
+    """Tell where each selected instance stands against the chain's head and the hub registry.
+
+    Three sources are compared: the code's head, each instance's live version
+    and what the hub registry says of it; a registry row whose version is not
+    the live one is shown (``registry_version``) until ``sync`` fixes it.
+    """
     chain = chain or chain_for()
     with ThreadPoolExecutor(max_workers=1) as side:
-        # The hub's lifecycle statuses are read while the instances are probed.
-        lifecycles = (
-            side.submit(registry_statuses, fleet.hub) if any(t.role == "instance" for t in targets) else None
-        )
+        # The hub's registry is read while the instances are probed.
+        registry_read = side.submit(registry_rows, fleet.hub)
         states = probe_all(targets)
-        registry = lifecycles.result() if lifecycles is not None else None
-    rows = []
-    for target in targets:
-        row = status_of(target, states[target.name], chain)
-        lifecycle = (registry or {}).get(target.name)
-        if lifecycle and lifecycle != "active":
-            row = replace(row, registry_status=lifecycle)
-        rows.append(row)
-    return StatusReport(head=chain.head, instances=tuple(rows))
+        registry = registry_read.result() or {}
+    return StatusReport(
+        head=chain.head,
+        instances=tuple(_reconciled(status_of(t, states[t.name], chain), registry) for t in targets),
+    )
+
+
+def _reconciled(row: InstanceStatus, registry: dict[str, RegistryRow]) -> InstanceStatus:
+    known = registry.get(row.name)
+    if known is None:
+        return row
+    if known.status != "active":
+        row = replace(row, registry_status=known.status)
+    live_read = row.state not in ("unreachable", "error")
+    if live_read and known.schema_version != row.current:
+        row = replace(row, registry_version=known.schema_version or "none")
+    return row
 
 
 _HISTORY_SQL = """SELECT version, name, applied_at, checksum, execution_time_ms, applied_by

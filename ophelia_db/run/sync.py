@@ -1,12 +1,15 @@
-"""`sync`: re-read each instance's version and schema fingerprint and push them to the hub."""
+"""`sync`: re-read each instance's version and schema fingerprint and push them to the hub,
+with the run journals kept locally while the hub was away."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 from ophelia_db.errors import OpheliaError
+from ophelia_db.fleet import journal
 from ophelia_db.fleet.catalog import fingerprint_of
 from ophelia_db.fleet.config import Fleet, Target
+from ophelia_db.fleet.connections import connect, describe_error, sqlstate_of
 from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
 from ophelia_db.results import (
     SyncReport,
@@ -44,7 +47,42 @@ def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> 
             )
         reporter.report(update)
     reporter.close()
-    return SyncReport(instances=tuple(rows), hub_report=reporter.state, hub_error=reporter.error)
+    hub_state, hub_error = reporter.state, reporter.error
+    pushed: list[str] = []
+    if hub_state == "ok":
+        try:
+            pushed = push_local_journals(fleet)
+        except OpheliaError as exc:
+            hub_state, hub_error = "pending", exc.message
+    return SyncReport(
+        instances=tuple(rows), hub_report=hub_state, hub_error=hub_error, journals_pushed=tuple(pushed)
+    )
+
+
+def push_local_journals(fleet: Fleet) -> list[str]:
+    """Push the run journals kept next to the fleet file (the hub was away) to the hub; their run ids."""
+    paths = journal.local_journals(fleet.path)
+    if not paths:
+        return []
+    pushed = []
+    with connect(fleet.hub, autocommit=True) as conn:
+        row = conn.execute(journal.READY_SQL).fetchone()
+        if not (row and row[0]):
+            raise OpheliaError(
+                f"{fleet.hub.name}: {len(paths)} run journal(s) kept locally, but the hub has no journal "
+                f"yet; run `ophelia-db upgrade --instance {fleet.hub.name}`, then sync again"
+            )
+        for path in paths:
+            try:
+                journal.replay(conn, path)
+            except Exception as exc:
+                if sqlstate_of(exc) is None:
+                    raise
+                raise OpheliaError(
+                    f"{fleet.hub.name}: cannot push the local journal {path.name}: {describe_error(exc)}"
+                ) from None
+            pushed.append(path.stem)
+    return pushed
 
 
 def _fingerprints(targets: list[Target]) -> dict[str, str | None]:

@@ -63,6 +63,15 @@ def registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Who hears about a run as it goes: the final selection, then each instance's start and result."""
+
+    on_plan: Callable[[list[Target]], None] | None = None
+    on_start: Callable[[Target], None] | None = None
+    on_result: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
 class Resumption:
     """A run being resumed: its id, and the revision it last recorded for each instance it left.
 
@@ -103,9 +112,7 @@ def upgrade(
     run_id: str | None = None,
     resuming: Resumption | None = None,
     chain: Chain | None = None,
-    on_plan: Callable[[list[Target]], None] | None = None,
-    on_start: Callable[[Target], None] | None = None,
-    on_result: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> RunReport:
     """Upgrade the selected instances to ``to``: the hub first, then the waves; journal the run.
 
@@ -134,11 +141,12 @@ def upgrade(
         if journal:
             selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
             journal.begin("upgrade", to, selection)
-        if on_plan:
-            on_plan(plan.targets)
+        progress = progress or Progress()
+        if progress.on_plan:
+            progress.on_plan(plan.targets)
         halt = Halt(max_failures)
         run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, halt, reporter, journal, resuming)
-        run.on_start, run.on_result = on_start, on_result
+        run.on_start, run.on_result = progress.on_start, progress.on_result
         run.run_waves(plan, budget, dry_run)
         report = run.report(identity.run_id, to, inactive, dry_run)
         if journal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 
 import pytest
@@ -26,7 +27,7 @@ def test_plain_output_is_one_line_per_instance_then_a_summary(tmp_path, fleet_db
     lines = done.stdout.splitlines()
     assert sorted(line.split()[0] for line in lines[:-1]) == ["hub", "inst1", "inst2"]
     assert all(f" ok base -> {HEAD} [{', '.join(REVISIONS)}] " in line for line in lines[:-1])
-    assert lines[-1] == "3 instance(s): 3 ok; hub report ok"
+    assert re.fullmatch(r"3 instance\(s\): 3 ok; hub report ok; run [0-9]{8}-[0-9]{6}-[0-9a-f]{6}", lines[-1])
     assert done.stderr == ""
 
 

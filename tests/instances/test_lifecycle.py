@@ -86,7 +86,7 @@ def test_instances_lists_the_hub_view_and_flags_differences(
     rows(
         hub,
         "INSERT INTO public.instance_registry (subdomain, community_name, community_type, status, is_hub, "
-        "schema_version) VALUES ('hub', 'Ophélia hub', NULL, 'active', true, '0004'), "
+        "schema_version) VALUES ('hub', 'Ophélia hub', NULL, 'active', true, '0005'), "
         "('corte', 'Ville de Corte', 'municipality', 'suspended', false, '0004'), "
         "('ghost', 'Ghost town', 'association', 'archived', false, '0003')",
     )
@@ -95,7 +95,7 @@ def test_instances_lists_the_hub_view_and_flags_differences(
     listed = invoke(["instances", *base])
     assert listed.exit_code == 0, listed.stderr
     assert listed.stdout.splitlines() == [
-        "hub  hub  Ophélia hub  -  active  0004",
+        "hub  hub  Ophélia hub  -  active  0005",
         "corte  instance  Ville de Corte  municipality  suspended  0004",
         "lisula  instance  Lisula  municipality  -  -  in fleet.toml, not in the registry",
         "ghost  instance  Ghost town  association  archived  0003  in the registry, not in fleet.toml",

@@ -17,6 +17,7 @@ from ophelia_db.cli.render import is_tty, print_table, renders, styled
 from ophelia_db.results import (
     HistoryReport,
     InstanceResult,
+    InstanceStatus,
     RunReport,
     StatusReport,
     SyncReport,
@@ -39,7 +40,7 @@ def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
                 row.current or "-",
                 ", ".join(row.pending) or "-",
                 "-" if row.migrations_count is None else str(row.migrations_count),
-                row.error or "",
+                "; ".join(filter(None, [row.error, _registry_note(row)])),
             ]
             for row in report.instances
         ]
@@ -50,9 +51,18 @@ def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
         extra = f" [{row.registry_status}]" if row.registry_status else ""
         pending = f" pending={','.join(row.pending)}" if row.pending else ""
         error = f" error={row.error}" if row.error else ""
-        stream.write(
-            f"{row.name} {row.role} {row.state}{extra} current={row.current or '-'}{pending}{error}\n"
-        )
+        registry = f" registry={row.registry_version}" if row.registry_disagrees else ""
+        current = f"current={row.current or '-'}{registry}"
+        stream.write(f"{row.name} {row.role} {row.state}{extra} {current}{pending}{error}\n")
+    disagreeing = [row.name for row in report.instances if row.registry_disagrees]
+    if disagreeing:
+        stream.write(f"the hub registry disagrees on {', '.join(disagreeing)}: `ophelia-db sync` fixes it\n")
+
+
+def _registry_note(row: InstanceStatus) -> str | None:
+    if not row.registry_disagrees:
+        return None
+    return f"registry says {row.registry_version}: `ophelia-db sync --instance {row.name}` fixes it"
 
 
 def result_line(result: InstanceResult) -> str:
@@ -101,9 +111,15 @@ def render_run(
         counts[row.result] = counts.get(row.result, 0) + 1
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing to do"
     hub = "not sent (dry run)" if report.dry_run else report.hub_report
-    stream.write(f"{len(report.instances)} instance(s): {summary}; hub report {hub}\n")
+    run = "" if report.dry_run or not report.instances else f"; run {report.run_id}"
+    stream.write(f"{len(report.instances)} instance(s): {summary}; hub report {hub}{run}\n")
     if report.hub_error:
         err.write(f"warning: hub report {report.hub_report}: {report.hub_error}\n")
+    if report.journal_local:
+        err.write(
+            f"note: run {report.run_id}'s journal is kept in {report.journal_local}; "
+            "`ophelia-db sync --all` pushes it to the hub\n"
+        )
 
 
 @renders(SyncReport)
@@ -113,6 +129,8 @@ def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | 
     for row in report.instances:
         stream.write(f"{row.name} {row.state} current={row.current or '-'}\n")
     stream.write(f"hub report {report.hub_report}\n")
+    if report.journals_pushed:
+        stream.write(f"run journal(s) pushed to the hub: {', '.join(report.journals_pushed)}\n")
     if report.hub_error:
         err.write(f"error: {report.hub_error}\n")
 
