@@ -79,6 +79,8 @@ class Halt:
             self.reason = (
                 f"halted after {self.failures} failed instance(s) (--max-failures {self.max_failures})"
             )
+            # The instances it keeps from starting did not fail: the run ends mixed (exit 7).
+            self.failure_codes.add(ExitCode.MIXED)
 
     def skip(self, target: Target, reason: str = "not started", code: int | None = None) -> InstanceResult:
         """The result of an instance this halt keeps from starting.

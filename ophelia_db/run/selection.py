@@ -92,6 +92,9 @@ def plan_waves(fleet: Fleet, targets: Sequence[Target], specs: Sequence[str]) ->
     the selection (``10%``, rounded up, in the fleet's deterministic order) or
     ``rest``; whatever no spec took comes last, as ``rest``.
     """
+    if not specs:
+        # One wave, in the selection's own order.
+        return [WavePlan("rest", tuple(t for t in targets if t.role != "hub"))]
     ordered = sorted((t for t in targets if t.role != "hub"), key=_order)
     remaining = list(ordered)
     waves = []

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TextIO, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 Report = TypeVar("Report")
 _RENDERERS: dict[type, Callable[..., None]] = {}
@@ -112,4 +113,5 @@ def table(title: str | None, headers: list[str], rows: list[list[str]], stream: 
         print_table(title, headers, rows, stream)
         return
     for row in rows:
-        stream.write("  ".join(row).rstrip() + "\n")
+        # Off a terminal the cells' markup (see ``styled``) is left out.
+        stream.write("  ".join(Text.from_markup(cell).plain for cell in row).rstrip() + "\n")
