@@ -31,6 +31,7 @@ from ophelia_db.cli.render.trust import render_repair_plan
 from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Fleet
 from ophelia_db.run.chain import chain_for
+from ophelia_db.trust.fleet_stats import DEFAULT_LARGE_ROWS
 from ophelia_db.trust.reference import References, build_references
 
 ScratchOpt = Annotated[
@@ -193,17 +194,35 @@ def lint(
         str, typer.Option("--to", metavar="REV", help="Last revision to lint (default head).")
     ] = "head",
     no_squawk: Annotated[bool, typer.Option("--no-squawk", help="Use only ophelia-db's own rules.")] = False,
+    fleet_stats: Annotated[
+        bool,
+        typer.Option("--fleet-stats", help="Size each flagged table on the instances where it is pending."),
+    ] = False,
+    large_rows: Annotated[
+        int,
+        typer.Option("--large-rows", metavar="N", min=0, help="With --fleet-stats: a large table's rows."),
+    ] = DEFAULT_LARGE_ROWS,
+    instance: InstanceOpt = None,
+    tag: TagOpt = None,
     json_: JsonOpt = False,
+    fleet: FleetOpt = None,
 ) -> None:
     """Render revisions to SQL offline and flag operations that lock or rewrite busy tables.
 
     Uses squawk (squawk-cli) when installed, plus ophelia-db's rules. Needs no
-    database. Exit 0 when clean, 1 when there are findings.
+    database, unless --fleet-stats reads each instance (--instance/--tag, default
+    all) for the flagged tables' sizes and the durations recorded so far.
+    Exit 0 when clean, 1 when there are findings.
 
-    Example: ophelia-db lint --from 0004
+    Example: ophelia-db lint --from 0004 --fleet-stats --large-rows 5000000
     """
     with errors():
-        report = trust.lint(start=from_, to=to, squawk=not no_squawk)
+        targets = None
+        if fleet_stats:
+            targets = fleet_at(fleet).select(instance or (), tags=tag or (), default_all=True)
+        report = trust.lint(
+            start=from_, to=to, squawk=not no_squawk, fleet_targets=targets, large_rows=large_rows
+        )
     emit(report, as_json=json_)
 
 

@@ -21,13 +21,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ophelia_db.errors import ConfigError, ExitCode
+from ophelia_db.fleet.config import Target
 from ophelia_db.results import Record
 from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.script import Statement, statements
+from ophelia_db.trust.fleet_stats import DEFAULT_LARGE_ROWS, FleetStats, fleet_stats
 
 # squawk rules left out, and why:
 # - prefer-text-field, prefer-bigint-over-int, prefer-bigint-over-smallint, prefer-identity:
@@ -84,6 +86,8 @@ _SET_LOCK_TIMEOUT = re.compile(
 class LintFinding(Record):
     """One problem: ``rule`` (ours or squawk's, per ``source``) at a statement of a revision."""
 
+    json_omit_empty: ClassVar[frozenset[str]] = frozenset({"table"})
+
     revision: str
     file: str
     rule: str
@@ -91,6 +95,8 @@ class LintFinding(Record):
     message: str
     statement: str
     line: int
+    # The existing table the statement locks or rewrites, when it is one we recognise.
+    table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class LintReport:
     revisions: tuple[str, ...]
     findings: tuple[LintFinding, ...]
     squawk: str
+    # With --fleet-stats: the flagged tables sized on each instance.
+    fleet: FleetStats | None = None
 
     @property
     def exit_code(self) -> int:
@@ -108,6 +116,7 @@ class LintReport:
             "revisions": list(self.revisions),
             "squawk": self.squawk,
             "findings": [f.as_record() for f in self.findings],
+            **({"fleet": self.fleet.as_record()} if self.fleet is not None else {}),
         }
 
 
@@ -128,8 +137,14 @@ def lint(
     to: str = "head",
     chain: Chain | None = None,
     squawk: bool = True,
+    fleet_targets: list[Target] | None = None,
+    large_rows: int = DEFAULT_LARGE_ROWS,
 ) -> LintReport:
-    """Lint the revisions after ``start`` (default: all) up to ``to``."""
+    """Lint the revisions after ``start`` (default: all) up to ``to``.
+
+    With ``fleet_targets``, each flagged table is also sized on those instances
+    (``fleet_stats``): where the revision is pending and the table is large.
+    """
     chain = chain or chain_for()
     goal = chain.resolve(to)
     first = chain.resolve(start) if start is not None else None
@@ -150,7 +165,10 @@ def lint(
         findings.extend(extra)
     order = {rev.id: index for index, rev in enumerate(chain.revisions)}
     findings.sort(key=lambda f: (order.get(f.revision, -1), f.line, f.source, f.rule))
-    return LintReport(revisions=tuple(by_revision), findings=tuple(findings), squawk=note)
+    stats = None
+    if fleet_targets is not None:
+        stats = fleet_stats(fleet_targets, findings, chain, large_rows=large_rows)
+    return LintReport(revisions=tuple(by_revision), findings=tuple(findings), squawk=note, fleet=stats)
 
 
 def _table(name: str) -> str:
@@ -173,7 +191,14 @@ def _our_rules(chain: Chain, revision: str, found: list[Statement]) -> list[Lint
     def finding(rule: str, statement: Statement, message: str) -> None:
         out.append(
             LintFinding(
-                revision, rev.path.name, rule, "ophelia-db", message, _excerpt(statement), statement.line
+                revision,
+                rev.path.name,
+                rule,
+                "ophelia-db",
+                message,
+                _excerpt(statement),
+                statement.line,
+                _touched_table(statement.normalised),
             )
         )
 
@@ -216,6 +241,14 @@ def _our_rules(chain: Chain, revision: str, found: list[Statement]) -> list[Lint
                 "SET LOCAL lock_timeout in its SQL",
             )
     return out
+
+
+def _touched_table(text: str) -> str | None:
+    """The table a flagged statement works on: the one it locks, or the one it alters or indexes."""
+    index = _CREATE_INDEX.match(text)
+    if index:
+        return _table(index.group(2))
+    return _locked_table(text)
 
 
 def _locked_table(text: str) -> str | None:
@@ -311,6 +344,7 @@ def _run_squawk(
                 f"{item.get('message', '')}{help_text}",
                 _excerpt(statement),
                 statement.line,
+                _touched_table(statement.normalised),
             )
         )
     return findings, version or "squawk"

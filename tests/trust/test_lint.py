@@ -10,7 +10,7 @@ import pytest
 
 from ophelia_db.run.script import mark_non_transactional, statements
 from ophelia_db.trust.lint import LintReport, lint, squawk_binary
-from tests.helpers import run_cli, write_fleet
+from tests.helpers import FleetDbs, execute, run_cli, write_fleet
 from tests.trust.support import ALEMBIC_INI, ROOT, SHIPPED_VERSIONS, chain_at
 
 LINT_CHAIN = os.pathsep.join([str(SHIPPED_VERSIONS), str(ROOT / "tests" / "chains" / "lint")])
@@ -121,3 +121,47 @@ def test_splitter_respects_quotes_dollar_quotes_and_comments() -> None:
     assert mark_non_transactional("BEGIN;\nSELECT 1;\nCOMMIT;\n") == "BEGIN;\nSELECT 1;\nCOMMIT;\n"
     inside = mark_non_transactional("BEGIN;\nCREATE INDEX CONCURRENTLY i ON t (a);\nCOMMIT;\n")
     assert "WARNING: the next statement cannot run inside a transaction" in inside
+
+
+@pytest.mark.pg
+def test_fleet_stats_name_the_large_table_on_exactly_the_instances_that_hold_it(
+    tmp_path: Path, fleet_dbs: FleetDbs
+) -> None:
+    hub, urls = fleet_dbs(3)
+    fleet = write_fleet(tmp_path, hub, urls)
+    assert run_cli(["upgrade", "--all", "--to", "0105"], fleet=fleet, locations=LINT_CHAIN).returncode == 0
+    # inst2 holds a large instance_config; inst1 a few rows; inst3 already ran 0106 (recorded 5000 ms).
+    execute(urls["inst2"], "INSERT INTO public.instance_config (key, value, category) "
+            "SELECT 'K' || g, '\"v\"', 'general' FROM generate_series(1, 3000) g")  # fmt: skip
+    execute(
+        urls["inst1"],
+        "INSERT INTO public.instance_config (key, value, category) VALUES ('A', '\"v\"', 'general')",
+    )
+    for url in urls.values():
+        execute(url, "ANALYZE public.instance_config")
+    execute(urls["inst3"], "INSERT INTO public.instance_config (key, value, category) "
+            "SELECT 'K' || g, '\"v\"', 'general' FROM generate_series(1, 1000) g")  # fmt: skip
+    execute(urls["inst3"], "ANALYZE public.instance_config")
+    stamp = "UPDATE public.alembic_version SET version_num = '0106'"
+    execute(urls["inst3"], stamp)
+    history = "INSERT INTO public.schema_migrations (version, name, checksum, execution_time_ms) "
+    execute(urls["inst3"], history + "VALUES ('0106', 'blocking', 'x', 5000)")
+
+    done = run_cli(
+        ["lint", "--from", "0105", "--fleet-stats", "--large-rows", "2000", "--instance", "inst1",
+         "--instance", "inst2", "--instance", "inst3", "--json"],
+        fleet=fleet, locations=LINT_CHAIN,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    risks = {r["table"]: r for r in json.loads(done.stdout)["fleet"]["risks"]}
+    config = risks["public.instance_config"]
+    assert config["large"] == ["inst2"] and "blocking-index-build" in config["rules"]
+    by_name = {row["instance"]: row for row in config["instances"]}
+    assert by_name["inst2"]["pending"] and by_name["inst2"]["rows"] == 3000
+    assert not by_name["inst3"]["pending"] and by_name["inst3"]["recorded_ms"] == 5000
+    # 5 ms a row on inst3, so about 15 s for inst2's 3000 rows.
+    assert by_name["inst2"]["expected_ms"] == 15000 and by_name["inst1"]["expected_ms"] == 5
+
+    text = run_cli(["lint", "--from", "0105", "--fleet-stats", "--large-rows", "2000"], fleet=fleet,
+                   locations=LINT_CHAIN).stdout  # fmt: skip
+    assert "on public.instance_config: 1 instance(s) with > 2,000 rows: inst2" in text

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from ophelia_db.cli.render import out, plural, renders
 from ophelia_db.fleet.catalog import Difference
 from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, Resolution, ValidationReport
+from ophelia_db.trust.fleet_stats import FleetStats
 from ophelia_db.trust.lint import LintReport
 
 
@@ -100,6 +101,32 @@ def render_lint(report: LintReport) -> None:
         out(f"    > {finding.statement}")
     linted = ", ".join(report.revisions) or "none"
     out(f"{len(report.findings)} finding(s) in revisions {linted} ({report.squawk})")
+    if report.fleet is not None:
+        render_fleet_stats(report.fleet)
+
+
+def _size(count: int | None, unit: str) -> str:
+    return "-" if count is None else f"{count:,} {unit}"
+
+
+def render_fleet_stats(stats: FleetStats) -> None:
+    """Where each flagged table is large, then each instance's figures."""
+    for risk in stats.risks:
+        what = ", ".join(risk.rules)
+        pending = [row for row in risk.instances if row.pending]
+        if risk.large:
+            out(
+                f"{risk.revision} [{what}] on {risk.table}: {len(risk.large)} instance(s) with > "
+                f"{risk.large_rows:,} rows: {', '.join(risk.large)}"
+            )
+        else:
+            nowhere = f"no pending instance with > {risk.large_rows:,} rows"
+            out(f"{risk.revision} [{what}] on {risk.table}: {nowhere}")
+        for row in pending:
+            expected = "no history yet" if row.expected_ms is None else f"expected ~{row.expected_ms:,} ms"
+            out(f"    {row.instance}: {_size(row.rows, 'rows')}, {_size(row.bytes, 'bytes')}, {expected}")
+    if stats.unreachable:
+        out(f"not read (unreachable): {', '.join(stats.unreachable)}")
 
 
 @renders(Resolution)
