@@ -23,6 +23,8 @@ class Environment(BaseSettings):
     version_locations: str | None = None
     # The folder of the PostgreSQL server binaries for the embedded cluster.
     pg_bin: Path | None = None
+    # The bearer token `serve`'s POST /api/sync-schema-version requires; unset, the endpoint is off.
+    serve_token: str | None = None
 
     @field_validator("*", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ophelia_db._version import __version__
-from ophelia_db.cli import instances, journal, local, provision, run, trust
+from ophelia_db.cli import instances, journal, local, provision, run, serve, trust
 from ophelia_db.cli.options import GLOBAL
 
 app = typer.Typer(
@@ -59,7 +59,7 @@ def _main(
     GLOBAL.debug = debug
 
 
-for area in (run, journal, local, trust, provision, instances):
+for area in (run, journal, local, trust, provision, instances, serve):
     area.register(app)
 
 

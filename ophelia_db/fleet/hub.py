@@ -255,6 +255,8 @@ class RegistryRow:
 
     status: str
     schema_version: str | None
+    schema_fingerprint: str | None = None
+    community_name: str | None = None
 
 
 def registry_rows(hub: Target) -> dict[str, RegistryRow] | None:
@@ -265,9 +267,10 @@ def registry_rows(hub: Target) -> dict[str, RegistryRow] | None:
         return None
     try:
         rows = conn.execute(
-            "SELECT subdomain, status, schema_version FROM public.instance_registry"
+            "SELECT subdomain, status, schema_version, metadata->>'schema_fingerprint', community_name "
+            "FROM public.instance_registry"
         ).fetchall()
-        return {name: RegistryRow(status, version) for name, status, version in rows}
+        return {name: RegistryRow(*values) for name, *values in rows}
     except Exception as exc:
         if sqlstate_of(exc) is None:
             raise

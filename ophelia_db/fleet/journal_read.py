@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ophelia_db.fleet.connections import Connection
-from ophelia_db.fleet.journal import FINISHED_STATES, Operation
+from ophelia_db.fleet.journal import FINISHED_STATES, READY_SQL, Operation
 from ophelia_db.results import JournalEntry, JournalRun, JournalShard, RunDetail
 
 _RUN_COLUMNS = "run_id, command, target, shard_count, resumes, started_by, git_sha, ci_job_url, started_at"
@@ -145,3 +145,30 @@ def _detail(
         source=source,
     )
     return RunDetail(run=run, shards=tuple(shards), instances=entries)
+
+
+_LAST_SQL = """SELECT DISTINCT ON (instance) instance, state, updated_at, run_id
+FROM public.ophelia_run_instances WHERE state NOT IN ('planned', 'running')
+ORDER BY instance, updated_at DESC"""
+_OF_INSTANCE_SQL = f"""SELECT run_id, {_ENTRY_COLUMNS} FROM public.ophelia_run_instances
+WHERE instance = %s ORDER BY updated_at DESC LIMIT %s"""
+
+
+def last_results(conn: Connection) -> dict[str, tuple[str, datetime, str]]:
+    """Each instance's last final result in the journal: ``{name: (state, when, run_id)}``."""
+    if not _has_journal(conn):
+        return {}
+    return {name: (state, at, run_id) for name, state, at, run_id in conn.execute(_LAST_SQL).fetchall()}
+
+
+def runs_of(conn: Connection, instance: str, limit: int = 20) -> list[tuple[str, JournalEntry]]:
+    """An instance's most recent lines in the journal, newest first: ``(run_id, entry)``."""
+    if not _has_journal(conn):
+        return []
+    rows = _dicts(conn, _OF_INSTANCE_SQL, (instance, limit))
+    return [(row["run_id"], _entry_of(row)) for row in rows]
+
+
+def _has_journal(conn: Connection) -> bool:
+    row = conn.execute(READY_SQL).fetchone()
+    return bool(row and row[0])

@@ -77,11 +77,12 @@ def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -
         registry = registry_read.result() or {}
     return StatusReport(
         head=chain.head,
-        instances=tuple(_reconciled(status_of(t, states[t.name], chain), registry) for t in targets),
+        instances=tuple(reconciled(status_of(t, states[t.name], chain), registry) for t in targets),
     )
 
 
-def _reconciled(row: InstanceStatus, registry: dict[str, RegistryRow]) -> InstanceStatus:
+def reconciled(row: InstanceStatus, registry: dict[str, RegistryRow]) -> InstanceStatus:
+    """``row`` with what the hub registry says of it: its lifecycle, and its version if that differs."""
     known = registry.get(row.name)
     if known is None:
         return row
