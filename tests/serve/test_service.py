@@ -1,0 +1,51 @@
+"""`ophelia-db serve` as a real uvicorn server: a burst of page loads costs the fleet one probe per
+instance (connections counted by a proxy in front of each), and SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.latency_proxy import LatencyProxy
+from tests.helpers import write_fleet
+from tests.serve.conftest import ServedFleet, Server, start_server
+
+
+def test_a_burst_of_requests_probes_each_instance_once(
+    served_fleet: ServedFleet, server_factory: list[Server]
+) -> None:
+    with ExitStack() as stack:
+        proxied = {}
+        proxies = {}
+        for name, url in served_fleet.urls.items():
+            direct = urlsplit(url)
+            proxy = stack.enter_context(LatencyProxy(direct.hostname or "127.0.0.1", direct.port or 5432))
+            proxies[name] = proxy
+            proxied[name] = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+        directory = served_fleet.path.parent / "proxied"
+        directory.mkdir()
+        path = write_fleet(directory, served_fleet.hub, proxied)
+        server = start_server(path, "--cache-seconds", "600")
+        server_factory.append(server)
+
+        paths = ["/", "/metrics"] * 100
+        with ThreadPoolExecutor(max_workers=20) as clients:
+            answers = list(clients.map(server.get, paths))
+
+    assert [status for status, _ in answers] == [200] * 200
+    assert all("inst1" in body for _, body in answers)
+    for name, proxy in proxies.items():
+        assert proxy.connections == 1, f"{name}: {proxy.counts} (a probe per request would be 200)"
+
+
+def test_sigterm_stops_the_server_cleanly(served_fleet: ServedFleet, server_factory: list[Server]) -> None:
+    server = start_server(served_fleet.path)
+    server_factory.append(server)
+    assert server.get("/")[0] == 200
+    server.process.send_signal(signal.SIGTERM)
+    # uvicorn finishes what is in flight, then lets the signal end the process: a shell sees 143.
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    _, stderr = server.process.communicate(timeout=5)
+    assert "Traceback" not in stderr and "SIGTERM stops it" in stderr
