@@ -24,6 +24,8 @@ demo: bytecode
 	$(BIN)/ophelia-db local start
 	$(BIN)/ophelia-db upgrade --all
 	$(BIN)/ophelia-db status
+	@echo
+	@echo "The demo fleet's page: $(BIN)/ophelia-db serve   # then open http://127.0.0.1:8080/"
 
 ## The whole test suite (it starts its own PostgreSQL), plus lint.
 test: bytecode

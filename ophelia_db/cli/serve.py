@@ -13,18 +13,25 @@ from ophelia_db.settings import environment_settings
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port to listen on.")
+    ] = 8080,
     cache_seconds: Annotated[
         float,
-        typer.Option("--cache-seconds", min=0, help="How long a probe of the fleet is reused by the pages."),
+        typer.Option(
+            "--cache-seconds",
+            metavar="S",
+            min=0,
+            help="How long a probe of the fleet is reused by the pages.",
+        ),
     ] = 5.0,
     fleet: FleetOpt = None,
 ) -> None:
     """Serve the fleet page, instance and run pages, /api/status, /metrics and the seed's
     POST /api/sync-schema-version (enabled by OPHELIA_SERVE_TOKEN); stops cleanly on SIGTERM.
 
-    Example: OPHELIA_SERVE_TOKEN=... ophelia-db serve --port 8080
+    Example: ophelia-db serve --port 8080
     """
     with errors():
         loaded = fleet_at(fleet)

@@ -90,13 +90,10 @@ class RegistryUpdate:
 class HubReporter:
     """Writes a run's registry reports and journal to the hub, from a thread of its own, on one connection.
 
-    Whatever the run hands over while a write is on its way goes in the next
-    one, as one pipelined round trip: at 20 ms from the hub fifty instances
-    cost a few round trips, not a second, and the run never waits for the hub.
-    Each instance's lines still reach the hub as soon as its result is known.
-    After the first failure it stops trying (an unreachable hub costs one
-    connection time-out per run): the registry is left to ``sync``, and the
-    journal goes to ``local`` (the run's local journal) for ``sync`` to push.
+    What the run hands over while a write is on its way goes in the next one, in
+    one pipelined round trip: the run never waits for the hub, and each instance's
+    lines reach it as soon as its result is known. After the first failure it stops
+    trying: the registry is left to ``sync``, the journal goes to ``local``.
     """
 
     def __init__(self, hub: Target, *, local: LocalJournal | None = None) -> None:
