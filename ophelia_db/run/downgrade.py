@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect, sql_identifier
-from ophelia_db.fleet.hub import HubReporter
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import Record, RunReport
 from ophelia_db.run import driver
 from ophelia_db.run.chain import Chain, chain_for

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ophelia_db.fleet import journal
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.hub import HubReporter
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.fleet.journal import LocalJournal, RunHeader
 from ophelia_db.results import InstanceResult, RunReport
 

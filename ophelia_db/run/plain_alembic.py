@@ -20,7 +20,8 @@ from alembic.util import CommandError
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.connections import connect, engine_for
-from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
+from ophelia_db.fleet.hub import RegistryUpdate
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.fleet.lock import migration_lock
 from ophelia_db.run.chain import Chain, ChainSpec
 from ophelia_db.run.driver import EnvAttributes

@@ -10,7 +10,8 @@ from ophelia_db.fleet import journal
 from ophelia_db.fleet.catalog import fingerprint_of
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect, describe_error, sqlstate_of
-from ophelia_db.fleet.hub import HubReporter, RegistryUpdate
+from ophelia_db.fleet.hub import RegistryUpdate
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
     SyncReport,
 )

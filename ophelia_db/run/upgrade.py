@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.hub import HubReporter, RegistryUpdate, registry_statuses
+from ophelia_db.fleet.hub import RegistryUpdate, registry_statuses
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
     InstanceResult,
     Outcome,

@@ -1,0 +1,178 @@
+"""The hub writer of a run: the registry reports and the run journal, sent from a thread of its own.
+
+This module owns the one hub connection a run writes on and the order of its
+writes; the statements belong to ``hub`` (the registry) and ``journal``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ophelia_db.errors import OpheliaError
+from ophelia_db.fleet import journal
+from ophelia_db.fleet.config import Target
+from ophelia_db.fleet.connections import Connection, connect, describe_error, sqlstate_of
+from ophelia_db.fleet.hub import UPSERT_SQL, RegistryUpdate, statuses_and_journal
+from ophelia_db.fleet.journal import LocalJournal
+
+
+class HubReporter:
+    """Writes a run's registry reports and journal to the hub, from a thread of its own, on one connection.
+
+    What the run hands over while a write is on its way goes in the next one, in
+    one pipelined round trip: the run never waits for the hub, and each instance's
+    lines reach it as soon as its result is known. After the first failure it stops
+    trying: the registry is left to ``sync``, the journal goes to ``local``.
+    """
+
+    def __init__(self, hub: Target, *, local: LocalJournal | None = None) -> None:
+        self.hub = hub
+        self.state = "ok"
+        self.error: str | None = None
+        # Whether the hub has the journal tables (revision 0005); None until asked.
+        self.journal_ready: bool | None = None
+        self._local = local
+        self._conn: Connection | None = None
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def registry_statuses(self) -> dict[str, str] | None:
+        """``registry_statuses`` on the connection the reports will use: one hub connection per run."""
+        assert self._thread is None, "read before the writes start"
+        if self._conn is None:
+            try:
+                self._conn = connect(self.hub, autocommit=True)
+            except OpheliaError:
+                return None  # the reports will try again, and say so if they fail
+        statuses, self.journal_ready = statuses_and_journal(self._conn)
+        return statuses
+
+    def report(self, update: RegistryUpdate) -> None:
+        self._put("registry", update)
+
+    def record(self, operation: journal.Operation) -> None:
+        """Add a journal operation; it reaches the hub (or the local journal) in order."""
+        self._put("journal", operation)
+
+    def recheck_journal(self) -> None:
+        """Ask again whether the hub has its journal (the run just migrated the hub)."""
+        self._put("recheck", None)
+
+    def close(self) -> None:
+        """Send what is left; ``state``/``error`` then say how the reports went."""
+        try:
+            if self._thread is not None:
+                self._queue.put(("stop", None))
+                self._thread.join()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _put(self, kind: str, item: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((kind, item))
+
+    def _loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            with suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            try:
+                self._write(items)
+            except Exception as exc:  # a bug of ours: the run goes on, the reports say so
+                self._fail("failed", f"{self.hub.name}: internal error while reporting: {type(exc).__name__}")
+            if any(kind == "stop" for kind, _ in items):
+                return
+
+    def _write(self, items: list[tuple[str, Any]]) -> None:
+        # A hub without its journal may have just got it (the run migrated the hub): asked again
+        # on a recheck and at the end, never once it is known to be there.
+        recheck = any(kind in ("recheck", "stop") for kind, _ in items)
+        if self.state == "ok" and self._connected():
+            unknown = self.journal_ready is None
+            if unknown or (recheck and not self.journal_ready):
+                self._ask_journal()
+        statements: list[tuple[str, dict[str, Any]]] = []
+        sent: list[journal.Operation] = []
+        kept: list[journal.Operation] = []
+        for kind, item in items:
+            if kind == "registry" and self.state == "ok":
+                statements.append((UPSERT_SQL, item.params()))
+            elif kind == "journal" and self.state == "ok" and self.journal_ready:
+                statements.append((item.sql, dict(item.values)))
+                sent.append(item)
+            elif kind == "journal":
+                kept.append(item)
+        if self._local is not None:
+            self._local.append(kept)
+            if self.state == "ok" and self.journal_ready:
+                self._push_local()
+        if statements and self.state == "ok":
+            self._send(statements)
+            if self.state != "ok" and self._local is not None:
+                # Lost with the hub: kept locally, replayed by `sync` (every write is an upsert).
+                self._local.append(sent)
+
+    @property
+    def kept_locally(self) -> Path | None:
+        """The local journal file, when the hub did not take the whole journal."""
+        return self._local.path if self._local is not None and self._local.path.exists() else None
+
+    def _connected(self) -> bool:
+        if self._conn is not None:
+            return True
+        try:
+            self._conn = connect(self.hub, autocommit=True)
+            return True
+        except OpheliaError as exc:
+            self._fail("pending", exc.message)
+            return False
+
+    def _ask_journal(self) -> None:
+        assert self._conn is not None
+        try:
+            row = self._conn.execute(journal.READY_SQL).fetchone()
+            self.journal_ready = bool(row and row[0])
+        except Exception as exc:
+            self._server_error(exc)
+
+    def _push_local(self) -> None:
+        """Send the journal kept locally so far (the hub had none, or a recheck found it)."""
+        if self._local is None or not self._local.path.exists():
+            return
+        assert self._conn is not None
+        try:
+            journal.replay(self._conn, self._local.path)
+        except Exception as exc:
+            self._server_error(exc)
+
+    def _send(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        assert self._conn is not None
+        try:
+            with self._conn.pipeline(), self._conn.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql.encode(), params)
+        except Exception as exc:
+            self._server_error(exc)
+
+    def _server_error(self, exc: Exception) -> None:
+        if sqlstate_of(exc) is None and not isinstance(exc, psycopg.Error):
+            raise exc
+        state = "pending" if self._conn is None or self._conn.closed else "failed"
+        self._fail(state, f"{self.hub.name}: cannot write instance_registry: {describe_error(exc)}")
+
+    def _fail(self, state: str, message: str) -> None:
+        if self.state != "ok":
+            return
+        self.state = state
+        self.error = f"{message}; run `ophelia-db sync --all` once the hub is back"
