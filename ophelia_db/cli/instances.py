@@ -27,10 +27,10 @@ from ophelia_db.cli.options import (
 from ophelia_db.cli.render import emit, emit_json, err, is_tty, out, table
 from ophelia_db.cli.render.instances import TERMINAL_CELL, entry_row
 from ophelia_db.errors import ConfigError, combine_exit_codes
-from ophelia_db.fleet.hub import Status
 
 if TYPE_CHECKING:
     from ophelia_db import instances as library
+    from ophelia_db.fleet.hub import Status
     from ophelia_db.instances import vault
 else:
     # Loaded when a command runs: `status` and the rest need no provisioning code.

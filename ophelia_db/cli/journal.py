@@ -6,11 +6,14 @@ from typing import Annotated
 
 import typer
 
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import AllOpt, FleetOpt, InstanceOpt, JsonOpt, TagOpt, errors, fleet_at
 from ophelia_db.cli.render import emit
 from ophelia_db.cli.render import runs as _renderers  # noqa: F401  (registers the renderers)
-from ophelia_db.run import gate as gating
-from ophelia_db.run import runs as journal
+
+# The library, loaded by the command that runs (`--help` loads none of it).
+gating = lazy_module("ophelia_db.run.gate")
+journal = lazy_module("ophelia_db.run.runs")
 
 runs_app = typer.Typer(help="The run journal kept in the hub: recent runs, one run per instance.")
 

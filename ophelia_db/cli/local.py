@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import FleetOpt, YesOpt, confirmed, errors, fleet_at
 from ophelia_db.cli.render import out
-from ophelia_db.local import commands as local
+
+# Loaded by the command that runs (`--help` loads none of it).
+local = lazy_module("ophelia_db.local.commands")
 
 local_app = typer.Typer(help="Manage the embedded local PostgreSQL cluster.", no_args_is_help=True)
 

@@ -13,15 +13,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.render import shortened
 from ophelia_db.errors import ExitCode, OpheliaError
-from ophelia_db.fleet.config import Fleet, load_fleet
 from ophelia_db.redaction import redact
-from ophelia_db.run.interrupts import exit_code_of
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Fleet
+
+# Loaded on first use: `ophelia-db --help` needs neither (see ophelia_db/_lazy.py).
+config = lazy_module("ophelia_db.fleet.config")
+interrupts = lazy_module("ophelia_db.run.interrupts")
 
 FleetOpt = Annotated[
     Path | None,
@@ -72,7 +78,7 @@ def errors() -> Iterator[None]:
         fail(exc.message, exc.exit_code)
     except KeyboardInterrupt as exc:
         sys.stderr.write("interrupted\n")
-        raise typer.Exit(exit_code_of(exc)) from None
+        raise typer.Exit(interrupts.exit_code_of(exc)) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
@@ -87,7 +93,8 @@ def errors() -> Iterator[None]:
 
 def fleet_at(path: Path | None) -> Fleet:
     """The fleet named by the command's ``--fleet``, else the global one, else the default."""
-    return load_fleet(path or GLOBAL.fleet)
+    fleet: Fleet = config.load_fleet(path or GLOBAL.fleet)
+    return fleet
 
 
 def confirmed(question: str, *, yes: bool, refuse: str, ask: bool = True) -> None:

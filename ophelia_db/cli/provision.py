@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from ophelia_db import instances as library
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import FleetOpt, JsonOpt, errors, fleet_at
 from ophelia_db.cli.render import emit_json, err, out
 from ophelia_db.cli.render.instances import render_output_warnings, render_outputs, step_line
 from ophelia_db.errors import ConfigError
-from ophelia_db.fleet.config import COMMUNITY_TYPES, Fleet, environment
-from ophelia_db.instances import Answers, Outputs
-from ophelia_db.instances import answers as answers_model
-from ophelia_db.instances.apply import checklist
-from ophelia_db.instances.seed import check_key
-from ophelia_db.run.interrupts import exit_code_of
+from ophelia_db.fleet import COMMUNITY_TYPES
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Fleet
+    from ophelia_db.instances import Answers, Outputs
+
+# The library, loaded by the command that runs (`--help` loads none of it).
+library = lazy_module("ophelia_db.instances")
+answers_model = lazy_module("ophelia_db.instances.answers")
+applying = lazy_module("ophelia_db.instances.apply")
+seed = lazy_module("ophelia_db.instances.seed")
+config = lazy_module("ophelia_db.fleet.config")
+interrupts = lazy_module("ophelia_db.run.interrupts")
 
 MANUAL_STEPS = """\
 Before the questions, do by hand what ophelia-db cannot do for you:
@@ -111,7 +118,7 @@ def _ask_secrets(data: dict[str, Any], given: dict[str, Any], hub: str) -> None:
             "Optional API key name, e.g. MISTRAL_API_KEY (empty when done)",
             "",
             optional=True,
-            check=check_key,
+            check=seed.check_key,
         )
         if not key:
             break
@@ -246,7 +253,7 @@ def provision_command(
         answers = library.gather(from_, flags, ask)
         if interactive:
             answers = _keep_typed_secrets(answers, loaded.path.parent / ".env")
-        env = environment(loaded.path)
+        env = config.environment(loaded.path)
         folder = out_dir or loaded.path.parent / "instances"
         outputs = library.write_outputs(answers, folder, include_secrets=include_secrets, env=env)
     (render_output_warnings if json_ else render_outputs)(outputs)
@@ -269,7 +276,7 @@ def _files_only(outputs: Outputs, answers: Answers, *, interactive: bool, json_:
     else:
         if interactive:
             out("\nProvisioning checklist:")
-            for step in checklist(answers.subdomain).steps:
+            for step in applying.checklist(answers.subdomain).steps:
                 out(step_line(step))
         out(f"next: ophelia-db provision --from {outputs.answers_file} --apply")
     raise typer.Exit(0)
@@ -287,7 +294,7 @@ def _apply(
         except KeyboardInterrupt as exc:
             # Each step checks before it writes: the same command again resumes where this one stopped.
             err("interrupted: run the same command again to resume")
-            raise typer.Exit(exit_code_of(exc)) from None
+            raise typer.Exit(interrupts.exit_code_of(exc)) from None
     if json_:
         emit_json({"outputs": outputs.as_record(), "apply": report.as_record()})
     elif report.exit_code == 0:

@@ -7,11 +7,11 @@ the report through ``render.emit`` and exits with the report's code.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ophelia_db import run
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import (
     AllOpt,
     FleetOpt,
@@ -27,11 +27,16 @@ from ophelia_db.cli.options import (
 from ophelia_db.cli.render import emit, err
 from ophelia_db.cli.render.run import progress_display
 from ophelia_db.errors import ConfigError
-from ophelia_db.fleet.config import Fleet
-from ophelia_db.local import commands as local
-from ophelia_db.run.interrupts import raising_on_signals
-from ophelia_db.run.selection import parse_rate
-from ophelia_db.run.upgrade import Progress
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Fleet
+
+# The library, loaded by the command that runs (`--help` loads none of it).
+run = lazy_module("ophelia_db.run")
+local = lazy_module("ophelia_db.local.commands")
+interrupts = lazy_module("ophelia_db.run.interrupts")
+selection = lazy_module("ophelia_db.run.selection")
+upgrading = lazy_module("ophelia_db.run.upgrade")
 
 
 def _local_hint(fleet: Fleet) -> None:
@@ -142,8 +147,10 @@ def upgrade(
         if resume and (instance or all_ or tag or to != "head" or dry_run or wave or canary):
             raise ConfigError("--resume RUN takes the run's own selection and target: give it alone")
         targets = [] if resume else loaded.select(instance or (), all_=all_, tags=tag or ())
-        with progress_display(len(targets), enabled=not json_) as progress, raising_on_signals():
-            watch = Progress(on_plan=progress.planned, on_start=progress.started, on_result=progress.finished)
+        with progress_display(len(targets), enabled=not json_) as progress, interrupts.raising_on_signals():
+            watch = upgrading.Progress(
+                on_plan=progress.planned, on_start=progress.started, on_result=progress.finished
+            )
             if resume:
                 report = run.resume(loaded, resume, jobs=jobs, shard=shard, progress=watch)
             else:
@@ -156,7 +163,7 @@ def upgrade(
                     canary=canary,
                     waves=wave or (),
                     max_failures=max_failures,
-                    max_failure_rate=parse_rate(max_failure_rate) if max_failure_rate else None,
+                    max_failure_rate=selection.parse_rate(max_failure_rate) if max_failure_rate else None,
                     # Archived and suspended instances are left alone by --all, not when named.
                     skip_inactive=all_,
                     shard=shard,

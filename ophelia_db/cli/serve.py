@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import FleetOpt, errors, fleet_at
 from ophelia_db.cli.render import err
 from ophelia_db.errors import ConfigError
-from ophelia_db.settings import environment_settings
+
+settings = lazy_module("ophelia_db.settings")
 
 
 def serve(
@@ -35,7 +37,7 @@ def serve(
     """
     with errors():
         loaded = fleet_at(fleet)
-        token = environment_settings().serve_token
+        token = settings.environment_settings().serve_token
         # Imported here: the web stack is loaded only by the command that serves.
         import uvicorn
 

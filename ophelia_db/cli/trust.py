@@ -7,11 +7,11 @@ the code docs/design.md §3 gives it.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ophelia_db import trust
+from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import (
     AllOpt,
     FleetOpt,
@@ -29,10 +29,17 @@ from ophelia_db.cli.options import (
 from ophelia_db.cli.render import emit, emit_json, err, show
 from ophelia_db.cli.render.trust import render_repair_plan
 from ophelia_db.errors import ExitCode
-from ophelia_db.fleet.config import Fleet
-from ophelia_db.run.chain import chain_for
-from ophelia_db.trust.fleet_stats import DEFAULT_LARGE_ROWS
-from ophelia_db.trust.reference import References, build_references
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.config import Fleet
+    from ophelia_db.trust.reference import References
+
+# The library, loaded by the command that runs (`--help` loads none of it).
+trust = lazy_module("ophelia_db.trust")
+chains = lazy_module("ophelia_db.run.chain")
+reference = lazy_module("ophelia_db.trust.reference")
+# lint --fleet-stats: rows that make a table large (trust/fleet_stats.py's default).
+LARGE_ROWS = 1_000_000
 
 ScratchOpt = Annotated[
     str | None,
@@ -118,7 +125,7 @@ def repair(
 
 
 def _references(loaded: Fleet, scratch_url: str | None) -> References:
-    return build_references(chain_for(), fleet=loaded, scratch_url=scratch_url)
+    return reference.build_references(chains.chain_for(), fleet=loaded, scratch_url=scratch_url)
 
 
 def adopt(
@@ -201,7 +208,7 @@ def lint(
     large_rows: Annotated[
         int,
         typer.Option("--large-rows", metavar="N", min=0, help="With --fleet-stats: a large table's rows."),
-    ] = DEFAULT_LARGE_ROWS,
+    ] = LARGE_ROWS,
     instance: InstanceOpt = None,
     tag: TagOpt = None,
     json_: JsonOpt = False,

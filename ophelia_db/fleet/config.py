@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
+from ophelia_db.fleet import COMMUNITY_TYPES
 from ophelia_db.fleet.file_errors import describe_validation, refuse_duplicates
 from ophelia_db.fleet.urls import describe_url, url_has_password, url_problem
 from ophelia_db.fleet.urls import parse as parse_url
@@ -30,7 +31,7 @@ from ophelia_db.redaction import register_secret
 from ophelia_db.settings import environment_settings
 
 SUBDOMAIN = re.compile(r"^[a-z0-9-]{1,20}$")
-COMMUNITY_TYPES = ("municipality", "intercommunality", "university", "association", "region")
+
 CommunityType = Literal["municipality", "intercommunality", "university", "association", "region"]
 Role = Literal["hub", "instance"]
 

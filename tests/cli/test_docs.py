@@ -170,3 +170,28 @@ def test_version_answers_without_loading_the_command_line() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout == f"ophelia-db {ophelia_db.__version__}\n[]\n"
     assert callable(ophelia_db.upgrade) and ophelia_db.load_fleet.__module__ == "ophelia_db.fleet.config"
+
+
+def test_help_loads_no_library_module() -> None:
+    """`ophelia-db --help` and a command's --help load the command line only (issue 11: < 0.15 s)."""
+    import subprocess
+    import sys
+
+    # (typer itself loads pydantic for a command's options; ours load nothing of the library)
+    heavy = ("pydantic_settings", "psycopg", "sqlalchemy", "alembic", "ophelia_db.run",
+             "ophelia_db.fleet.config", "ophelia_db.instances", "ophelia_db.trust", "starlette")  # fmt: skip
+    for args in (["--help"], ["upgrade", "--help"], ["lint", "--help"]):
+        probe = (
+            "import sys; from ophelia_db.cli.app import app\n"
+            f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        assert done.stdout.splitlines()[-1] == "[]", (args, done.stdout.splitlines()[-1])
+
+
+def test_the_cli_default_of_large_rows_is_the_librarys() -> None:
+    from ophelia_db.cli.trust import LARGE_ROWS
+    from ophelia_db.trust.fleet_stats import DEFAULT_LARGE_ROWS
+
+    assert LARGE_ROWS == DEFAULT_LARGE_ROWS

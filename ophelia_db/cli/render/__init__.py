@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-Report = TypeVar("Report")
-_RENDERERS: dict[type, Callable[..., None]] = {}
+_RENDERERS: dict[str, Callable[..., None]] = {}
 _STATE_STYLE = {
     "up-to-date": "green",
     "ok": "green",
@@ -32,8 +31,12 @@ _STATE_STYLE = {
 }
 
 
-def renders(kind: type[Report]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register the plain renderer of a report type."""
+def renders(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the plain renderer of the report type called ``kind``.
+
+    By name, not by class: a renderer module then imports no library module
+    (only for type checking), and ``ophelia-db --help`` loads none of them.
+    """
 
     def register(function: Callable[..., None]) -> Callable[..., None]:
         _RENDERERS[kind] = function
@@ -47,7 +50,7 @@ def show(report: Any, *, as_json: bool, **options: Any) -> None:
     if as_json:
         emit_json(report.as_record())
     else:
-        _RENDERERS[type(report)](report, **options)
+        _RENDERERS[type(report).__name__](report, **options)
 
 
 def emit(report: Any, *, as_json: bool, code: int | None = None, **options: Any) -> NoReturn:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ophelia_db.cli.render import err, out, renders, shortened, table
-from ophelia_db.instances import DoctorReport, InstancesReport, Outputs, StatusChange
-from ophelia_db.instances.apply import Step
-from ophelia_db.instances.vault import ConfigEntry
+
+if TYPE_CHECKING:
+    from ophelia_db.instances import DoctorReport, InstancesReport, Outputs, StatusChange
+    from ophelia_db.instances.apply import Step
+    from ophelia_db.instances.vault import ConfigEntry
 
 
 def render_outputs(outputs: Outputs) -> None:
@@ -41,7 +45,7 @@ def entry_row(entry: ConfigEntry, limit: int | None = None) -> list[str]:
     return [entry.key, shown, entry.category, flags, f"v{entry.version}"]
 
 
-@renders(StatusChange)
+@renders("StatusChange")
 def render_status_change(change: StatusChange) -> None:
     if change.changed:
         out(f"{change.name}: {change.previous or 'not registered'} -> {change.status}")
@@ -49,7 +53,7 @@ def render_status_change(change: StatusChange) -> None:
         out(f"{change.name}: already {change.status}")
 
 
-@renders(InstancesReport)
+@renders("InstancesReport")
 def render_instances(report: InstancesReport) -> None:
     rows = [
         [
@@ -70,7 +74,7 @@ def render_instances(report: InstancesReport) -> None:
     )
 
 
-@renders(DoctorReport)
+@renders("DoctorReport")
 def render_doctor(report: DoctorReport) -> None:
     for check in report.checks:
         out(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")

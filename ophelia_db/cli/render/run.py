@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
 
 
-@renders(StatusReport)
+@renders("StatusReport")
 def render_status(report: StatusReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if is_tty(stream):
@@ -78,7 +78,7 @@ def result_line(result: InstanceResult) -> str:
     return f"{result.name} {result.result} {moved}{applied} {result.duration_ms}ms{error}"
 
 
-@renders(RunReport)
+@renders("RunReport")
 def render_run(
     report: RunReport, stream: TextIO | None = None, err: TextIO | None = None, *, streamed: bool = False
 ) -> None:
@@ -122,7 +122,7 @@ def render_run(
         )
 
 
-@renders(SyncReport)
+@renders("SyncReport")
 def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     err = err or sys.stderr
@@ -135,7 +135,7 @@ def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | 
         err.write(f"error: {report.hub_error}\n")
 
 
-@renders(HistoryReport)
+@renders("HistoryReport")
 def render_history(report: HistoryReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if is_tty(stream):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ophelia_db.cli.render import err, out, renders, styled, table
-from ophelia_db.results import JournalRun, RunDetail, RunsReport
-from ophelia_db.run.gate import GateReport
+
+if TYPE_CHECKING:
+    from ophelia_db.results import JournalRun, RunDetail, RunsReport
+    from ophelia_db.run.gate import GateReport
 
 
 def _when(moment: datetime | None) -> str:
@@ -17,7 +20,7 @@ def _counts(run: JournalRun) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted((run.counts or {}).items())) or "no instance"
 
 
-@renders(RunsReport)
+@renders("RunsReport")
 def render_runs(report: RunsReport) -> None:
     rows = [
         [
@@ -41,7 +44,7 @@ def render_runs(report: RunsReport) -> None:
         )
 
 
-@renders(RunDetail)
+@renders("RunDetail")
 def render_run_detail(detail: RunDetail) -> None:
     run = detail.run
     out(f"run {run.run_id}: {run.command} to {run.target}, {run.outcome} ({_counts(run)})")
@@ -73,7 +76,7 @@ def render_run_detail(detail: RunDetail) -> None:
         out(f"not finished: {', '.join(unfinished)}; `ophelia-db upgrade --resume {run.run_id}` redoes them")
 
 
-@renders(GateReport)
+@renders("GateReport")
 def render_gate(report: GateReport) -> None:
     below = [i for i in report.instances if not i.passed]
     wanted = report.revision or "base"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ophelia_db.cli.render import out, plural, renders
-from ophelia_db.fleet.catalog import Difference
-from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, Resolution, ValidationReport
-from ophelia_db.trust.fleet_stats import FleetStats
-from ophelia_db.trust.lint import LintReport
+
+if TYPE_CHECKING:
+    from ophelia_db.fleet.catalog import Difference
+    from ophelia_db.trust import AdoptionPlan, DriftReport, RepairPlan, Resolution, ValidationReport
+    from ophelia_db.trust.fleet_stats import FleetStats
+    from ophelia_db.trust.lint import LintReport
 
 
 def differences(found: Iterable[Difference], indent: str = "    ") -> None:
@@ -16,7 +19,7 @@ def differences(found: Iterable[Difference], indent: str = "    ") -> None:
         out(f"{indent}{difference.describe()}")
 
 
-@renders(ValidationReport)
+@renders("ValidationReport")
 def render_validation(report: ValidationReport) -> None:
     for row in report.instances:
         at = f" (at {row.current or 'base'})" if row.state not in ("unreachable", "error") else ""
@@ -41,7 +44,7 @@ def render_repair_plan(plan: RepairPlan) -> None:
             out(f"    {finding.kind}: {finding.message}")
 
 
-@renders(RepairPlan)
+@renders("RepairPlan")
 def render_repair(plan: RepairPlan) -> None:
     """After the plan was shown: what was done."""
     if plan.applied:
@@ -51,7 +54,7 @@ def render_repair(plan: RepairPlan) -> None:
         )
 
 
-@renders(AdoptionPlan)
+@renders("AdoptionPlan")
 def render_adoption(plan: AdoptionPlan) -> None:
     out(f"{plan.instance}:")
     for line in plan.evidence:
@@ -68,7 +71,7 @@ def render_adoption(plan: AdoptionPlan) -> None:
         )
 
 
-@renders(DriftReport)
+@renders("DriftReport")
 def render_drift(report: DriftReport) -> None:
     for row in report.instances:
         short = f", {row.fingerprint[:19]}…" if row.fingerprint else ""
@@ -94,7 +97,7 @@ def render_drift(report: DriftReport) -> None:
     out(report.summary)
 
 
-@renders(LintReport)
+@renders("LintReport")
 def render_lint(report: LintReport) -> None:
     for finding in report.findings:
         out(f"{finding.revision} ({finding.file}) [{finding.source}: {finding.rule}] {finding.message}")
@@ -129,7 +132,7 @@ def render_fleet_stats(stats: FleetStats) -> None:
         out(f"not read (unreachable): {', '.join(stats.unreachable)}")
 
 
-@renders(Resolution)
+@renders("Resolution")
 def render_resolution(done: Resolution) -> None:
     dropped = f"; dropped invalid index(es) {', '.join(done.dropped_indexes)}" if done.dropped_indexes else ""
     then = "runs it again" if done.decision == "retry" else "goes on from it"
