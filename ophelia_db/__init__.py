@@ -16,8 +16,9 @@ from ophelia_db._version import __version__
 if TYPE_CHECKING:
     from ophelia_db.errors import ExitCode, OpheliaError
     from ophelia_db.fleet.config import Fleet, Target, load_fleet
-    from ophelia_db.run import downgrade, history, offline_sql, status, sync, upgrade
+    from ophelia_db.run import downgrade, history, offline_sql, resume, show_run, status, sync, upgrade
     from ophelia_db.run.chain import Chain, ChainSpec
+    from ophelia_db.run.gate import gate
 
 _WHERE = {
     "Chain": "ophelia_db.run.chain",
@@ -28,6 +29,9 @@ _WHERE = {
     "Target": "ophelia_db.fleet.config",
     "load_fleet": "ophelia_db.fleet.config",
     "downgrade": "ophelia_db.run",
+    "gate": "ophelia_db.run.gate",
+    "resume": "ophelia_db.run",
+    "show_run": "ophelia_db.run",
     "history": "ophelia_db.run",
     "offline_sql": "ophelia_db.run",
     "status": "ophelia_db.run",
@@ -44,9 +48,12 @@ __all__ = [
     "Target",
     "__version__",
     "downgrade",
+    "gate",
     "history",
     "load_fleet",
     "offline_sql",
+    "resume",
+    "show_run",
     "status",
     "sync",
     "upgrade",
