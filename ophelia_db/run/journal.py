@@ -31,10 +31,16 @@ class RunIdentity:
 
 
 def identify(run_id: str | None, shard: tuple[int, int] | None, resumes: str | None = None) -> RunIdentity:
-    """The run's id: given, else the CI's (shards only: they must share one), else a new one."""
+    """The run's id: given, else the CI's (shards only: they must share one), else a new one.
+
+    A shard with no shared id (none given, not in CI) cannot meet its sibling
+    shards in the journal: it is journalled as a run of its own.
+    """
     chosen = journal.check_run_id(run_id) if run_id else (journal.ci_run_id() if shard else None)
+    if chosen is None:
+        return RunIdentity(journal.new_run_id(), 1, 1, resumes)
     index, count = shard or (1, 1)
-    return RunIdentity(chosen or journal.new_run_id(), index, count, resumes)
+    return RunIdentity(chosen, index, count, resumes)
 
 
 def reporter_for(fleet: Fleet, identity: RunIdentity) -> HubReporter:

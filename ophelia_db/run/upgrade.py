@@ -137,7 +137,7 @@ def upgrade(
             # Read on the connection the reports will go through, when there are reports.
             registry = reporter.registry_statuses() if reporter else registry_statuses(fleet.hub)
             targets, inactive = _drop_inactive(registry, targets)
-        plan = _plan(fleet, targets, wave_specs, shard_spec)
+        plan = _plan(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
         journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of) if reporter else None
         if journal:
             selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
@@ -182,7 +182,14 @@ class _Plan:
         return [*self.hub, *(t for wave in self.waves for t in wave.targets)]
 
 
-def _plan(fleet: Fleet, targets: list[Target], wave_specs: list[str], shard: tuple[int, int] | None) -> _Plan:
+def _plan(
+    fleet: Fleet,
+    targets: list[Target],
+    wave_specs: list[str],
+    shard: tuple[int, int] | None,
+    *,
+    shared: bool = True,
+) -> _Plan:
     # Waves are cut from the whole selection, so that every shard numbers them alike.
     waves = plan_waves(fleet, targets, wave_specs)
     wave_of = {t.name: index for index, wave in enumerate(waves, start=2) for t in wave.targets}
@@ -194,6 +201,9 @@ def _plan(fleet: Fleet, targets: list[Target], wave_specs: list[str], shard: tup
     # No shard runs the hub: it is upgraded once, before the matrix.
     shard_of = {t.name: shard_number(t, count) for t in targets if t.role != "hub"}
     mine = [WavePlan(w.label, tuple(t for t in w.targets if shard_of[t.name] == index)) for w in waves]
+    if not shared:
+        # No run id shared with the other shards: this shard is journalled as a run of its own.
+        shard_of = {t.name: 1 for wave in mine for t in wave.targets}
     return _Plan([], mine, shard_of, wave_of)
 
 

@@ -197,7 +197,11 @@ def _shard_of(name: str, count: int) -> int:
     return zlib.crc32(name.encode()) % count + 1
 
 
-def test_shards_with_one_run_id_add_up_to_one_journal(tmp_path: Path, fleet_dbs: FleetDbs) -> None:
+def test_shards_with_one_run_id_add_up_to_one_journal(
+    tmp_path: Path, fleet_dbs: FleetDbs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILDKITE_BUILD_ID", "CIRCLE_WORKFLOW_ID"):
+        monkeypatch.delenv(variable, raising=False)
     hub, urls = fleet_dbs(6)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
     assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
@@ -223,6 +227,10 @@ def test_shards_with_one_run_id_add_up_to_one_journal(tmp_path: Path, fleet_dbs:
     )
     detail = runner.show_run(fleet, "release-7")
     assert detail.run.outcome == "ok" and {e.state for e in detail.instances} == {"ok"}
+    # A shard with no run id to share (none given, no CI) is a run of its own, not a quarter of one.
+    solo = runner.show_run(fleet, runner.upgrade(fleet, fleet.select(all_=True), shard=f"{late}/4").run_id)
+    assert [(s.shard, s.state) for s in solo.shards] == [(1, "finished")]
+    assert {e.instance for e in solo.instances} == waiting
     args = ["upgrade", "--all", "--shard", f"{late}/4", "--json", "--fleet", str(tmp_path / "fleet.toml")]
     ci = invoke(args, env=env)
     assert json.loads(ci.stdout)["run_id"] == "gh-99-1"
