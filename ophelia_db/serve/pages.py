@@ -67,7 +67,13 @@ def fleet_context(snapshot: Snapshot, query: Mapping[str, str]) -> dict[str, Any
 
 def instance_context(fleet: Fleet, target: Target, view: FleetView) -> dict[str, Any]:
     row = next(r for r in view.snapshot().rows if r.name == target.name)
-    context: dict[str, Any] = {"row": row, "history": None, "vault": None, "runs": [], "problems": []}
+    details = view.detail(target.name, lambda: _instance_reads(fleet, target, view))
+    return {"row": row, **details}
+
+
+def _instance_reads(fleet: Fleet, target: Target, view: FleetView) -> dict[str, Any]:
+    """What an instance page reads beyond the snapshot, each part failing on its own."""
+    context: dict[str, Any] = {"history": None, "vault": None, "runs": [], "problems": []}
     try:
         context["history"] = history(target, chain=view.chain)
     except OpheliaError as exc:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import journal_read
@@ -25,6 +27,7 @@ from ophelia_db.results import InstanceStatus, StatusReport
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.status import probe_all, reconciled, status_of
 
+T = TypeVar("T")
 BEHIND_STATES = frozenset({"outdated", "unversioned"})
 
 
@@ -92,6 +95,8 @@ class FleetView:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._read_at = 0.0
+        self._details: dict[str, tuple[float, Any]] = {}
+        self._detail_locks: dict[str, threading.Lock] = {}
 
     def snapshot(self) -> Snapshot:
         with self._lock:  # one read at a time: the others wait for it and share it
@@ -105,6 +110,18 @@ class FleetView:
     def invalidate(self) -> None:
         with self._lock:
             self._snapshot = None
+            self._details.clear()
+
+    def detail(self, name: str, read: Callable[[], T]) -> T:
+        """An instance page's reads (history, vault), kept like the snapshot: one read per period."""
+        with self._lock:
+            lock = self._detail_locks.setdefault(name, threading.Lock())
+        with lock:
+            found = self._details.get(name)
+            if found is None or time.monotonic() - found[0] >= self.cache_seconds:
+                found = (time.monotonic(), read())
+                self._details[name] = found
+            return found[1]  # type: ignore[no-any-return]
 
     def _read(self) -> Snapshot:
         targets = list(self.fleet.members)
