@@ -29,6 +29,7 @@ from ophelia_db.results import Record
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
+    from ophelia_db.fleet.lock import Step
 
 # Bump when the snapshot's shape changes, so cached reference snapshots are rebuilt.
 CATALOG_FORMAT = 2
@@ -104,14 +105,19 @@ def snapshot(
     *,
     schemas: Sequence[str] = DEFAULT_SCHEMAS,
     excluded: Sequence[str] = BOOKKEEPING_TABLES,
+    then: Step | None = None,
 ) -> Snapshot:
-    """Read the normalised snapshot of ``schemas`` through psycopg connection ``conn``."""
-    return _read(conn, list(schemas), list(excluded))
+    """Read the normalised snapshot of ``schemas`` through psycopg connection ``conn``.
+
+    ``then`` is sent last in the same round trip (the migration lock's unlock,
+    after a run), and hears its row.
+    """
+    return _read(conn, list(schemas), list(excluded), then)
 
 
-def fingerprint(conn: Any, *, schemas: Sequence[str] = DEFAULT_SCHEMAS) -> str:
+def fingerprint(conn: Any, *, schemas: Sequence[str] = DEFAULT_SCHEMAS, then: Step | None = None) -> str:
     """The live schema's fingerprint, as ``drift`` computes it and the hub registry stores it."""
-    return snapshot(conn, schemas=schemas).fingerprint
+    return snapshot(conn, schemas=schemas, then=then).fingerprint
 
 
 def fingerprint_of(target: Target) -> str | None:
@@ -184,7 +190,9 @@ _QUERIES = (
 )
 
 
-def _fetch(conn: Any, params: Mapping[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+def _fetch(
+    conn: Any, params: Mapping[str, Any], then: Step | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
     """Run every catalog query in one round trip (a pipeline), in one transaction.
 
     On an autocommit connection the pipeline's statements up to its one Sync
@@ -195,11 +203,14 @@ def _fetch(conn: Any, params: Mapping[str, Any]) -> dict[str, list[tuple[Any, ..
         # path makes visible; pinning it makes their text the same on every database.
         conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
         cursors = {name: conn.execute(getattr(queries, name), params) for name in _QUERIES}
+        last = conn.execute(then.sql, then.params) if then is not None else None
+    if then is not None and last is not None:
+        then.answer(tuple(last.fetchone() or ()))
     return {name: list(cursor.fetchall()) for name, cursor in cursors.items()}
 
 
-def _read(conn: Any, schemas: list[str], excluded: list[str]) -> Snapshot:
-    reader = _Reader(_fetch(conn, {"schemas": schemas, "excluded": excluded}))
+def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:
+    reader = _Reader(_fetch(conn, {"schemas": schemas, "excluded": excluded}, then))
     reader.schemas()
     reader.relations()
     reader.columns_and_sequences()

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -49,6 +49,18 @@ _START = f"""SELECT set_config('{_TOKEN}', %(token)s, false), pg_backend_pid(),
 _WITNESS = f"SELECT current_setting('{_TOKEN}', true), pg_backend_pid()"
 _TRY_LOCK = f"SELECT pg_try_advisory_lock(%(key)s), current_setting('{_TOKEN}', true), pg_backend_pid()"
 PROOF_COLUMNS = f"current_setting('{_TOKEN}', true), pg_backend_pid()"
+_UNLOCK = f"SELECT pg_advisory_unlock(%(key)s), {PROOF_COLUMNS}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A statement a caller sends last in its own round trip, and who hears its one row."""
+
+    sql: str
+    params: dict[str, Any]
+    answer: Callable[[tuple[Any, ...]], None]
+
+
 # The SQLSTATE the in-batch check raises when a transaction is not on our session.
 SESSION_MOVED = "OPH01"
 
@@ -60,9 +72,16 @@ class SessionProof:
     target: Target
     token: str
     pid: int
+    # The unlock's answer when it went along with the session's last read (``unlock_step``):
+    # leaving the lock then checks it rather than sending the unlock again.
+    _unlocked: list[tuple[Any, ...]] = field(default_factory=list, compare=False, repr=False)
 
     def holds(self, token: Any, pid: Any) -> bool:
         return token == self.token and pid == self.pid
+
+    def unlock_step(self) -> Step:
+        """The unlock, for a caller to send behind its own last statements (one round trip less)."""
+        return Step(_UNLOCK, {"key": MIGRATION_LOCK_KEY}, self._unlocked.append)
 
     def guard_sql(self) -> str:
         """A statement that fails its transaction unless it runs on this session.
@@ -206,9 +225,10 @@ def _acquire(conn: Connection, target: Target, proof: SessionProof, read: UnderL
 
 
 def _release(conn: Connection, proof: SessionProof) -> None:
-    released, token, pid = _run(
-        conn, f"SELECT pg_advisory_unlock(%s), {PROOF_COLUMNS}", (MIGRATION_LOCK_KEY,)
-    )
+    if proof._unlocked:
+        released, token, pid = proof._unlocked[0]
+    else:
+        released, token, pid = _run(conn, _UNLOCK, {"key": MIGRATION_LOCK_KEY})
     proof.check(token, pid)
     if not released:
         raise LockedError(

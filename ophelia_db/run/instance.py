@@ -144,7 +144,7 @@ def _migrate_locked(
         target,
         Outcome.OK,
         started=started,
-        schema_fingerprint=_fingerprint(session.conn),
+        schema_fingerprint=_fingerprint(session.conn, proof),
         from_revision=state.revision,
         to_revision=goal,
         applied=tuple(run.hook.applied),
@@ -179,10 +179,13 @@ def _plan(
     return planned
 
 
-def _fingerprint(conn: Connection) -> str | None:
-    """The schema fingerprint after a run, for the hub; never fails the run."""
+def _fingerprint(conn: Connection, proof: SessionProof) -> str | None:
+    """The schema fingerprint after a run, for the hub, with the unlock in its round trip.
+
+    It never fails the run: when it cannot be read, leaving the lock sends the unlock on its own.
+    """
     try:
-        return fingerprint(conn)
+        return fingerprint(conn, then=proof.unlock_step())
     except Exception as exc:
         if sqlstate_of(exc) is None and not isinstance(exc, OpheliaError):
             raise
