@@ -78,18 +78,6 @@ class RegistryUpdate:
         }
 
 
-def registry_statuses(hub: Target) -> dict[str, str] | None:
-    """Return ``{subdomain: status}`` from the hub, or ``None`` if it cannot be read."""
-    try:
-        conn = connect(hub, autocommit=True)
-    except OpheliaError:
-        return None
-    try:
-        return _statuses(conn)
-    finally:
-        conn.close()
-
-
 @dataclass(frozen=True)
 class RegistryRow:
     """What the registry says of an instance: its lifecycle status and the version it last reported."""
@@ -100,24 +88,29 @@ class RegistryRow:
     community_name: str | None = None
 
 
+_ROWS_SQL = """SELECT subdomain, status, schema_version, metadata->>'schema_fingerprint', community_name
+FROM public.instance_registry"""
+
+
 def registry_rows(hub: Target) -> dict[str, RegistryRow] | None:
     """Return ``{subdomain: RegistryRow}`` from the hub, or ``None`` if it cannot be read."""
     try:
         conn = connect(hub, autocommit=True)
     except OpheliaError:
         return None
+    with conn:
+        return read_registry(conn)
+
+
+def read_registry(conn: Connection) -> dict[str, RegistryRow] | None:
+    """``registry_rows`` on an open hub connection."""
     try:
-        rows = conn.execute(
-            "SELECT subdomain, status, schema_version, metadata->>'schema_fingerprint', community_name "
-            "FROM public.instance_registry"
-        ).fetchall()
-        return {name: RegistryRow(*values) for name, *values in rows}
+        rows = conn.execute(_ROWS_SQL).fetchall()
     except Exception as exc:
         if sqlstate_of(exc) is None:
             raise
         return None
-    finally:
-        conn.close()
+    return {name: RegistryRow(*values) for name, *values in rows}
 
 
 _STATUSES_SQL = """SELECT (SELECT coalesce(jsonb_object_agg(subdomain, status), '{}')
@@ -135,10 +128,6 @@ def statuses_and_journal(conn: Connection) -> tuple[dict[str, str] | None, bool 
         return None, None
     assert row is not None
     return dict(row[0]), bool(row[1])
-
-
-def _statuses(conn: Connection) -> dict[str, str] | None:
-    return statuses_and_journal(conn)[0]
 
 
 # Lifecycle, listing and provisioning. Each takes an open hub connection.

@@ -141,8 +141,7 @@ class HubReporter:
     def _ask_journal(self) -> None:
         assert self._conn is not None
         try:
-            row = self._conn.execute(journal.READY_SQL).fetchone()
-            self.journal_ready = bool(row and row[0])
+            self.journal_ready = journal.has_journal(self._conn)
         except Exception as exc:
             self._server_error(exc)
 

@@ -66,6 +66,12 @@ WHERE i.updated_at <= EXCLUDED.updated_at""",
 READY_SQL = "SELECT to_regclass('public.ophelia_run_instances') IS NOT NULL"
 
 
+def has_journal(conn: Connection) -> bool:
+    """Whether the database on ``conn`` has the run journal (revision 0005)."""
+    row = conn.execute(READY_SQL).fetchone()
+    return bool(row and row[0])
+
+
 @dataclass(frozen=True)
 class Operation:
     """One write of the journal: which statement, with which values (JSON-safe)."""

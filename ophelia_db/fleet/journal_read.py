@@ -7,12 +7,13 @@ instance ended ``ok``/``noop``, else ``failed``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from ophelia_db.fleet.connections import Connection
-from ophelia_db.fleet.journal import FINISHED_STATES, READY_SQL, Operation
+from ophelia_db.fleet.journal import FINISHED_STATES, Operation, has_journal
 from ophelia_db.results import JournalEntry, JournalRun, JournalShard, RunDetail
 
 _RUN_COLUMNS = "run_id, command, target, shard_count, resumes, started_by, git_sha, ci_job_url, started_at"
@@ -29,8 +30,12 @@ def _dicts(conn: Connection, query: str, params: tuple[Any, ...]) -> list[dict[s
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def read_runs(conn: Connection, limit: int) -> list[RunDetail]:
-    """The ``limit`` most recent runs of the hub's journal, newest first."""
+def read_runs(conn: Connection, limit: int) -> list[JournalRun]:
+    """The ``limit`` most recent runs of the hub's journal, newest first.
+
+    Instances are counted by state in the database: a listing of runs over
+    thousands of instances never fetches their rows.
+    """
     headers = _dicts(
         conn, f"SELECT {_RUN_COLUMNS} FROM public.ophelia_runs ORDER BY started_at DESC LIMIT %s", (limit,)
     )
@@ -38,17 +43,18 @@ def read_runs(conn: Connection, limit: int) -> list[RunDetail]:
     shards = _dicts(
         conn, f"SELECT run_id, {_SHARD_COLUMNS} FROM public.ophelia_run_shards WHERE run_id = ANY(%s)", (ids,)
     )
-    entries = _dicts(
-        conn,
-        f"SELECT run_id, {_ENTRY_COLUMNS} FROM public.ophelia_run_instances WHERE run_id = ANY(%s)",
+    counted = conn.execute(
+        "SELECT run_id, state, count(*) FROM public.ophelia_run_instances WHERE run_id = ANY(%s) "
+        "GROUP BY run_id, state",
         (ids,),
-    )
+    ).fetchall()
     return [
         _detail(
             header,
             [s for s in shards if s["run_id"] == header["run_id"]],
-            [e for e in entries if e["run_id"] == header["run_id"]],
-        )
+            [],
+            counts={state: n for run_id, state, n in counted if run_id == header["run_id"]},
+        ).run
         for header in headers
     ]
 
@@ -109,6 +115,7 @@ def _detail(
     shard_rows: list[dict[str, Any]],
     entry_rows: list[dict[str, Any]],
     source: str = "hub",
+    counts: dict[str, int] | None = None,
 ) -> RunDetail:
     entries = tuple(_entry_of(row) for row in sorted(entry_rows, key=lambda r: r["instance"]))
     started = {row["shard"]: row for row in shard_rows}
@@ -121,9 +128,8 @@ def _detail(
         state = "finished" if row.get("finished_at") else "unfinished"
         fields: dict[str, Any] = {k: row.get(k) for k in _FIELDS_OF_SHARD}
         shards.append(JournalShard(state=state, **fields))
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.state] = counts.get(entry.state, 0) + 1
+    if counts is None:
+        counts = dict(Counter(entry.state for entry in entries))
     if any(shard.state != "finished" for shard in shards):
         outcome = "unfinished"
     else:
@@ -156,19 +162,14 @@ WHERE instance = %s ORDER BY updated_at DESC LIMIT %s"""
 
 def last_results(conn: Connection) -> dict[str, tuple[str, datetime, str]]:
     """Each instance's last final result in the journal: ``{name: (state, when, run_id)}``."""
-    if not _has_journal(conn):
+    if not has_journal(conn):
         return {}
     return {name: (state, at, run_id) for name, state, at, run_id in conn.execute(_LAST_SQL).fetchall()}
 
 
 def runs_of(conn: Connection, instance: str, limit: int = 20) -> list[tuple[str, JournalEntry]]:
     """An instance's most recent lines in the journal, newest first: ``(run_id, entry)``."""
-    if not _has_journal(conn):
+    if not has_journal(conn):
         return []
     rows = _dicts(conn, _OF_INSTANCE_SQL, (instance, limit))
     return [(row["run_id"], _entry_of(row)) for row in rows]
-
-
-def _has_journal(conn: Connection) -> bool:
-    row = conn.execute(READY_SQL).fetchone()
-    return bool(row and row[0])

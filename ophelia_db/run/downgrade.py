@@ -10,7 +10,7 @@ registry revision only then, saying the registry goes with it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import Fleet, Target
@@ -23,7 +23,7 @@ from ophelia_db.run.instance import migrate
 from ophelia_db.run.journal import RunJournal, identify, reporter_for
 from ophelia_db.run.script import statements
 from ophelia_db.run.state import read_state
-from ophelia_db.run.upgrade import registry_update
+from ophelia_db.run.upgrade import registry_update, with_hub_state
 
 _DROP = re.compile(
     r"^DROP\s+(TABLE|VIEW|MATERIALIZED\s+VIEW|FUNCTION|TYPE|SEQUENCE)\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)",
@@ -143,7 +143,4 @@ def downgrade(
         journal.finished(result)
         journal.end(report)
     reporter.close()
-    kept = reporter.kept_locally
-    return replace(
-        report, hub_report=reporter.state, hub_error=reporter.error, journal_local=str(kept) if kept else None
-    )
+    return with_hub_state(report, reporter)

@@ -39,18 +39,17 @@ def runs(fleet: Fleet, *, limit: int = 20) -> RunsReport:
     with connect(fleet.hub, autocommit=True) as conn:
         if not _has_journal(conn):
             raise _no_journal(fleet)
-        details = journal_read.read_runs(conn, limit)
-    return RunsReport(runs=tuple(d.run for d in details), local=tuple(d.run.run_id for d in local.values()))
+        found = journal_read.read_runs(conn, limit)
+    return RunsReport(runs=tuple(found), local=tuple(d.run.run_id for d in local.values()))
 
 
 def _has_journal(conn: Any) -> bool:
     try:
-        row = conn.execute(journal.READY_SQL).fetchone()
+        return journal.has_journal(conn)
     except Exception as exc:
         if sqlstate_of(exc) is None:
             raise
         raise OpheliaError(f"cannot read the run journal: {describe_error(exc)}") from None
-    return bool(row and row[0])
 
 
 def show_run(fleet: Fleet, run_id: str) -> RunDetail:

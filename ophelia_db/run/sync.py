@@ -67,8 +67,7 @@ def push_local_journals(fleet: Fleet) -> list[str]:
         return []
     pushed = []
     with connect(fleet.hub, autocommit=True) as conn:
-        row = conn.execute(journal.READY_SQL).fetchone()
-        if not (row and row[0]):
+        if not journal.has_journal(conn):
             raise OpheliaError(
                 f"{fleet.hub.name}: {len(paths)} run journal(s) kept locally, but the hub has no journal "
                 f"yet; run `ophelia-db upgrade --instance {fleet.hub.name}`, then sync again"

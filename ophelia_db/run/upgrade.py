@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.hub import RegistryUpdate, registry_statuses
+from ophelia_db.fleet.hub import RegistryRow, RegistryUpdate, registry_rows
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
     InstanceResult,
@@ -46,6 +46,10 @@ def _drop_inactive(registry: dict[str, str] | None, targets: list[Target]) -> tu
         else:
             kept.append(target)
     return kept, skipped
+
+
+def _statuses(rows: dict[str, RegistryRow] | None) -> dict[str, str] | None:
+    return None if rows is None else {name: row.status for name, row in rows.items()}
 
 
 def registry_update(result: InstanceResult, target: Target) -> RegistryUpdate:
@@ -135,7 +139,7 @@ def upgrade(
     try:
         if skip_inactive:
             # Read on the connection the reports will go through, when there are reports.
-            registry = reporter.registry_statuses() if reporter else registry_statuses(fleet.hub)
+            registry = reporter.registry_statuses() if reporter else _statuses(registry_rows(fleet.hub))
             targets, inactive = _drop_inactive(registry, targets)
         plan = _plan(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
         journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of) if reporter else None
@@ -155,10 +159,10 @@ def upgrade(
     finally:
         if reporter is not None:
             reporter.close()
-    return _with_hub_state(report, reporter)
+    return with_hub_state(report, reporter)
 
 
-def _with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport:
+def with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport:
     """The report once the hub writes are over: how they went, and where the journal is if not there."""
     if reporter is None:
         return report

@@ -22,7 +22,7 @@ from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import journal_read
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect, sqlstate_of
-from ophelia_db.fleet.hub import RegistryRow, registry_rows
+from ophelia_db.fleet.hub import RegistryRow, read_registry
 from ophelia_db.results import InstanceStatus, StatusReport
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.status import probe_all, reconciled, status_of
@@ -126,9 +126,8 @@ class FleetView:
     def _read(self) -> Snapshot:
         targets = list(self.fleet.members)
         states = probe_all(targets)
-        read = registry_rows(self.fleet.hub)
+        read, last = _hub_reads(self.fleet.hub)
         registry = read or {}
-        last = _last_results(self.fleet.hub)
         groups = _drift_groups(registry)
         rows = tuple(
             _row(
@@ -143,16 +142,20 @@ class FleetView:
         return Snapshot(self.chain.head, rows, datetime.now(UTC), read is not None)
 
 
-def _last_results(hub: Target) -> dict[str, tuple[str, datetime, str]]:
+def _hub_reads(hub: Target) -> tuple[dict[str, RegistryRow] | None, dict[str, tuple[str, datetime, str]]]:
+    """The registry and the journal's last results, on one hub connection; what cannot be read is empty."""
     try:
-        with connect(hub, autocommit=True) as conn:
-            return journal_read.last_results(conn)
+        conn = connect(hub, autocommit=True)
     except OpheliaError:
-        return {}
-    except Exception as exc:
-        if sqlstate_of(exc) is None:
-            raise
-        return {}
+        return None, {}
+    with conn:
+        registry = read_registry(conn)
+        try:
+            return registry, journal_read.last_results(conn)
+        except Exception as exc:
+            if sqlstate_of(exc) is None:
+                raise
+            return registry, {}
 
 
 def _drift_groups(registry: dict[str, RegistryRow]) -> dict[str, str]:
