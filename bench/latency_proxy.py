@@ -38,6 +38,10 @@ class Counts:
     connections: int = 0
     round_trips: int = 0
     per_connection: list[int] = field(default_factory=list)
+    # Connections open at once: now, and the most there were (a connection is closed
+    # from the moment its client says Terminate or hangs up).
+    open_now: int = 0
+    peak_open: int = 0
 
 
 class LatencyProxy:
@@ -114,21 +118,32 @@ class LatencyProxy:
         except OSError:
             client_writer.close()
             return
+        counts = self.counts
         with self._lock:
-            self.counts.connections += 1
-            self.counts.per_connection.append(0)
-            index = len(self.counts.per_connection) - 1
+            counts.connections += 1
+            counts.per_connection.append(0)
+            index = len(counts.per_connection) - 1
+            counts.open_now += 1
+            counts.peak_open = max(counts.peak_open, counts.open_now)
         # True when the server spoke last: the client's next bytes open a new turn.
-        turn = {"server_spoke": True}
+        turn = {"server_spoke": True, "open": True}
+
+        def closed() -> None:
+            with self._lock:
+                if turn["open"]:
+                    turn["open"] = False
+                    counts.open_now -= 1
 
         def client_sent(data: bytes) -> None:
-            if data == TERMINATE:
+            if data.endswith(TERMINATE) or not data:
+                closed()
+            if data == TERMINATE or not data:
                 return  # the client leaves: nothing to wait for, not a round trip
             if turn["server_spoke"]:
                 turn["server_spoke"] = False
                 with self._lock:
-                    self.counts.round_trips += 1
-                    self.counts.per_connection[index] += 1
+                    counts.round_trips += 1
+                    counts.per_connection[index] += 1
                     if self.record:
                         self.turns.append(data[:160])
 
@@ -162,8 +177,7 @@ class LatencyProxy:
         try:
             while True:
                 data = await reader.read(CHUNK)
-                if data:
-                    on_read(data)
+                on_read(data)
                 queue.put_nowait((loop.time() + self.rtt / 2, data))
                 if not data:
                     break

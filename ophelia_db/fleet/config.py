@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from ophelia_db.durations import parse_duration
 from ophelia_db.errors import ConfigError
@@ -60,13 +60,17 @@ class Timeouts(_Strict):
 
 class Defaults(Timeouts):
     # Instances in flight at once: the work waits on the network, so many (see run/fanout.py).
-    jobs: int = 16
+    jobs: int = 32
+    # Instances of one database server (host and port) probed or migrated at once: with at
+    # most two connections per migrating instance, 32 leave room under PostgreSQL's default
+    # max_connections (100) for everyone else (fleet/hosts.py).
+    per_host: int = 32
 
-    @field_validator("jobs", mode="before")
+    @field_validator("jobs", "per_host", mode="before")
     @classmethod
-    def _jobs(cls, value: Any) -> int:
+    def _whole(cls, value: Any, info: ValidationInfo) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError("jobs must be a whole number of at least 1")
+            raise ValueError(f"{info.field_name} must be a whole number of at least 1")
         return value
 
 

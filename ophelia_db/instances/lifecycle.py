@@ -108,7 +108,7 @@ def instances(fleet: Fleet, *, live: bool = False) -> InstancesReport:
     with connect(fleet.hub, autocommit=True) as conn:
         hub.require_registry(conn, fleet.hub)
         rows = {row[0]: row for row in conn.execute(hub.ROWS_SQL).fetchall()}
-    states = probe_all(list(fleet.members)) if live else {}
+    states = probe_all(list(fleet.members), per_host=fleet.defaults.per_host) if live else {}
     members = []
     for target in fleet.members:
         row = rows.pop(target.name, None)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Target
+from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.results import SUCCESSFUL, InstanceResult, Outcome
 from ophelia_db.run.chain import ChainSpec, chain_for
 from ophelia_db.run.instance import migrate
@@ -147,7 +148,16 @@ class Wave:
     halt: Halt
     finish: Finish
     start: Start | None = None
+    # At most ``[defaults] per_host`` instances of one database server in flight.
+    slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
     _announced: set[str] = field(default_factory=set)
+
+    def next_ready(self, queue: list[Target]) -> Target | None:
+        """Take the next queued instance whose server has a free slot (``queue`` is last-first)."""
+        for index in range(len(queue) - 1, -1, -1):
+            if self.slots.try_take(queue[index]):
+                return queue.pop(index)
+        return None
 
     def started(self, target: Target) -> None:
         # Once per instance, even when a thread hands it over to a worker process.
@@ -206,14 +216,18 @@ def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
     try:
         while queue or running:
             while queue and len(running) < jobs and not halt.reason:
-                target = queue.pop()
+                target = wave.next_ready(queue)
+                if target is None:
+                    break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
                 running[pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_THREAD)] = target
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                _collect_thread(future, running.pop(future), wave, handed_over)
+                target = running.pop(future)
+                wave.slots.give_back(target)
+                _collect_thread(future, target, wave, handed_over)
     except KeyboardInterrupt as exc:
         halt.interrupt(exit_code_of(exc))
         # Threads cannot be signalled: they see the flag between revisions, and
@@ -271,7 +285,9 @@ def _run_pool(
     try:
         while queue or running:
             while queue and len(running) < jobs and not halt.reason:
-                target = queue.pop()
+                target = wave.next_ready(queue)
+                if target is None:
+                    break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
                 means = HANDED_OVER if target in handed_over else IN_A_PROCESS
                 running[pool.submit(migrate, target, wave.spec, wave.goal, means=means)] = target
@@ -279,7 +295,9 @@ def _run_pool(
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                _collect(future, running.pop(future), halt, wave.finish)
+                target = running.pop(future)
+                wave.slots.give_back(target)
+                _collect(future, target, halt, wave.finish)
     except KeyboardInterrupt as exc:
         halt.interrupt(exit_code_of(exc))
         _stop_workers(pool)

@@ -7,12 +7,14 @@ round trip each, in threads) and classifying it; `upgrade` and `sync` reuse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect
+from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.fleet.hub import RegistryRow, registry_rows
 from ophelia_db.results import (
     HistoryEntry,
@@ -23,7 +25,9 @@ from ophelia_db.results import (
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_state
 
-PROBE_THREADS = 16
+# Probes wait on the network: many at once, ``per_host`` of one server at most.
+PROBE_THREADS = 64
+StateSeen = Callable[[Target, "InstanceState | OpheliaError"], None]
 
 
 def probe(target: Target) -> InstanceState | OpheliaError:
@@ -34,12 +38,27 @@ def probe(target: Target) -> InstanceState | OpheliaError:
         return error
 
 
-def probe_all(targets: list[Target], threads: int = PROBE_THREADS) -> dict[str, InstanceState | OpheliaError]:
-    """Read every target's state concurrently; failures come back as values."""
+def probe_all(
+    targets: list[Target], *, per_host: int = PER_HOST, on_state: StateSeen | None = None
+) -> dict[str, InstanceState | OpheliaError]:
+    """Read every target's state concurrently; failures come back as values.
+
+    ``on_state`` hears of each state as it is read (from the probing thread), so
+    that a caller can start what the first answers call for before the last one.
+    """
+    slots = HostSlots(per_host)
+
+    def probe_one(target: Target) -> InstanceState | OpheliaError:
+        with slots.slot(target):
+            state = probe(target)
+        if on_state is not None:
+            on_state(target, state)
+        return state
+
     if len(targets) <= 1:
-        return {t.name: probe(t) for t in targets}
-    with ThreadPoolExecutor(max_workers=min(threads, len(targets))) as pool:
-        return dict(zip((t.name for t in targets), pool.map(probe, targets), strict=True))
+        return {t.name: probe_one(t) for t in targets}
+    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(targets))) as pool:
+        return dict(zip((t.name for t in targets), pool.map(probe_one, targets), strict=True))
 
 
 def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceStatus:
@@ -73,7 +92,7 @@ def status(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -
     with ThreadPoolExecutor(max_workers=1) as side:
         # The hub's registry is read while the instances are probed.
         registry_read = side.submit(registry_rows, fleet.hub)
-        states = probe_all(targets)
+        states = probe_all(targets, per_host=fleet.defaults.per_host)
         registry = registry_read.result() or {}
     return StatusReport(
         head=chain.head,

@@ -10,6 +10,7 @@ from ophelia_db.fleet import journal
 from ophelia_db.fleet.catalog import fingerprint_of
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect, describe_error, sqlstate_of
+from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.fleet.hub import RegistryUpdate
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
@@ -22,9 +23,9 @@ from ophelia_db.run.status import PROBE_THREADS, probe_all, status_of
 def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> SyncReport:
     """Re-read each instance's version and push it to the hub registry."""
     chain = chain or chain_for()
-    states = probe_all(targets)
+    states = probe_all(targets, per_host=fleet.defaults.per_host)
     reachable = [t for t in targets if not isinstance(states[t.name], OpheliaError)]
-    fingerprints = _fingerprints(reachable)
+    fingerprints = _fingerprints(reachable, fleet.defaults.per_host)
     reporter = HubReporter(fleet.hub)
     rows = []
     for target in targets:
@@ -85,10 +86,15 @@ def push_local_journals(fleet: Fleet) -> list[str]:
     return pushed
 
 
-def _fingerprints(targets: list[Target]) -> dict[str, str | None]:
+def _fingerprints(targets: list[Target], per_host: int) -> dict[str, str | None]:
     """Each reachable instance's schema fingerprint (``drift``'s), read concurrently."""
-
     if not targets:
         return {}
+    slots = HostSlots(per_host)
+
+    def read(target: Target) -> str | None:
+        with slots.slot(target):
+            return fingerprint_of(target)
+
     with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(targets))) as pool:
-        return dict(zip((t.name for t in targets), pool.map(fingerprint_of, targets), strict=True))
+        return dict(zip((t.name for t in targets), pool.map(read, targets), strict=True))

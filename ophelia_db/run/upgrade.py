@@ -9,12 +9,14 @@ hub registry and the run journal. It never prints and never exits.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
+from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.fleet.hub import RegistryRow, RegistryUpdate, registry_rows
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
@@ -151,6 +153,7 @@ def upgrade(
             progress.on_plan(plan.targets)
         halt = Halt(max_failures)
         run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, halt, reporter, journal, resuming)
+        run.per_host = fleet.defaults.per_host
         run.on_start, run.on_result = progress.on_start, progress.on_result
         run.run_waves(plan, budget, dry_run)
         report = run.report(identity.run_id, to, inactive, dry_run)
@@ -224,6 +227,7 @@ class _FleetRun:
     resuming: Resumption | None
     on_start: Callable[[Target], None] | None = None
     on_result: ProgressCallback | None = None
+    per_host: int = PER_HOST
     results: dict[str, InstanceResult] = field(default_factory=dict)
     states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
 
@@ -250,7 +254,9 @@ class _FleetRun:
         targets = plan.targets
         # One concurrent read of every instance up front; each wave settles its
         # own instances from it, so a failed hub still leaves the others untouched.
-        states = self.states = probe_all(targets)
+        prepare = None if dry_run else _BatchesAhead(self.chain, self.goal)
+        on_state = prepare.seen if prepare else None
+        states = self.states = probe_all(targets, per_host=self.per_host, on_state=on_state)
         outcomes = {t.name: self.triage(t, states[t.name], dry_run) for t in targets}
         # Worker processes are warmed only for the instances that need Alembic online.
         parallel_work = sum(
@@ -316,7 +322,8 @@ class _FleetRun:
             else:
                 self.halt.record(outcome)
                 self.finish(target, outcome)
-        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.started)
+        slots = HostSlots(self.per_host)
+        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.started, slots)
         fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
 
     def all_batched(self, target: Target) -> bool:
@@ -327,6 +334,30 @@ class _FleetRun:
         pending = classify(state, self.chain, self.goal).pending
         rendered = batch.rendered(self.chain, state.revision, self.goal)
         return all(revision in rendered for revision in pending)
+
+
+class _BatchesAhead:
+    """Renders the pending revisions' batches in the background from the first look that needs them.
+
+    Rendering imports Alembic and runs the chain offline (a few hundred
+    milliseconds of CPU); started while the other instances are still being
+    probed, it is ready by the time the hub migrates. A run with nothing to do
+    never pays for it.
+    """
+
+    def __init__(self, chain: Chain, goal: str | None) -> None:
+        self.chain, self.goal = chain, goal
+        self._started = threading.Event()
+
+    def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
+        if self.goal is None or self._started.is_set() or not isinstance(state, InstanceState):
+            return
+        if state.revision == self.goal or not classify(state, self.chain, self.goal).pending:
+            return
+        self._started.set()
+        # batch.rendered caches per range and serialises renderings: the run's own call waits for it.
+        args = (self.chain, state.revision, self.goal)
+        threading.Thread(target=batch.rendered, args=args, name="render-batches", daemon=True).start()
 
 
 def _triage(

@@ -1,7 +1,7 @@
 """What the fleet page, ``/api/status`` and ``/metrics`` show, read at most once per cache period.
 
 A ``FleetView`` probes every instance of the fleet (concurrently, at most
-``PROBE_THREADS`` at a time: ``run.status.probe_all``) and reads the hub once
+``per_host`` of one server at a time: ``run.status.probe_all``) and reads the hub once
 (the registry and the journal's last results) to build a ``Snapshot``. It keeps
 that snapshot for ``cache_seconds``; concurrent requests wait for the one read
 in progress rather than starting their own, so a burst of page loads costs the
@@ -125,7 +125,7 @@ class FleetView:
 
     def _read(self) -> Snapshot:
         targets = list(self.fleet.members)
-        states = probe_all(targets)
+        states = probe_all(targets, per_host=self.fleet.defaults.per_host)
         read, last = _hub_reads(self.fleet.hub)
         registry = read or {}
         groups = _drift_groups(registry)

@@ -66,6 +66,6 @@ def validate_one(target: Target, state: InstanceState | OpheliaError, chain: Cha
 def validate(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> ValidationReport:
     """Check each target's history against the chain; read-only, one round trip per instance."""
     chain = chain or chain_for()
-    states = probe_all(targets)
+    states = probe_all(targets, per_host=fleet.defaults.per_host)
     rows = tuple(validate_one(t, states[t.name], chain) for t in targets)
     return ValidationReport(head=chain.head, instances=rows)

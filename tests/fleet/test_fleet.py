@@ -207,10 +207,11 @@ def test_bad_instance_duration(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("key", ["jobs", "per_host"])
 @pytest.mark.parametrize("value", ["0", "-1", "true", '"4"', "2.5"])
-def test_jobs_must_be_a_positive_whole_number(tmp_path: Path, value: str) -> None:
-    path, message = refused(tmp_path, f"[defaults]\njobs = {value}\n" + HUB + CORTE)
-    assert message == f"{path}:2: defaults.jobs: jobs must be a whole number of at least 1"
+def test_jobs_and_per_host_must_be_positive_whole_numbers(tmp_path: Path, key: str, value: str) -> None:
+    path, message = refused(tmp_path, f"[defaults]\n{key} = {value}\n" + HUB + CORTE)
+    assert message == f"{path}:2: defaults.{key}: {key} must be a whole number of at least 1"
 
 
 @pytest.mark.parametrize(
@@ -273,7 +274,7 @@ def test_parse_duration_refuses(value: str | int) -> None:
 
 def test_defaults_apply_when_absent(tmp_path: Path) -> None:
     fleet = load_fleet(write(tmp_path, HUB + CORTE), environ={})
-    assert fleet.defaults.jobs == 16
+    assert (fleet.defaults.jobs, fleet.defaults.per_host) == (32, 32)
     for target in fleet.members:
         assert target.timeouts.model_dump() == {
             "lock_wait": 30.0,

@@ -1,0 +1,67 @@
+"""``[defaults] per_host``: how many instances of one database server a run works on at once.
+
+Several instances may live on one server (or behind one pooler's front door);
+``jobs`` alone would open as many connections to it as there are instances in
+flight. Counted by a proxy in front of that server: the connections open at once.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.latency_proxy import LatencyProxy
+from ophelia_db import run as runner
+from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.hosts import HostSlots, server_of
+from tests.helpers import HEAD, current_version, write_fleet
+
+INSTANCES = 6
+PER_HOST = 2
+# A migrating instance holds two connections: its own and the pooler witness's.
+CONNECTIONS_PER_INSTANCE = 2
+
+
+def _behind(proxy: LatencyProxy, url: str) -> str:
+    direct = urlsplit(url)
+    return urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+
+
+def test_a_run_keeps_to_per_host_connections_on_a_shared_server(tmp_path, fleet_dbs):
+    hub, instances = fleet_dbs(INSTANCES)
+    server = urlsplit(hub)
+    with LatencyProxy(server.hostname or "127.0.0.1", server.port or 5432, rtt=0.004) as proxy:
+        shared = {name: _behind(proxy, url) for name, url in instances.items()}
+        fleet = load_fleet(write_fleet(tmp_path, hub, shared, defaults=f"per_host = {PER_HOST}"))
+        assert len({server_of(t) for t in fleet.instances.values()}) == 1
+
+        report = runner.upgrade(fleet, list(fleet.members))
+        assert {r.result for r in report.instances} == {"ok"}
+        assert all(current_version(url) == HEAD for url in instances.values())
+        assert proxy.counts.peak_open <= PER_HOST * CONNECTIONS_PER_INSTANCE, proxy.counts
+
+        proxy.reset()
+        statuses = runner.status(fleet, list(fleet.members)).instances
+        assert {s.state for s in statuses} == {"up-to-date"}
+        assert proxy.counts.peak_open <= PER_HOST, proxy.counts
+
+
+def test_servers_are_bounded_apart(tmp_path, fleet_dbs):
+    # Two instances on two servers both get a slot with per_host 1; a third on the first waits.
+    hub, instances = fleet_dbs(2)
+    fleet = load_fleet(
+        write_fleet(
+            tmp_path,
+            hub,
+            {
+                "a": instances["inst1"],
+                "b": instances["inst2"].replace("127.0.0.1", "localhost"),
+                "c": instances["inst2"],
+            },
+        )
+    )
+    a, b, c = (fleet.instances[name] for name in "abc")
+    slots = HostSlots(1)
+    assert slots.try_take(a) and slots.try_take(b)
+    assert not slots.try_take(c)
+    slots.give_back(a)
+    assert slots.try_take(c)
