@@ -62,14 +62,18 @@ class HostSlots:
             self._held[server] -= 1
             self._freed.notify_all()
 
-    @contextmanager
-    def slot(self, target: Target) -> Iterator[None]:
-        """Hold a slot of ``target``'s server for the block, waiting for one if they are all taken."""
+    def take(self, target: Target) -> None:
+        """Take a slot of ``target``'s server, waiting for one if they are all taken."""
         server = self.server(target)
         with self._lock:
             while self._held.get(server, 0) >= self.per_host:
                 self._freed.wait()
             self._held[server] = self._held.get(server, 0) + 1
+
+    @contextmanager
+    def slot(self, target: Target) -> Iterator[None]:
+        """Hold a slot of ``target``'s server for the block."""
+        self.take(target)
         try:
             yield
         finally:

@@ -133,14 +133,15 @@ def session_lock(
     target: Target,
     *,
     read: UnderLock | None = None,
-    witness: Connection | None = None,
+    witness: Callable[[], Connection] | None = None,
 ) -> Iterator[SessionProof]:
     """Hold the instance's migration lock on ``conn``, a session proven to be a real one.
 
     ``read`` is sent right behind the lock, in the same round trip: PostgreSQL
     runs it after the lock is granted, so it sees what the lock protects.
-    ``witness`` is a second connection opened beforehand (while ``conn`` was
-    opening, say); it is used once and closed. Without it one is opened here.
+    ``witness`` gives a second connection opened beforehand (while ``conn`` was
+    opening, say), waiting for it if need be; it is used once and closed.
+    Without it one is opened here.
     """
     proof = _prove_session(conn, target, witness)
     _acquire(conn, target, proof, read)
@@ -162,18 +163,21 @@ def _run(conn: Connection, query: str, params: Any) -> tuple[Any, ...]:
     return tuple(row or ())
 
 
-def _prove_session(conn: Connection, target: Target, witness: Connection | None) -> SessionProof:
+def _prove_session(
+    conn: Connection, target: Target, witness: Callable[[], Connection] | None
+) -> SessionProof:
     token = uuid.uuid4().hex
     check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
     try:
         _, pid, _ = _run(conn, _START, {"token": token, "check": check})
     except BaseException:
         if witness is not None:
-            witness.close()
+            with suppress(Exception):
+                witness().close()
         raise
     proof = SessionProof(target, token, pid)
-    with witness or connect(target, autocommit=True) as witness:
-        seen_token, seen_pid = _run(witness, _WITNESS, None)
+    with witness() if witness is not None else connect(target, autocommit=True) as seen_from:
+        seen_token, seen_pid = _run(seen_from, _WITNESS, None)
     if seen_token == token or seen_pid == pid:
         raise pooler_refusal(target, SHARED_BACKEND)
     return proof

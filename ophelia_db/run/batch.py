@@ -32,11 +32,13 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 
-from ophelia_db.fleet.config import Timeouts
+from ophelia_db.errors import OpheliaError
+from ophelia_db.fleet.config import Target, Timeouts
 from ophelia_db.fleet.connections import is_connection_error
 from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof
 from ophelia_db.run import driver, mirror
 from ophelia_db.run.chain import Chain
+from ophelia_db.run.state import InstanceState, classify
 
 log = logging.getLogger(__name__)
 _RUNNING = re.compile(r"^-- Running upgrade (\S*) -> (\S+)$")
@@ -66,6 +68,30 @@ def rendered(chain: Chain, start: str | None, goal: str) -> dict[str, RenderedRe
     with _rendering:
         # Alembic's proxies are process-global: one rendering at a time, even from threads.
         return _rendered_locked(key, chain, start, goal)
+
+
+class RenderAhead:
+    """Renders the pending revisions' batches in the background from the first look that needs them.
+
+    Rendering imports Alembic and runs the chain offline (a few hundred
+    milliseconds of CPU); started while the other instances are still being
+    probed, it is ready by the time the hub migrates. A run with nothing to do
+    never pays for it.
+    """
+
+    def __init__(self, chain: Chain, goal: str | None) -> None:
+        self.chain, self.goal = chain, goal
+        self._started = threading.Event()
+
+    def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
+        if self.goal is None or self._started.is_set() or not isinstance(state, InstanceState):
+            return
+        if state.revision == self.goal or not classify(state, self.chain, self.goal).pending:
+            return
+        self._started.set()
+        # rendered() caches per range and serialises renderings: the run's own call waits for it.
+        args = (self.chain, state.revision, self.goal)
+        threading.Thread(target=rendered, args=args, name="render-batches", daemon=True).start()
 
 
 def _rendered_locked(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ophelia_db.errors import ExitCode
 from ophelia_db.fleet.config import Target
+from ophelia_db.fleet.connections import Connection
 from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.results import SUCCESSFUL, InstanceResult, Outcome
 from ophelia_db.run.chain import ChainSpec, chain_for
@@ -36,7 +37,7 @@ from ophelia_db.run.interrupts import (
     worker_initializer,
 )
 from ophelia_db.run.revisions import HANDED_OVER, IN_A_PROCESS, IN_A_THREAD, NeedsAlembic
-from ophelia_db.run.session import cancel_open_sessions
+from ophelia_db.run.session import KeptLooks, cancel_open_sessions
 
 Finish = Callable[[Target, InstanceResult], None]
 Start = Callable[[Target], None]
@@ -150,14 +151,27 @@ class Wave:
     start: Start | None = None
     # At most ``[defaults] per_host`` instances of one database server in flight.
     slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
+    # First-look connections kept for the migrations run in this process.
+    kept: KeptLooks | None = None
     _announced: set[str] = field(default_factory=set)
 
     def next_ready(self, queue: list[Target]) -> Target | None:
-        """Take the next queued instance whose server has a free slot (``queue`` is last-first)."""
-        for index in range(len(queue) - 1, -1, -1):
+        """Take the next queued instance with a slot of its server (``queue`` is last-first).
+
+        Instances whose first-look connection is kept go first: they hold their slot already.
+        """
+        order = range(len(queue) - 1, -1, -1)
+        for index in order:
+            if self.kept is not None and self.kept.holds(queue[index]):
+                return queue.pop(index)
+        for index in order:
             if self.slots.try_take(queue[index]):
                 return queue.pop(index)
         return None
+
+    def kept_connection(self, target: Target) -> Connection | None:
+        """``target``'s first-look connection, for a migration in this process."""
+        return self.kept.take(target) if self.kept is not None else None
 
     def started(self, target: Target) -> None:
         # Once per instance, even when a thread hands it over to a worker process.
@@ -220,7 +234,9 @@ def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
                 if target is None:
                     break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
-                running[pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_THREAD)] = target
+                kept = wave.kept_connection(target)
+                future = pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_THREAD, kept=kept)
+                running[future] = target
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -267,11 +283,15 @@ def _run_here(targets: list[Target], wave: Wave) -> None:
             wave.finish(target, halt.skip(target))
             continue
         wave.started(target)
+        kept = wave.kept_connection(target)
         try:
-            result = migrate(target, wave.spec, wave.goal)
+            result = migrate(target, wave.spec, wave.goal, kept=kept)
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
             result = halt.skip(target, "interrupted", ExitCode.SIGINT)
+        finally:
+            if kept is not None:
+                wave.slots.give_back(target)  # held since its first look
         halt.record(result)
         wave.finish(target, result)
 
@@ -289,6 +309,9 @@ def _run_pool(
                 if target is None:
                     break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
+                unused = wave.kept_connection(target)
+                if unused is not None:
+                    unused.close()  # a worker process opens its own; the slot stays held until it ends
                 means = HANDED_OVER if target in handed_over else IN_A_PROCESS
                 running[pool.submit(migrate, target, wave.spec, wave.goal, means=means)] = target
             if not running:

@@ -45,13 +45,20 @@ def state_fields(state: InstanceState) -> dict[str, Any]:
 
 
 def migrate(
-    target: Target, spec: ChainSpec, goal: str | None, *, downgrade: bool = False, means: Means = IN_A_PROCESS
+    target: Target,
+    spec: ChainSpec,
+    goal: str | None,
+    *,
+    downgrade: bool = False,
+    means: Means = IN_A_PROCESS,
+    kept: Connection | None = None,
 ) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock.
 
     With ``IN_A_THREAD`` it raises ``NeedsAlembic`` (after unlocking) when a
     revision must go through Alembic online; run it again with ``HANDED_OVER``
-    in a worker process.
+    in a worker process. ``kept``: the first look's connection, migrated on (and
+    closed) if the server has not closed it meanwhile.
     """
     started = time.monotonic()
     if worker_interrupted():
@@ -65,7 +72,7 @@ def migrate(
         # lock (another runner may have moved the instance since the first look).
         under_lock = StateRead()
         with (
-            Session(target) as session,
+            Session(target, kept) as session,
             session_lock(session.conn, target, read=under_lock, witness=session.take_witness()) as proof,
         ):
             if worker_interrupted():

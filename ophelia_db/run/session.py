@@ -1,20 +1,24 @@
 """The instance's one session: its connection, its lock witness, Alembic over it when needed.
 
-This module owns opening a migration's connections (the migration connection
-and, at the same time, the pooler witness that fleet/lock.py checks against),
-the SQLAlchemy connection Alembic online uses over the same session, and the
-registry of open sessions that an interruption cancels from the main thread.
+This module owns opening a migration's connections (the migration connection,
+or the first look's kept for it, and, at the same time, the pooler witness that
+fleet/lock.py checks against), the SQLAlchemy connection Alembic online uses
+over the same session, and the registry of open sessions that an interruption
+cancels from the main thread.
 """
 
 from __future__ import annotations
 
+import select
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import Connection, connect, engine_for
+from ophelia_db.fleet.hosts import HostSlots
 
 _open_sessions: set[Session] = set()
 _open_lock = threading.Lock()
@@ -29,26 +33,86 @@ def cancel_open_sessions() -> None:
             session.conn.cancel_safe(timeout=5)
 
 
+class KeptLooks:
+    """First-look connections kept open for their instance's migration.
+
+    A remote connection costs several round trips, and a backend the server's
+    CPU: the instance a probe found work for is migrated on the probe's own
+    connection when there is room: ``limit`` in all (the run's ``jobs``), and
+    half its server's slots, so that probing goes on. A kept connection keeps
+    its slot of ``slots`` until its migration ends (or ``close``).
+    """
+
+    def __init__(self, limit: int, slots: HostSlots) -> None:
+        self.limit = limit
+        self.slots = slots
+        self._kept: dict[str, tuple[Target, Connection]] = {}
+        self._per_server: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def offer(self, target: Target, conn: Connection) -> bool:
+        """Keep ``conn`` (and its slot) for ``target`` if there is room; ``False``: the caller closes it."""
+        server = self.slots.server(target)
+        with self._lock:
+            on_server = self._per_server.get(server, 0)
+            if len(self._kept) >= self.limit or on_server >= self.slots.per_host // 2:
+                return False
+            self._kept[target.name] = (target, conn)
+            self._per_server[server] = on_server + 1
+            return True
+
+    def holds(self, target: Target) -> bool:
+        with self._lock:
+            return target.name in self._kept
+
+    def take(self, target: Target) -> Connection | None:
+        """``target``'s kept connection, if any: the caller then owns it and its slot."""
+        with self._lock:
+            found = self._kept.pop(target.name, None)
+        return found[1] if found else None
+
+    def close(self) -> None:
+        """Close what no migration took (instances run by worker processes, or not started)."""
+        with self._lock:
+            left, self._kept = list(self._kept.values()), {}
+        for target, conn in left:
+            with suppress(Exception):
+                conn.close()
+            self.slots.give_back(target)
+
+
+def _still_open(conn: Connection) -> bool:
+    """Whether a kept, idle connection is still usable, without a round trip.
+
+    An idle session's socket has nothing to read unless the server has spoken
+    since: closed it (idle timeout, restart, pg_terminate_backend) or sent
+    something unasked. Either way a new connection is the safe choice.
+    """
+    if conn.closed or conn.broken:
+        return False
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return not readable
+
+
 class Session:
     """The instance's one connection: psycopg for reads and batches, Alembic online over it if needed."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, kept: Connection | None = None) -> None:
         self.target = target
         # The lock's witness (fleet/lock.py) connects at the same time, not after:
-        # a remote connection costs several round trips.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness") as side:
-            opening = side.submit(connect, target, autocommit=True)
-            try:
-                self.conn = connect(target, autocommit=True)
-            except BaseException:
-                with suppress(Exception):
-                    opening.result().close()
-                raise
-            try:
-                self.witness: Connection | None = opening.result()
-            except BaseException:
-                self.conn.close()
-                raise
+        # a remote connection costs several round trips. It is needed only once
+        # the session token is set, so that round trip is hidden behind it too.
+        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness")
+        self._witness: Future[Connection] | None = self._side.submit(connect, target, autocommit=True)
+        if kept is not None and not _still_open(kept):
+            with suppress(Exception):
+                kept.close()
+            kept = None
+        try:
+            self.conn = kept if kept is not None else connect(target, autocommit=True)
+        except BaseException:
+            self._close_witness()
+            raise
         self._alembic: Any = None
         with _open_lock:
             _open_sessions.add(self)
@@ -64,14 +128,20 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def take_witness(self) -> Connection | None:
-        """The witness connection, handed over once (the lock closes it after use)."""
-        witness, self.witness = self.witness, None
-        return witness
+    def take_witness(self) -> Callable[[], Connection] | None:
+        """The witness connection, handed over once: waits for it (the lock closes it after use)."""
+        opening, self._witness = self._witness, None
+        return opening.result if opening is not None else None
+
+    def _close_witness(self) -> None:
+        opening, self._witness = self._witness, None
+        if opening is not None:
+            with suppress(Exception):
+                opening.result().close()
+        self._side.shutdown(wait=True)
 
     def __exit__(self, *_: object) -> None:
-        if self.witness is not None:
-            self.witness.close()
+        self._close_witness()
         with _open_lock:
             _open_sessions.discard(self)
         if self._alembic is not None:

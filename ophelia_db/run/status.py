@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.connections import connect
+from ophelia_db.fleet.connections import Connection, connect
 from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.fleet.hub import RegistryRow, registry_rows
 from ophelia_db.results import (
@@ -28,29 +28,59 @@ from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_s
 # Probes wait on the network: many at once, ``per_host`` of one server at most.
 PROBE_THREADS = 64
 StateSeen = Callable[[Target, "InstanceState | OpheliaError"], None]
+# Whether to keep a probe's connection open (for its migration): True hands it over.
+Keep = Callable[[Target, "InstanceState", Connection], bool]
 
 
-def probe(target: Target) -> InstanceState | OpheliaError:
+def probe(target: Target, keep: Keep | None = None) -> InstanceState | OpheliaError:
+    """``target``'s state, read on a connection of its own; ``keep`` may keep that connection open."""
     try:
-        with connect(target, autocommit=True) as conn:
-            return read_state(conn)
+        conn = connect(target, autocommit=True)
     except OpheliaError as error:
         return error
+    kept = False
+    try:
+        state = read_state(conn)
+        kept = keep is not None and keep(target, state, conn)
+        return state
+    except OpheliaError as error:
+        return error
+    finally:
+        if not kept:
+            conn.close()
 
 
 def probe_all(
-    targets: list[Target], *, per_host: int = PER_HOST, on_state: StateSeen | None = None
+    targets: list[Target],
+    *,
+    per_host: int = PER_HOST,
+    on_state: StateSeen | None = None,
+    keep: Keep | None = None,
+    slots: HostSlots | None = None,
 ) -> dict[str, InstanceState | OpheliaError]:
-    """Read every target's state concurrently; failures come back as values.
+    """Read every target's state concurrently, ``per_host`` of one server at once; failures are values.
 
     ``on_state`` hears of each state as it is read (from the probing thread), so
     that a caller can start what the first answers call for before the last one.
+    A connection ``keep`` keeps goes on holding its server's slot in ``slots``
+    (the caller's, then): it is the caller's to give back.
     """
-    slots = HostSlots(per_host)
+    slots = slots or HostSlots(per_host)
 
     def probe_one(target: Target) -> InstanceState | OpheliaError:
-        with slots.slot(target):
-            state = probe(target)
+        handed_over = False
+
+        def keeping(target: Target, state: InstanceState, conn: Connection) -> bool:
+            nonlocal handed_over
+            handed_over = keep is not None and keep(target, state, conn)
+            return handed_over
+
+        slots.take(target)
+        try:
+            state = probe(target, keeping if keep is not None else None)
+        finally:
+            if not handed_over:
+                slots.give_back(target)
         if on_state is not None:
             on_state(target, state)
         return state

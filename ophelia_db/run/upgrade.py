@@ -9,13 +9,13 @@ hub registry and the run journal. It never prints and never exits.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
+from ophelia_db.fleet.connections import Connection
 from ophelia_db.fleet.hosts import PER_HOST, HostSlots
 from ophelia_db.fleet.hub import RegistryRow, RegistryUpdate, registry_rows
 from ophelia_db.fleet.hub_writer import HubReporter
@@ -31,6 +31,7 @@ from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
 from ophelia_db.run.journal import RunJournal, identify, reporter_for
 from ophelia_db.run.selection import Budget, WavePlan, parse_shard, plan_waves, shard_number
+from ophelia_db.run.session import KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
 
@@ -228,6 +229,8 @@ class _FleetRun:
     on_start: Callable[[Target], None] | None = None
     on_result: ProgressCallback | None = None
     per_host: int = PER_HOST
+    slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
+    kept: KeptLooks | None = None
     results: dict[str, InstanceResult] = field(default_factory=dict)
     states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
 
@@ -254,10 +257,28 @@ class _FleetRun:
         targets = plan.targets
         # One concurrent read of every instance up front; each wave settles its
         # own instances from it, so a failed hub still leaves the others untouched.
-        prepare = None if dry_run else _BatchesAhead(self.chain, self.goal)
-        on_state = prepare.seen if prepare else None
-        states = self.states = probe_all(targets, per_host=self.per_host, on_state=on_state)
-        outcomes = {t.name: self.triage(t, states[t.name], dry_run) for t in targets}
+        # The first looks that find work keep their connection for the migration.
+        prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
+        self.slots = HostSlots(self.per_host)
+        self.kept = KeptLooks(self.jobs, self.slots)
+        try:
+            states = self.states = probe_all(
+                targets,
+                slots=self.slots,
+                on_state=prepare.seen if prepare else None,
+                keep=None if dry_run else self.keep_for_migration,
+            )
+            outcomes = {t.name: self.triage(t, states[t.name], dry_run) for t in targets}
+            self.run_planned(plan, budget, outcomes)
+        finally:
+            self.kept.close()
+
+    def keep_for_migration(self, target: Target, state: InstanceState, conn: Connection) -> bool:
+        assert self.kept is not None
+        return self.triage(target, state, dry_run=False) is None and self.kept.offer(target, conn)
+
+    def run_planned(self, plan: _Plan, budget: Budget, outcomes: dict[str, InstanceResult | None]) -> None:
+        targets = plan.targets
         # Worker processes are warmed only for the instances that need Alembic online.
         parallel_work = sum(
             1 for t in targets if t.role != "hub" and outcomes[t.name] is None and not self.all_batched(t)
@@ -322,8 +343,9 @@ class _FleetRun:
             else:
                 self.halt.record(outcome)
                 self.finish(target, outcome)
-        slots = HostSlots(self.per_host)
-        wave_spec = fanout.Wave(self.chain.spec, self.goal, self.halt, self.finish, self.started, slots)
+        wave_spec = fanout.Wave(
+            self.chain.spec, self.goal, self.halt, self.finish, self.started, self.slots, self.kept
+        )
         fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
 
     def all_batched(self, target: Target) -> bool:
@@ -334,30 +356,6 @@ class _FleetRun:
         pending = classify(state, self.chain, self.goal).pending
         rendered = batch.rendered(self.chain, state.revision, self.goal)
         return all(revision in rendered for revision in pending)
-
-
-class _BatchesAhead:
-    """Renders the pending revisions' batches in the background from the first look that needs them.
-
-    Rendering imports Alembic and runs the chain offline (a few hundred
-    milliseconds of CPU); started while the other instances are still being
-    probed, it is ready by the time the hub migrates. A run with nothing to do
-    never pays for it.
-    """
-
-    def __init__(self, chain: Chain, goal: str | None) -> None:
-        self.chain, self.goal = chain, goal
-        self._started = threading.Event()
-
-    def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
-        if self.goal is None or self._started.is_set() or not isinstance(state, InstanceState):
-            return
-        if state.revision == self.goal or not classify(state, self.chain, self.goal).pending:
-            return
-        self._started.set()
-        # batch.rendered caches per range and serialises renderings: the run's own call waits for it.
-        args = (self.chain, state.revision, self.goal)
-        threading.Thread(target=batch.rendered, args=args, name="render-batches", daemon=True).start()
 
 
 def _triage(
