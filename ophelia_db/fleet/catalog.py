@@ -176,24 +176,10 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_QUERIES = (
-    "SCHEMAS",
-    "RELATIONS",
-    "COLUMNS",
-    "SEQUENCES",
-    "INDEXES",
-    "CONSTRAINTS",
-    "TRIGGERS",
-    "POLICIES",
-    "FUNCTIONS",
-    "TYPES",
-)
-
-
 def _fetch(
     conn: Any, params: Mapping[str, Any], then: Step | None = None
 ) -> dict[str, list[tuple[Any, ...]]]:
-    """Run every catalog query in one round trip (a pipeline), in one transaction.
+    """Run the catalog query in one round trip (a pipeline), in one transaction.
 
     On an autocommit connection the pipeline's statements up to its one Sync
     are already one (implicit) transaction; otherwise psycopg's own is used.
@@ -202,11 +188,12 @@ def _fetch(
         # pg_get_expr/pg_get_indexdef/format_type qualify names by what the search
         # path makes visible; pinning it makes their text the same on every database.
         conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-        cursors = {name: conn.execute(getattr(queries, name), params) for name in _QUERIES}
+        found = conn.execute(queries.SNAPSHOT, params)
         last = conn.execute(then.sql, then.params) if then is not None else None
     if then is not None and last is not None:
         then.answer(tuple(last.fetchone() or ()))
-    return {name: list(cursor.fetchall()) for name, cursor in cursors.items()}
+    (parts,) = found.fetchone()
+    return {name: [tuple(row) for row in rows] for name, rows in zip(queries.PARTS, parts, strict=True)}
 
 
 def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:

@@ -1,9 +1,12 @@
-"""The catalog queries behind ``catalog.snapshot``, and the codes they return spelled out.
+"""The catalog query behind ``catalog.snapshot``, and the codes it returns spelled out.
 
-Each query reads one kind of object of the given schemas, leaving out what
-extensions own, so that a snapshot holds only what migrations created. No
-query needs another's result (the relations are selected again where needed,
-and each object carries its own grants), so all are sent in one round trip.
+Each part reads one kind of object of the given schemas, leaving out what
+extensions own, so that a snapshot holds only what migrations created, each
+object with its own grants. The parts are put together into one statement
+(``SNAPSHOT``): the managed relations are selected once, in a CTE the parts
+share, and the server plans one query instead of ten (planning these catalog
+joins costs more than running them), which keeps the fingerprint cheap after
+every migration.
 """
 
 NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass
@@ -20,7 +23,13 @@ _RELATION_ACL = (
     "coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))"
 )
 
-RELATION_SOURCE = f"""
+_SCHEMA_ACL = "coalesce(n.nspacl, acldefault('n', n.nspowner))"
+
+# The relations a snapshot covers: the managed schemas' tables, views, sequences,
+# less extension members, the bookkeeping tables and what they own (their
+# sequences and indexes). Computed once per snapshot, in the ``managed`` CTE.
+MANAGED_RELATIONS = f"""
+SELECT c.oid
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   AND {NOT_EXTENSION.format(catalog="pg_class", oid="c.oid")}
@@ -32,86 +41,90 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S
       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
       AND tn.nspname || '.' || t.relname = ANY(%(excluded)s))
 """
-RELATION_OIDS = f"ARRAY(SELECT c.oid {RELATION_SOURCE})"
+# An array, not ``IN (SELECT ...)``: the planner keeps the catalogs' index scans.
+MANAGED_OIDS = "ARRAY(SELECT oid FROM managed)"
 
-RELATIONS = f"""
-SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+# Each part: the columns of one row per object, and where the rows come from.
+PARTS: dict[str, tuple[str, str]] = {
+    "SCHEMAS": (
+        "n.nspname, " + GRANTS.format(acl=_SCHEMA_ACL, owner="n.nspowner"),
+        "pg_namespace n WHERE n.nspname = ANY(%(schemas)s)",
+    ),
+    "RELATIONS": (
+        f"""c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
        CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
-       {GRANTS.format(acl=_RELATION_ACL, owner="c.relowner")}
-{RELATION_SOURCE}
-"""
-
-SCHEMAS = f"""
-SELECT n.nspname, {GRANTS.format(acl="coalesce(n.nspacl, acldefault('n', n.nspowner))", owner="n.nspowner")}
-FROM pg_namespace n WHERE n.nspname = ANY(%(schemas)s)
-"""
-
-COLUMNS = f"""
-SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       {GRANTS.format(acl=_RELATION_ACL, owner="c.relowner")}""",
+        f"pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY({MANAGED_OIDS})",
+    ),
+    "COLUMNS": (
+        f"""a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
        CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,
-       CASE WHEN a.attacl IS NOT NULL THEN {GRANTS.format(acl="a.attacl", owner="r.relowner")} END
-FROM pg_attribute a
+       CASE WHEN a.attacl IS NOT NULL THEN {GRANTS.format(acl="a.attacl", owner="r.relowner")} END""",
+        f"""pg_attribute a
 JOIN pg_class r ON r.oid = a.attrelid AND r.relkind <> 'S'
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
-WHERE a.attrelid = ANY({RELATION_OIDS}) AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-SEQUENCES = f"""
-SELECT s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-       s.seqcache, s.seqcycle
-FROM pg_sequence s WHERE s.seqrelid = ANY({RELATION_OIDS})
-"""
-
-INDEXES = f"""
-SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = ANY({RELATION_OIDS})
-"""
-
-CONSTRAINTS = f"""
-SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), c.convalidated
-FROM pg_constraint c WHERE c.conrelid = ANY({RELATION_OIDS})
-"""
-
-TRIGGERS = f"""
-SELECT t.tgrelid, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled
-FROM pg_trigger t WHERE t.tgrelid = ANY({RELATION_OIDS}) AND NOT t.tgisinternal
-"""
-
-POLICIES = f"""
-SELECT p.polrelid, p.polname, p.polpermissive, p.polcmd,
+WHERE a.attrelid = ANY({MANAGED_OIDS}) AND a.attnum > 0 AND NOT a.attisdropped""",
+    ),
+    "SEQUENCES": (
+        """s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
+       s.seqcache, s.seqcycle""",
+        f"pg_sequence s WHERE s.seqrelid = ANY({MANAGED_OIDS})",
+    ),
+    "INDEXES": (
+        "i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid",
+        f"pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = ANY({MANAGED_OIDS})",
+    ),
+    "CONSTRAINTS": (
+        "c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), c.convalidated",
+        f"pg_constraint c WHERE c.conrelid = ANY({MANAGED_OIDS})",
+    ),
+    "TRIGGERS": (
+        "t.tgrelid, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled",
+        f"pg_trigger t WHERE t.tgrelid = ANY({MANAGED_OIDS}) AND NOT t.tgisinternal",
+    ),
+    "POLICIES": (
+        """p.polrelid, p.polname, p.polpermissive, p.polcmd,
        ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END
              FROM unnest(p.polroles) AS r ORDER BY 1),
-       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-FROM pg_policy p WHERE p.polrelid = ANY({RELATION_OIDS})
-"""
-
-FUNCTIONS = f"""
-SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
+       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)""",
+        f"pg_policy p WHERE p.polrelid = ANY({MANAGED_OIDS})",
+    ),
+    "FUNCTIONS": (
+        f"""n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
        l.lanname, p.prokind, p.provolatile, p.prosecdef, p.proisstrict, p.proconfig, p.prosrc,
-       {GRANTS.format(acl="coalesce(p.proacl, acldefault('f', p.proowner))", owner="p.proowner")}
-FROM pg_proc p
+       {GRANTS.format(acl="coalesce(p.proacl, acldefault('f', p.proowner))", owner="p.proowner")}""",
+        f"""pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_language l ON l.oid = p.prolang
-WHERE n.nspname = ANY(%(schemas)s) AND {NOT_EXTENSION.format(catalog="pg_proc", oid="p.oid")}
-"""
-
-TYPES = f"""
-SELECT n.nspname, t.typname, t.typtype,
+WHERE n.nspname = ANY(%(schemas)s) AND {NOT_EXTENSION.format(catalog="pg_proc", oid="p.oid")}""",
+    ),
+    "TYPES": (
+        """n.nspname, t.typname, t.typtype,
        CASE WHEN t.typtype = 'e' THEN
               (SELECT string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder) FROM pg_enum e
                WHERE e.enumtypid = t.oid)
             ELSE format_type(t.typbasetype, t.typtypmod) || coalesce(' ' ||
               (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
                FROM pg_constraint c WHERE c.contypid = t.oid), '')
-       END
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+       END""",
+        f"""pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
-  AND {NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}
-"""
+  AND {NOT_EXTENSION.format(catalog="pg_type", oid="t.oid")}""",
+    ),
+}
+
+# One row, one JSON array: for each part in PARTS' order, the array of its rows.
+SNAPSHOT = (
+    f"WITH managed AS MATERIALIZED ({MANAGED_RELATIONS})\nSELECT json_build_array(\n"
+    + ",\n".join(
+        f"(SELECT coalesce(json_agg(json_build_array({columns})), '[]'::json) FROM {source})"
+        for columns, source in PARTS.values()
+    )
+    + ")"
+)
 
 RELKINDS = {
     "r": "table",

@@ -179,6 +179,85 @@ def test_diff_names_each_kind_of_change(
     assert key in differences[0].describe()
 
 
+# One of each kind of object a snapshot reads. Its fingerprint is pinned: the hub
+# registry stores fingerprints, so a change in how snapshots are read or
+# normalised must not change the fingerprint of a schema that did not change.
+GOLDEN_SCHEMA = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
+CREATE TABLE things (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  name text COLLATE "C" NOT NULL DEFAULT 'x' UNIQUE,
+  mood mood,
+  size positive,
+  double_size int GENERATED ALWAYS AS (size * 2) STORED,
+  CHECK (length(name) < 100) NOT VALID
+);
+CREATE TABLE notes (id serial PRIMARY KEY, thing bigint REFERENCES things (id), body varchar(20));
+CREATE INDEX notes_body ON notes (lower(body)) WHERE body IS NOT NULL;
+CREATE SEQUENCE tickets START 5 INCREMENT 3 CACHE 2 CYCLE;
+CREATE VIEW sized AS SELECT id, name FROM things WHERE size > 1;
+CREATE MATERIALIZED VIEW note_count AS SELECT count(*) FROM notes;
+CREATE FUNCTION label(a int, b text DEFAULT 'z') RETURNS text LANGUAGE sql STABLE STRICT SECURITY DEFINER
+  SET search_path = public AS $$ SELECT b || a $$;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER notes_touch BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION touch();
+ALTER TABLE notes DISABLE TRIGGER notes_touch;
+CREATE PROCEDURE noop() LANGUAGE sql AS $$ SELECT 1 $$;
+ALTER TABLE things ENABLE ROW LEVEL SECURITY;
+ALTER TABLE things FORCE ROW LEVEL SECURITY;
+CREATE POLICY things_read ON things FOR SELECT TO PUBLIC USING (size > 0);
+CREATE POLICY things_named ON things AS RESTRICTIVE FOR INSERT WITH CHECK (name <> '');
+GRANT SELECT, INSERT ON things TO PUBLIC;
+GRANT SELECT (body) ON notes TO PUBLIC;
+GRANT USAGE ON SEQUENCE tickets TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION label(int, text) FROM PUBLIC;
+CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+"""
+GOLDEN_FINGERPRINT = "sha256:78aa7e3b2ca8e80a4cecf9d35b635ef4d8a16790705c142d560095d583a614e5"
+
+
+class CountingConnection:
+    """A real psycopg connection that counts the statements sent through it."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    def execute(self, *args: object, **kwargs: object) -> object:
+        self.statements += 1
+        return self.conn.execute(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_snapshot_is_one_catalog_query_and_its_fingerprint_does_not_move(
+    make_database: MakeDatabase,
+) -> None:
+    url = make_database("golden")
+    execute(url, GOLDEN_SCHEMA)
+    with psycopg.connect(url, autocommit=True) as conn:
+        counted = CountingConnection(conn)
+        found = catalog.snapshot(counted)
+        # The search_path pin and the one catalog query (there were eleven queries).
+        assert counted.statements == 2
+    assert {category: len(objects) for category, objects in found.objects.items()} == {
+        "schema": 1,
+        "table": 4,
+        "column": 11,
+        "sequence": 3,
+        "index": 4,
+        "constraint": 5,
+        "function": 3,
+        "trigger": 1,
+        "policy": 2,
+        "type": 2,
+        "grant": 6,
+    }
+    assert found.fingerprint == GOLDEN_FINGERPRINT
+
+
 def test_snapshot_record_round_trip(pasted: str) -> None:
     first = shot(pasted)
     again = Snapshot.from_record(first.as_record())
