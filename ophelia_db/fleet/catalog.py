@@ -120,14 +120,17 @@ def fingerprint(conn: Any, *, schemas: Sequence[str] = DEFAULT_SCHEMAS, then: St
     return snapshot(conn, schemas=schemas, then=then).fingerprint
 
 
-def fingerprint_of(target: Target) -> str | None:
-    """Connect to ``target`` and return its fingerprint; ``None`` when it cannot be read.
+def fingerprint_of(target: Target, conn: Any = None) -> str | None:
+    """``target``'s fingerprint, on ``conn`` when given (open, autocommit), else on a connection
+    of its own; ``None`` when it cannot be read.
 
     For reports that must not fail because of it (the hub registry's metadata).
     """
     try:
-        with connect(target, autocommit=True) as conn:
+        if conn is not None:
             return fingerprint(conn)
+        with connect(target, autocommit=True) as own:
+            return fingerprint(own)
     except OpheliaError:
         return None
     except Exception as exc:

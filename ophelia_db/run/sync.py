@@ -3,29 +3,38 @@ with the run journals kept locally while the hub was away."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import journal
 from ophelia_db.fleet.catalog import fingerprint_of
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import connect, describe_error, sqlstate_of
-from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.fleet.hub import RegistryUpdate
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
     SyncReport,
 )
 from ophelia_db.run.chain import Chain, chain_for
-from ophelia_db.run.status import PROBE_THREADS, probe_all, status_of
+from ophelia_db.run.status import probe_all, status_of
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+    from ophelia_db.run.state import InstanceState
 
 
 def sync(fleet: Fleet, targets: list[Target], *, chain: Chain | None = None) -> SyncReport:
     """Re-read each instance's version and push it to the hub registry."""
     chain = chain or chain_for()
-    states = probe_all(targets, per_host=fleet.defaults.per_host)
-    reachable = [t for t in targets if not isinstance(states[t.name], OpheliaError)]
-    fingerprints = _fingerprints(reachable, fleet.defaults.per_host)
+    fingerprints: dict[str, str | None] = {}
+
+    def read_fingerprint(target: Target, _state: InstanceState, conn: Connection) -> bool:
+        # On the probe's own connection: one connection per instance, not two.
+        fingerprints[target.name] = fingerprint_of(target, conn)
+        return False  # the probe closes it
+
+    states = probe_all(targets, per_host=fleet.defaults.per_host, keep=read_fingerprint)
     reporter = HubReporter(fleet.hub)
     rows = []
     for target in targets:
@@ -84,17 +93,3 @@ def push_local_journals(fleet: Fleet) -> list[str]:
                 ) from None
             pushed.append(path.stem)
     return pushed
-
-
-def _fingerprints(targets: list[Target], per_host: int) -> dict[str, str | None]:
-    """Each reachable instance's schema fingerprint (``drift``'s), read concurrently."""
-    if not targets:
-        return {}
-    slots = HostSlots(per_host)
-
-    def read(target: Target) -> str | None:
-        with slots.slot(target):
-            return fingerprint_of(target)
-
-    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(targets))) as pool:
-        return dict(zip((t.name for t in targets), pool.map(read, targets), strict=True))

@@ -32,6 +32,7 @@ EMPTY_TO_HEAD_ON_ITS_CONNECTION = 7
 # Besides it: the pooler witness (start-up 2 + 1), which must be another session.
 EMPTY_TO_HEAD_CONNECTIONS = 2
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
+SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
 
 
 @contextmanager
@@ -74,6 +75,21 @@ def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
         action()
         assert proxy.counts.connections == 1, proxy.counts
         assert proxy.round_trips <= NOOP_OR_STATUS, proxy.counts
+
+
+def test_sync_reads_version_and_fingerprint_on_one_connection(proxied):
+    fleet, proxy, _ = proxied
+    runner.upgrade(fleet, fleet.select(all_=True), jobs=1)  # the hub too: its registry is written
+    proxy.reset()
+    report = runner.sync(fleet, fleet.select(["inst1"]))
+    assert report.hub_report == "ok", report.hub_error
+    assert proxy.counts.connections == 1, proxy.counts  # was 2: the fingerprint on one of its own
+    assert proxy.round_trips <= SYNC, proxy.counts
+    with psycopg.connect(fleet.hub.url.get_secret_value()) as hub:
+        pushed = hub.execute(
+            "SELECT metadata->>'schema_fingerprint' FROM instance_registry WHERE subdomain = 'inst1'"
+        ).fetchone()
+    assert pushed is not None and pushed[0] and pushed[0].startswith("sha256:")
 
 
 def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
