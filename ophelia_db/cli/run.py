@@ -7,6 +7,8 @@ the report through ``render.emit`` and exits with the report's code.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -30,6 +32,7 @@ from ophelia_db.errors import ConfigError
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Fleet
+    from ophelia_db.fleet.hub_writer import HubReporter
 
 # The library, loaded by the command that runs (`--help` loads none of it).
 run = lazy_module("ophelia_db.run")
@@ -37,6 +40,7 @@ local = lazy_module("ophelia_db.local.commands")
 interrupts = lazy_module("ophelia_db.run.interrupts")
 selection = lazy_module("ophelia_db.run.selection")
 upgrading = lazy_module("ophelia_db.run.upgrade")
+hub_writer = lazy_module("ophelia_db.fleet.hub_writer")
 
 
 def _local_hint(fleet: Fleet) -> None:
@@ -121,6 +125,20 @@ ResumeOpt = Annotated[
 ]
 
 
+@contextmanager
+def _hub_read_ahead(loaded: Fleet, wanted: bool) -> Iterator[HubReporter | None]:
+    """The run's hub reporter, its round trips (start-up, registry read) going on while the run loads."""
+    if not wanted:
+        yield None
+        return
+    ahead = hub_writer.HubReporter(loaded.hub)
+    ahead.read_ahead()
+    try:
+        yield ahead
+    finally:
+        ahead.close()
+
+
 def upgrade(
     instance: InstanceOpt = None,
     all_: AllOpt = False,
@@ -147,7 +165,12 @@ def upgrade(
         if resume and (instance or all_ or tag or to != "head" or dry_run or wave or canary):
             raise ConfigError("--resume RUN takes the run's own selection and target: give it alone")
         targets = [] if resume else loaded.select(instance or (), all_=all_, tags=tag or ())
-        with progress_display(len(targets), enabled=not json_) as progress, interrupts.raising_on_signals():
+        with (
+            # The hub's round trips go on while the rest of the run loads.
+            _hub_read_ahead(loaded, not (resume or dry_run)) as ahead,
+            progress_display(len(targets), enabled=not json_) as progress,
+            interrupts.raising_on_signals(),
+        ):
             watch = upgrading.Progress(
                 on_plan=progress.planned, on_start=progress.started, on_result=progress.finished
             )
@@ -169,6 +192,7 @@ def upgrade(
                     shard=shard,
                     run_id=run_id,
                     progress=watch,
+                    hub_reporter=ahead,
                 )
     _hub_warning(json_, report.hub_report, report.hub_error)
     if any(row.result == "unreachable" for row in report.instances):

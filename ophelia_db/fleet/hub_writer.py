@@ -41,17 +41,52 @@ class HubReporter:
         self._conn: Connection | None = None
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._ahead: threading.Thread | None = None
+        self._read: tuple[dict[str, str] | None, BaseException | None] | None = None
+
+    def keep_locally(self, local: LocalJournal) -> None:
+        """Where the journal goes while the hub cannot take it (set before the first write)."""
+        assert self._thread is None, "set before the writes start"
+        self._local = local
+
+    def read_ahead(self) -> None:
+        """Connect and read the registry's lifecycle statuses from now on, in a thread of its own.
+
+        The CLI starts this as soon as the fleet is loaded, so that the hub's round
+        trips (start-up and the read: three, 60-240 ms away) overlap the loading of
+        the run instead of preceding the first probe.
+        """
+        if self._ahead is None and self._read is None:
+            self._ahead = threading.Thread(target=self._read_statuses, name="hub-ahead", daemon=True)
+            self._ahead.start()
 
     def registry_statuses(self) -> dict[str, str] | None:
-        """``registry_statuses`` on the connection the reports will use: one hub connection per run."""
+        """The registry's lifecycle statuses, on the connection the reports will use (one per run)."""
         assert self._thread is None, "read before the writes start"
-        if self._conn is None:
-            try:
-                self._conn = connect(self.hub, autocommit=True)
-            except OpheliaError:
-                return None  # the reports will try again, and say so if they fail
-        statuses, self.journal_ready = statuses_and_journal(self._conn)
+        if self._ahead is None and self._read is None:
+            self._read_statuses()
+        self._join_ahead()
+        assert self._read is not None
+        statuses, failure = self._read
+        if failure is not None:
+            raise failure
         return statuses
+
+    def _read_statuses(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = connect(self.hub, autocommit=True)
+            statuses, self.journal_ready = statuses_and_journal(self._conn)
+            self._read = (statuses, None)
+        except OpheliaError:
+            self._read = (None, None)  # the reports will try again, and say so if they fail
+        except BaseException as exc:  # handed to the caller's thread by registry_statuses
+            self._read = (None, exc)
+
+    def _join_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.join()
+            self._ahead = None
 
     def report(self, update: RegistryUpdate) -> None:
         self._put("registry", update)
@@ -67,6 +102,7 @@ class HubReporter:
     def close(self) -> None:
         """Send what is left; ``state``/``error`` then say how the reports went."""
         try:
+            self._join_ahead()
             if self._thread is not None:
                 self._queue.put(("stop", None))
                 self._thread.join()
@@ -77,6 +113,7 @@ class HubReporter:
 
     def _put(self, kind: str, item: Any) -> None:
         if self._thread is None:
+            self._join_ahead()  # the writer then owns the connection
             self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
             self._thread.start()
         self._queue.put((kind, item))

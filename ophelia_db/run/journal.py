@@ -43,8 +43,12 @@ def identify(run_id: str | None, shard: tuple[int, int] | None, resumes: str | N
     return RunIdentity(chosen, index, count, resumes)
 
 
-def reporter_for(fleet: Fleet, identity: RunIdentity) -> HubReporter:
-    return HubReporter(fleet.hub, local=LocalJournal(fleet.path, identity.run_id))
+def reporter_for(fleet: Fleet, identity: RunIdentity, started: HubReporter | None = None) -> HubReporter:
+    """The run's hub reporter (``started``: one already reading ahead), its journal kept locally
+    under the run's id while the hub cannot take it."""
+    reporter = started or HubReporter(fleet.hub)
+    reporter.keep_locally(LocalJournal(fleet.path, identity.run_id))
+    return reporter
 
 
 @dataclass

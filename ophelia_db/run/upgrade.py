@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
@@ -29,7 +30,7 @@ from ophelia_db.run import batch, fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
-from ophelia_db.run.journal import RunJournal, identify, reporter_for
+from ophelia_db.run.journal import RunIdentity, RunJournal, identify, reporter_for
 from ophelia_db.run.selection import Budget, WavePlan, parse_shard, plan_waves, shard_number
 from ophelia_db.run.session import KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
@@ -121,13 +122,14 @@ def upgrade(
     resuming: Resumption | None = None,
     chain: Chain | None = None,
     progress: Progress | None = None,
+    hub_reporter: HubReporter | None = None,
 ) -> RunReport:
     """Upgrade the selected instances to ``to``: the hub first, then the waves; journal the run.
 
-    ``skip_inactive`` leaves out archived and suspended instances; ``shard``
-    (``K/N``, ``auto/N``) keeps one shard, journalled under ``run_id``. Each wave
-    (``waves``: tags, ``10%``, ``rest``; ``canary``: one tag) starts only while the
-    failures are within ``max_failures``/``max_failure_rate`` (none by default).
+    ``skip_inactive`` leaves out archived and suspended instances; ``shard`` (``K/N``, ``auto/N``)
+    keeps one shard, journalled under ``run_id``. Each wave (``waves``: tags, ``10%``, ``rest``;
+    ``canary``: one tag) starts only while the failures are within ``max_failures``/``max_failure_rate``
+    (none by default). ``hub_reporter``: one the caller started (``HubReporter.read_ahead``).
     """
     chain = chain or chain_for()
     goal = chain.resolve(to)
@@ -138,22 +140,21 @@ def upgrade(
     shard_spec = parse_shard(shard) if shard else None
     identity = identify(run_id, shard_spec, resuming.run_id if resuming else None)
     inactive: list[str] = []
-    reporter = None if dry_run else reporter_for(fleet, identity)
+    reporter = None if dry_run else reporter_for(fleet, identity, hub_reporter)
     try:
         if skip_inactive:
             # Read on the connection the reports will go through, when there are reports.
             registry = reporter.registry_statuses() if reporter else _statuses(registry_rows(fleet.hub))
             targets, inactive = _drop_inactive(registry, targets)
         plan = _plan(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
-        journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of) if reporter else None
-        if journal:
-            selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
-            journal.begin("upgrade", to, selection)
+        selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
+        journal = _begun_journal(reporter, identity, plan, to, selection)
         progress = progress or Progress()
         if progress.on_plan:
             progress.on_plan(plan.targets)
-        halt = Halt(max_failures)
-        run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, halt, reporter, journal, resuming)
+        run = _FleetRun(
+            chain, goal, jobs or fleet.defaults.jobs, Halt(max_failures), reporter, journal, resuming
+        )
         run.per_host = fleet.defaults.per_host
         run.on_start, run.on_result = progress.on_start, progress.on_result
         run.run_waves(plan, budget, dry_run)
@@ -164,6 +165,17 @@ def upgrade(
         if reporter is not None:
             reporter.close()
     return with_hub_state(report, reporter)
+
+
+def _begun_journal(
+    reporter: HubReporter | None, identity: RunIdentity, plan: _Plan, to: str, selection: dict[str, Any]
+) -> RunJournal | None:
+    """The run's journal, its start recorded; none without reports (a dry run)."""
+    if reporter is None:
+        return None
+    journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of)
+    journal.begin("upgrade", to, selection)
+    return journal
 
 
 def with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport:

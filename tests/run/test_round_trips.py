@@ -21,8 +21,9 @@ import pytest
 from bench.latency_proxy import LatencyProxy
 from ophelia_db import run as runner
 from ophelia_db.fleet.config import Target, load_fleet
+from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.run.upgrade import Progress
-from tests.helpers import HEAD, current_version, write_fleet
+from tests.helpers import HEAD, current_version, invoke, write_fleet
 
 # One instance from empty to head (5 revisions), on the first look's connection kept for it:
 # start-up 2, first look 1, session token 1, lock and state read 1, all the revisions in one
@@ -102,6 +103,34 @@ def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
         report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
         assert report.hub_report == "ok"
         assert proxy.connections == 1, proxy.counts
+
+
+def test_the_hub_read_ahead_is_the_connection_the_run_reports_on(tmp_path, fleet_dbs):
+    # The CLI starts the hub's start-up and registry read before loading the run; the run then
+    # reads the lifecycle statuses from it and writes on the same connection.
+    hub, instances = fleet_dbs(2)
+    with _through_proxy(hub) as (proxy, through):
+        path = write_fleet(tmp_path, through, instances)
+        assert invoke(["upgrade", "--instance", "hub", "--fleet", str(path)]).exit_code == 0
+        archived = invoke(["archive", "inst2", "--fleet", str(path)])
+        assert archived.exit_code == 0, archived.stdout + archived.stderr
+        first = invoke(["upgrade", "--all", "--fleet", str(path)])
+        assert first.exit_code == 0, first.stdout + first.stderr
+        assert "skipped (archived or suspended in the hub): inst2" in first.stderr
+        proxy.reset()
+        again = invoke(["upgrade", "--all", "--fleet", str(path)])
+        assert again.exit_code == 0, again.stdout + again.stderr
+        # The reporter's (read ahead, then the writes) and the hub's own first look as a member.
+        assert proxy.connections == 2, proxy.counts
+
+        proxy.reset()
+        fleet = load_fleet(path)
+        ahead = HubReporter(fleet.hub)
+        ahead.read_ahead()
+        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=1, hub_reporter=ahead)
+        assert report.hub_report == "ok" and [r.name for r in report.instances] == ["hub", "inst1"]
+        assert proxy.connections == 2, proxy.counts
+    assert current_version(instances["inst2"]) is None  # archived: never migrated
 
 
 def test_a_first_look_connection_the_server_closed_is_replaced(tmp_path, fleet_dbs):
