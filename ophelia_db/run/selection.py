@@ -154,3 +154,42 @@ class Budget:
                 f"over --max-failure-rate {self.max_failure_rate:.0%}"
             )
         return None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's selection cut into shards and waves: what this process runs, and how it is journalled."""
+
+    hub: list[Target]
+    waves: list[WavePlan]
+    shard_of: dict[str, int]
+    wave_of: dict[str, int]
+
+    @property
+    def targets(self) -> list[Target]:
+        return [*self.hub, *(t for wave in self.waves for t in wave.targets)]
+
+
+def plan_run(
+    fleet: Fleet,
+    targets: list[Target],
+    wave_specs: list[str],
+    shard: tuple[int, int] | None,
+    *,
+    shared: bool = True,
+) -> RunPlan:
+    # Waves are cut from the whole selection, so that every shard numbers them alike.
+    waves = plan_waves(fleet, targets, wave_specs)
+    wave_of = {t.name: index for index, wave in enumerate(waves, start=2) for t in wave.targets}
+    hub = [t for t in targets if t.role == "hub"]
+    wave_of.update({t.name: 1 for t in hub})
+    if shard is None:
+        return RunPlan(hub, waves, {t.name: 1 for t in targets}, wave_of)
+    index, count = shard
+    # No shard runs the hub: it is upgraded once, before the matrix.
+    shard_of = {t.name: shard_number(t, count) for t in targets if t.role != "hub"}
+    mine = [WavePlan(w.label, tuple(t for t in w.targets if shard_of[t.name] == index)) for w in waves]
+    if not shared:
+        # No run id shared with the other shards: this shard is journalled as a run of its own.
+        shard_of = {t.name: 1 for wave in mine for t in wave.targets}
+    return RunPlan([], mine, shard_of, wave_of)

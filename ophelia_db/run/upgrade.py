@@ -31,7 +31,7 @@ from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
 from ophelia_db.run.journal import RunIdentity, RunJournal, identify, reporter_for
-from ophelia_db.run.selection import Budget, WavePlan, parse_shard, plan_waves, shard_number
+from ophelia_db.run.selection import Budget, RunPlan, WavePlan, parse_shard, plan_run
 from ophelia_db.run.session import KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
@@ -146,7 +146,7 @@ def upgrade(
             # Read on the connection the reports will go through, when there are reports.
             registry = reporter.registry_statuses() if reporter else _statuses(registry_rows(fleet.hub))
             targets, inactive = _drop_inactive(registry, targets)
-        plan = _plan(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
+        plan = plan_run(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
         selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
         journal = _begun_journal(reporter, identity, plan, to, selection)
         progress = progress or Progress()
@@ -168,7 +168,7 @@ def upgrade(
 
 
 def _begun_journal(
-    reporter: HubReporter | None, identity: RunIdentity, plan: _Plan, to: str, selection: dict[str, Any]
+    reporter: HubReporter | None, identity: RunIdentity, plan: RunPlan, to: str, selection: dict[str, Any]
 ) -> RunJournal | None:
     """The run's journal, its start recorded; none without reports (a dry run)."""
     if reporter is None:
@@ -186,45 +186,6 @@ def with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport
     return replace(
         report, hub_report=reporter.state, hub_error=reporter.error, journal_local=str(kept) if kept else None
     )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A run's selection cut into shards and waves: what this process runs, and how it is journalled."""
-
-    hub: list[Target]
-    waves: list[WavePlan]
-    shard_of: dict[str, int]
-    wave_of: dict[str, int]
-
-    @property
-    def targets(self) -> list[Target]:
-        return [*self.hub, *(t for wave in self.waves for t in wave.targets)]
-
-
-def _plan(
-    fleet: Fleet,
-    targets: list[Target],
-    wave_specs: list[str],
-    shard: tuple[int, int] | None,
-    *,
-    shared: bool = True,
-) -> _Plan:
-    # Waves are cut from the whole selection, so that every shard numbers them alike.
-    waves = plan_waves(fleet, targets, wave_specs)
-    wave_of = {t.name: index for index, wave in enumerate(waves, start=2) for t in wave.targets}
-    hub = [t for t in targets if t.role == "hub"]
-    wave_of.update({t.name: 1 for t in hub})
-    if shard is None:
-        return _Plan(hub, waves, {t.name: 1 for t in targets}, wave_of)
-    index, count = shard
-    # No shard runs the hub: it is upgraded once, before the matrix.
-    shard_of = {t.name: shard_number(t, count) for t in targets if t.role != "hub"}
-    mine = [WavePlan(w.label, tuple(t for t in w.targets if shard_of[t.name] == index)) for w in waves]
-    if not shared:
-        # No run id shared with the other shards: this shard is journalled as a run of its own.
-        shard_of = {t.name: 1 for wave in mine for t in wave.targets}
-    return _Plan([], mine, shard_of, wave_of)
 
 
 @dataclass
@@ -265,7 +226,7 @@ class _FleetRun:
         if self.on_result:
             self.on_result(result)
 
-    def run_waves(self, plan: _Plan, budget: Budget, dry_run: bool) -> None:
+    def run_waves(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
         targets = plan.targets
         # One concurrent read of every instance up front; each wave settles its
         # own instances from it, so a failed hub still leaves the others untouched.
@@ -289,7 +250,7 @@ class _FleetRun:
         assert self.kept is not None
         return self.triage(target, state, dry_run=False) is None and self.kept.offer(target, conn)
 
-    def run_planned(self, plan: _Plan, budget: Budget, outcomes: dict[str, InstanceResult | None]) -> None:
+    def run_planned(self, plan: RunPlan, budget: Budget, outcomes: dict[str, InstanceResult | None]) -> None:
         targets = plan.targets
         # Worker processes are warmed only for the instances that need Alembic online.
         parallel_work = sum(
