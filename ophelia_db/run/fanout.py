@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -112,11 +113,22 @@ class Workers:
         # which costs CPU and memory, so there are never more than MAX_PROCESSES.
         self.jobs = min(jobs, MAX_PROCESSES)
         self._pool: ProcessPoolExecutor | None = None
-        if warm and jobs > 1:
-            for _ in range(jobs):
+        # The pool may be warmed from another thread (once the instances are read).
+        self._lock = threading.Lock()
+        if warm:
+            self.warm()
+
+    def warm(self) -> None:
+        """Start the worker processes now, ahead of the first instance that needs one."""
+        if self.jobs > 1:
+            for _ in range(self.jobs):
                 self.pool().submit(_warm_up)
 
     def pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._pool_locked()
+
+    def _pool_locked(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers start from a clean, single-threaded process,
             # and import Alembic once each rather than once per instance.
@@ -131,9 +143,10 @@ class Workers:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _warm_up() -> None:

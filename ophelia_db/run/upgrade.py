@@ -9,8 +9,10 @@ hub registry and the run journal. It never prints and never exits.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -227,22 +229,36 @@ class _FleetRun:
             self.on_result(result)
 
     def run_waves(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
-        targets = plan.targets
-        # One concurrent read of every instance up front; each wave settles its
-        # own instances from it, so a failed hub still leaves the others untouched.
-        # The first looks that find work keep their connection for the migration.
+        # One concurrent read of every instance, in the background: the hub migrates as soon
+        # as its own read is in, while the others' go on; each wave settles its instances
+        # from the reads, so a failed hub still leaves the others untouched. The first looks
+        # that find work keep their connection for the migration.
         prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
         self.slots = HostSlots(self.per_host)
         self.kept = KeptLooks(self.jobs, self.slots)
+        hub_read: Future[None] = Future()
+        unread, read_lock = {t.name for t in plan.hub}, threading.Lock()
+
+        def seen(target: Target, state: InstanceState | OpheliaError) -> None:
+            self.states[target.name] = state
+            if prepare is not None:
+                prepare.seen(target, state)
+            with read_lock:
+                last = target.name in unread and len(unread) == 1
+                unread.discard(target.name)
+            if last:
+                hub_read.set_result(None)
+
         try:
-            states = self.states = probe_all(
-                targets,
-                slots=self.slots,
-                on_state=prepare.seen if prepare else None,
-                keep=None if dry_run else self.keep_for_migration,
-            )
-            outcomes = {t.name: self.triage(t, states[t.name], dry_run) for t in targets}
-            self.run_planned(plan, budget, outcomes)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probes") as side:
+                probing = side.submit(
+                    probe_all,
+                    plan.targets,
+                    slots=self.slots,
+                    on_state=seen,
+                    keep=None if dry_run else self.keep_for_migration,
+                )
+                self.run_planned(plan, budget, dry_run, probing, hub_read)
         finally:
             self.kept.close()
 
@@ -250,23 +266,45 @@ class _FleetRun:
         assert self.kept is not None
         return self.triage(target, state, dry_run=False) is None and self.kept.offer(target, conn)
 
-    def run_planned(self, plan: RunPlan, budget: Budget, outcomes: dict[str, InstanceResult | None]) -> None:
-        targets = plan.targets
-        # Worker processes are warmed only for the instances that need Alembic online.
-        parallel_work = sum(
-            1 for t in targets if t.role != "hub" and outcomes[t.name] is None and not self.all_batched(t)
-        )
-        with fanout.Workers(self.jobs, warm=parallel_work > 1) as workers:
+    def run_planned(
+        self,
+        plan: RunPlan,
+        budget: Budget,
+        dry_run: bool,
+        probing: Future[dict[str, InstanceState | OpheliaError]],
+        hub_read: Future[None],
+    ) -> None:
+        with fanout.Workers(self.jobs) as workers:
+            # Worker processes are warmed, once every instance is read, only for the ones
+            # that need Alembic online; the hub may be migrating meanwhile.
+            probing.add_done_callback(lambda _: self.warm(workers, plan, dry_run))
             if plan.hub:
-                self.wave(plan.hub, 1, outcomes, workers)
+                either: list[Future[Any]] = [probing, hub_read]
+                wait(either, return_when=FIRST_COMPLETED)
+                if not hub_read.done():
+                    probing.result()  # what stopped the reads before the hub's
+                self.wave(plan.hub, 1, self.outcomes(plan.hub, dry_run), workers)
                 if not all(self.results[t.name].succeeded for t in plan.hub) and not self.halt.reason:
                     self.halt.reason = "not run: the hub did not upgrade; fix that first"
                 if self.reporter is not None:
                     self.reporter.recheck_journal()  # the hub may have just got its journal
+            self.states = probing.result()
             for index, wave in enumerate(plan.waves):
                 if index and not self.halt.reason:
                     self.check_budget(budget, wave, plan.waves[:index])
-                self.wave(list(wave.targets), self.jobs, outcomes, workers)
+                self.wave(list(wave.targets), self.jobs, self.outcomes(wave.targets, dry_run), workers)
+
+    def outcomes(self, targets: Sequence[Target], dry_run: bool) -> dict[str, InstanceResult | None]:
+        """What each target's read settles without migrating it (``None``: it has work)."""
+        return {t.name: self.triage(t, self.states[t.name], dry_run) for t in targets}
+
+    def warm(self, workers: fanout.Workers, plan: RunPlan, dry_run: bool) -> None:
+        if dry_run or not all(t.name in self.states for t in plan.targets):
+            return  # nothing to migrate, or the reads failed: the run stops anyway
+        work = [t for wave in plan.waves for t in wave.targets if self.outcomes([t], dry_run)[t.name] is None]
+        # Asked only of instances with work: it renders their revisions.
+        if sum(1 for t in work if not self.all_batched(t)) > 1:
+            workers.warm()
 
     def check_budget(self, budget: Budget, wave: WavePlan, before: list[WavePlan]) -> None:
         """Keep the next wave from starting once the failures so far are over the budget."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ophelia_db import run as runner
-from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.run.chain import file_checksum
+from ophelia_db.run.upgrade import Progress
 from tests.helpers import (
     ALEMBIC_INI,
     CHAIN,
@@ -315,3 +318,40 @@ def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, 
     gone = run_cli(["downgrade", "--instance", "hub", "--to", "0003", "--yes"], fleet=path)
     assert alembic_version(hub_url) == ["0003"], gone.stdout + gone.stderr
     assert "once the hub is back" not in gone.stderr and "sync --all" in gone.stderr
+
+
+def test_the_hub_migrates_while_the_instances_are_still_being_read(
+    tmp_path: Path, fleet_dbs: FleetDbs
+) -> None:
+    # inst1's first look is held up by a lock on its alembic_version; the hub must not wait
+    # for it: it migrates as soon as its own first look is in (and only then is inst1 let go).
+    hub, urls = fleet_dbs(1)
+    fleet = load_fleet(write_fleet(tmp_path, hub, urls))
+    with psycopg.connect(urls["inst1"], autocommit=True) as setup:
+        setup.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+    blocker = psycopg.connect(urls["inst1"])
+    blocker.execute("LOCK TABLE public.alembic_version IN ACCESS EXCLUSIVE MODE")
+    released_by: list[str] = []
+    release_lock = threading.Lock()
+
+    def release(why: str) -> None:
+        with release_lock:
+            if not released_by:
+                released_by.append(why)
+                blocker.rollback()
+
+    def started(target: Target) -> None:
+        if target.role == "hub":
+            release("the hub's migration")
+
+    # Only there so that a run which waits for every first look does not hang the suite.
+    breaker = threading.Timer(30, release, args=("the breaker",))
+    breaker.start()
+    try:
+        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2, progress=Progress(on_start=started))
+    finally:
+        breaker.cancel()
+        blocker.close()
+    assert released_by == ["the hub's migration"]
+    assert [(r.name, r.result) for r in report.instances] == [("hub", "ok"), ("inst1", "ok")]
+    assert alembic_version(urls["inst1"]) == [HEAD]
