@@ -18,6 +18,7 @@ from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.fleet.journal import LocalJournal, RunHeader
 from ophelia_db.results import InstanceResult, RunReport
+from ophelia_db.run.selection import RunPlan
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,21 @@ def reporter_for(fleet: Fleet, identity: RunIdentity, started: HubReporter | Non
     reporter = started or HubReporter(fleet.hub)
     reporter.keep_locally(LocalJournal(fleet.path, identity.run_id))
     return reporter
+
+
+def begun_journal(
+    reporter: HubReporter | None,
+    identity: RunIdentity,
+    plan: RunPlan,
+    target: str,
+    selection: Mapping[str, object],
+) -> RunJournal | None:
+    """An upgrade's journal, its start recorded; none without reports (a dry run)."""
+    if reporter is None:
+        return None
+    journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of)
+    journal.begin("upgrade", target, selection)
+    return journal
 
 
 @dataclass

@@ -32,7 +32,7 @@ from ophelia_db.run import batch, fanout
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
-from ophelia_db.run.journal import RunIdentity, RunJournal, identify, reporter_for
+from ophelia_db.run.journal import RunJournal, begun_journal, identify, reporter_for
 from ophelia_db.run.selection import Budget, RunPlan, WavePlan, parse_shard, plan_run
 from ophelia_db.run.session import KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
@@ -150,7 +150,7 @@ def upgrade(
             targets, inactive = _drop_inactive(registry, targets)
         plan = plan_run(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
         selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
-        journal = _begun_journal(reporter, identity, plan, to, selection)
+        journal = begun_journal(reporter, identity, plan, to, selection)
         progress = progress or Progress()
         if progress.on_plan:
             progress.on_plan(plan.targets)
@@ -167,17 +167,6 @@ def upgrade(
         if reporter is not None:
             reporter.close()
     return with_hub_state(report, reporter)
-
-
-def _begun_journal(
-    reporter: HubReporter | None, identity: RunIdentity, plan: RunPlan, to: str, selection: dict[str, Any]
-) -> RunJournal | None:
-    """The run's journal, its start recorded; none without reports (a dry run)."""
-    if reporter is None:
-        return None
-    journal = RunJournal(reporter, identity, plan.shard_of, plan.wave_of)
-    journal.begin("upgrade", to, selection)
-    return journal
 
 
 def with_hub_state(report: RunReport, reporter: HubReporter | None) -> RunReport:
@@ -302,8 +291,14 @@ class _FleetRun:
         if dry_run or not all(t.name in self.states for t in plan.targets):
             return  # nothing to migrate, or the reads failed: the run stops anyway
         work = [t for wave in plan.waves for t in wave.targets if self.outcomes([t], dry_run)[t.name] is None]
-        # Asked only of instances with work: it renders their revisions.
-        if sum(1 for t in work if not self.all_batched(t)) > 1:
+        try:
+            # Asked only of instances with work: it renders their revisions.
+            online = sum(1 for t in work if not self.all_batched(t))
+        except Exception:
+            # A revision that does not render fails its instances in the run, where it is
+            # reported; a future's callback would only log a traceback.
+            return
+        if online > 1:
             workers.warm()
 
     def check_budget(self, budget: Budget, wave: WavePlan, before: list[WavePlan]) -> None:
