@@ -78,15 +78,17 @@ class HubReporter:
                 self._conn = connect(self.hub, autocommit=True)
             statuses, self.journal_ready = statuses_and_journal(self._conn)
             self._read = (statuses, None)
-        except OpheliaError:
-            self._read = (None, None)  # the reports will try again, and say so if they fail
+        except OpheliaError as exc:
+            # Not tried again by the writer: a hub that does not answer costs one connect_timeout.
+            self._fail("pending", exc.message)
+            self._read = (None, None)
         except BaseException as exc:  # handed to the caller's thread by registry_statuses
             self._read = (None, exc)
 
     def _join_ahead(self) -> None:
-        if self._ahead is not None:
-            self._ahead.join()
-            self._ahead = None
+        ahead = self._ahead  # joined by the caller's thread or the writer's, whichever asks first
+        if ahead is not None:
+            ahead.join()
 
     def report(self, update: RegistryUpdate) -> None:
         self._put("registry", update)
@@ -113,12 +115,12 @@ class HubReporter:
 
     def _put(self, kind: str, item: Any) -> None:
         if self._thread is None:
-            self._join_ahead()  # the writer then owns the connection
             self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
             self._thread.start()
         self._queue.put((kind, item))
 
     def _loop(self) -> None:
+        self._join_ahead()  # the connection is the writer's once the read ahead is over
         while True:
             items = [self._queue.get()]
             with suppress(queue.Empty):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -62,6 +66,58 @@ def test_registry_after_a_normal_upgrade(fleet_dbs: FleetDbs, tmp_path: Path) ->
     assert {row["id"] for row in after.values()} == {row["id"] for row in rows_.values()}
     assert all(row["schema_version"] == HEAD for row in after.values())
     assert all(row["migrations_count"] == len(REVISIONS) for row in after.values())
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP port that accepts connections and never answers: a hub that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("selection", "code", "results", "attempts"),
+    [
+        # The hub's read ahead (started while the run loads) and its reports share one attempt.
+        (["--instance", "inst1"], 7, [("inst1", "ok")], 1),
+        # ... and with --all the hub is also a member, looked at once more, and fails the run.
+        (["--all"], 8, [("hub", "unreachable"), ("inst1", "skipped")], 2),
+    ],
+)
+def test_a_hub_that_hangs_costs_one_connect_timeout_per_use(
+    fleet_dbs: FleetDbs,
+    tmp_path: Path,
+    selection: list[str],
+    code: int,
+    results: list[tuple[str, str]],
+    attempts: int,
+) -> None:
+    _, urls = fleet_dbs(1)
+    with silent_server() as (port, accepted):
+        hung = write_fleet(
+            tmp_path, f"postgresql://postgres@127.0.0.1:{port}/hub", urls, defaults='connect_timeout = "1s"'
+        )
+        done = run_cli(["upgrade", *selection, "--json", "--fleet", str(hung)], cwd=tmp_path)
+        record = json.loads(done.stdout)
+        assert done.returncode == code, (done.stdout, done.stderr)
+        assert record["hub_report"] == "pending" and "ophelia-db sync --all" in done.stderr
+        assert [(r["name"], r["result"]) for r in record["instances"]] == results
+        assert len(accepted) == attempts, "the hub was tried again"
 
 
 def test_hub_down_instances_still_upgrade_then_sync_fills_registry(
