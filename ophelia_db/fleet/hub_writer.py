@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,13 @@ class HubReporter:
         self.journal_ready: bool | None = None
         self._local = local
         self._conn: Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # Each entry goes in one write, whatever else the writer finds with it.
+        self._queue: queue.SimpleQueue[list[tuple[str, Any]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Reports held back by ``deferred`` (the thread holding them, and what it holds).
+        self._deferring: int | None = None
+        self._held: list[tuple[str, Any]] = []
+        self._held_lock = threading.Lock()
         self._ahead: threading.Thread | None = None
         self._read: tuple[dict[str, str] | None, BaseException | None] | None = None
 
@@ -93,20 +99,36 @@ class HubReporter:
     def report(self, update: RegistryUpdate) -> None:
         self._put("registry", update)
 
-    def record(self, operation: journal.Operation) -> None:
-        """Add a journal operation; it reaches the hub (or the local journal) in order."""
-        self._put("journal", operation)
+    def record(self, *operations: journal.Operation) -> None:
+        """Add journal operations, to go in one write; they reach the hub (or the local journal) in order."""
+        self._put_all([("journal", operation) for operation in operations])
 
     def recheck_journal(self) -> None:
         """Ask again whether the hub has its journal (the run just migrated the hub)."""
         self._put("recheck", None)
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold back what this thread reports in the block: it goes with the next report, or at
+        ``close``. For results settled all at once with nothing to wait for (a wave with no work):
+        a no-op run's results and its journal's end then reach the hub in one round trip."""
+        with self._held_lock:
+            self._deferring = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._deferring = None
+
     def close(self) -> None:
         """Send what is left; ``state``/``error`` then say how the reports went."""
         try:
             self._join_ahead()
-            if self._thread is not None:
-                self._queue.put(("stop", None))
+            with self._held_lock:
+                held, self._held = self._held, []
+            if held or self._thread is not None:
+                self._put_all([*held, ("stop", None)])
+                assert self._thread is not None
                 self._thread.join()
         finally:
             if self._conn is not None:
@@ -114,18 +136,27 @@ class HubReporter:
                 self._conn = None
 
     def _put(self, kind: str, item: Any) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((kind, item))
+        self._put_all([(kind, item)])
+
+    def _put_all(self, entries: list[tuple[str, Any]]) -> None:
+        """Hand ``entries`` to the writer, to go in one write (with what it holds back, first)."""
+        with self._held_lock:
+            if self._deferring == threading.get_ident():
+                self._held.extend(entries)
+                return
+            entry, self._held = [*self._held, *entries], []
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="hub-writer", daemon=True)
+                self._thread.start()
+            self._queue.put(entry)
 
     def _loop(self) -> None:
         self._join_ahead()  # the connection is the writer's once the read ahead is over
         while True:
-            items = [self._queue.get()]
+            items = self._queue.get()
             with suppress(queue.Empty):
                 while True:
-                    items.append(self._queue.get_nowait())
+                    items.extend(self._queue.get_nowait())
             try:
                 self._write(items)
             except Exception as exc:  # a bug of ours: the run goes on, the reports say so

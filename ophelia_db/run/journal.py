@@ -89,10 +89,15 @@ class RunJournal:
             git_sha=sha,
             ci_job_url=url,
         )
-        self.reporter.record(header.operation())
-        self.reporter.record(journal.shard_started(identity.run_id, identity.shard))
-        for name, shard in self.shard_of.items():
-            self.reporter.record(journal.planned(identity.run_id, name, shard, self.wave_of.get(name, 1)))
+        # One write: the run's header, its shard, and every planned instance.
+        self.reporter.record(
+            header.operation(),
+            journal.shard_started(identity.run_id, identity.shard),
+            *(
+                journal.planned(identity.run_id, name, shard, self.wave_of.get(name, 1))
+                for name, shard in self.shard_of.items()
+            ),
+        )
 
     def started(self, target: Target) -> None:
         self.reporter.record(self._entry(target.name, "running"))

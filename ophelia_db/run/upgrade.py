@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -272,10 +273,11 @@ class _FleetRun:
                 wait(either, return_when=FIRST_COMPLETED)
                 if not hub_read.done():
                     probing.result()  # what stopped the reads before the hub's
-                self.wave(plan.hub, 1, self.outcomes(plan.hub, dry_run), workers)
+                hub_outcomes = self.outcomes(plan.hub, dry_run)
+                self.wave(plan.hub, 1, hub_outcomes, workers)
                 if not all(self.results[t.name].succeeded for t in plan.hub) and not self.halt.reason:
                     self.halt.reason = "not run: the hub did not upgrade; fix that first"
-                if self.reporter is not None:
+                if self.reporter is not None and None in hub_outcomes.values():
                     self.reporter.recheck_journal()  # the hub may have just got its journal
             self.states = probing.result()
             for index, wave in enumerate(plan.waves):
@@ -341,14 +343,14 @@ class _FleetRun:
             for target in wave:
                 self.finish(target, halt.skip(target))
             return
-        work = []
-        for target in wave:
-            outcome = outcomes[target.name]
-            if outcome is None:
-                work.append(target)
-            else:
-                self.halt.record(outcome)
-                self.finish(target, outcome)
+        work = [target for target in wave if outcomes[target.name] is None]
+        # Results settled all at once, with nothing to wait for, go to the hub with what follows.
+        with self.reporter.deferred() if self.reporter and not work else nullcontext():
+            for target in wave:
+                outcome = outcomes[target.name]
+                if outcome is not None:
+                    self.halt.record(outcome)
+                    self.finish(target, outcome)
         wave_spec = fanout.Wave(
             self.chain.spec, self.goal, self.halt, self.finish, self.started, self.slots, self.kept
         )

@@ -33,6 +33,7 @@ EMPTY_TO_HEAD_ON_ITS_CONNECTION = 7
 # Besides it: the pooler witness (start-up 2 + 1), which must be another session.
 EMPTY_TO_HEAD_CONNECTIONS = 2
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
+NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
 
 
@@ -122,6 +123,9 @@ def test_the_hub_read_ahead_is_the_connection_the_run_reports_on(tmp_path, fleet
         assert again.exit_code == 0, again.stdout + again.stderr
         # The reporter's (read ahead, then the writes) and the hub's own first look as a member.
         assert proxy.connections == 2, proxy.counts
+        # The reporter's: start-up 2, the registry read 1, the journal's start 1, then every
+        # result and the journal's end in one write: nothing was left to wait for.
+        assert max(proxy.counts.per_connection) <= NOOP_HUB_WRITES, proxy.counts
 
         proxy.reset()
         fleet = load_fleet(path)
