@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -103,20 +102,16 @@ class Halt:
 class Workers:
     """The run's worker processes, started early when asked to.
 
-    Warming them while the hub (or anything else) migrates in the main
-    process hides their start-up: the fork server's imports and each
-    worker's first read of the chain happen in parallel with useful work.
+    Warming them as soon as a wave's instances are known to need them hides
+    their start-up: the fork server's imports and each worker's first read of
+    the chain happen while the instances that run in threads migrate.
     """
 
-    def __init__(self, jobs: int, *, warm: bool = False) -> None:
+    def __init__(self, jobs: int) -> None:
         # Threads carry the I/O-bound work; processes only run Alembic online,
         # which costs CPU and memory, so there are never more than MAX_PROCESSES.
         self.jobs = min(jobs, MAX_PROCESSES)
         self._pool: ProcessPoolExecutor | None = None
-        # The pool may be warmed from another thread (once the instances are read).
-        self._lock = threading.Lock()
-        if warm:
-            self.warm()
 
     def warm(self) -> None:
         """Start the worker processes now, ahead of the first instance that needs one."""
@@ -125,10 +120,6 @@ class Workers:
                 self.pool().submit(_warm_up)
 
     def pool(self) -> ProcessPoolExecutor:
-        with self._lock:
-            return self._pool_locked()
-
-    def _pool_locked(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers start from a clean, single-threaded process,
             # and import Alembic once each rather than once per instance.
@@ -143,10 +134,9 @@ class Workers:
         return self
 
     def __exit__(self, *_: object) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def _warm_up() -> None:

@@ -265,9 +265,6 @@ class _FleetRun:
         hub_read: Future[None],
     ) -> None:
         with fanout.Workers(self.jobs) as workers:
-            # Worker processes are warmed, once every instance is read, only for the ones
-            # that need Alembic online; the hub may be migrating meanwhile.
-            probing.add_done_callback(lambda _: self.warm(workers, plan, dry_run))
             if plan.hub:
                 either: list[Future[Any]] = [probing, hub_read]
                 wait(either, return_when=FIRST_COMPLETED)
@@ -280,6 +277,7 @@ class _FleetRun:
                 if self.reporter is not None and None in hub_outcomes.values():
                     self.reporter.recheck_journal()  # the hub may have just got its journal
             self.states = probing.result()
+            self.warm(workers, plan, dry_run)
             for index, wave in enumerate(plan.waves):
                 if index and not self.halt.reason:
                     self.check_budget(budget, wave, plan.waves[:index])
@@ -290,17 +288,15 @@ class _FleetRun:
         return {t.name: self.triage(t, self.states[t.name], dry_run) for t in targets}
 
     def warm(self, workers: fanout.Workers, plan: RunPlan, dry_run: bool) -> None:
-        if dry_run or not all(t.name in self.states for t in plan.targets):
-            return  # nothing to migrate, or the reads failed: the run stops anyway
-        work = [t for wave in plan.waves for t in wave.targets if self.outcomes([t], dry_run)[t.name] is None]
-        try:
-            # Asked only of instances with work: it renders their revisions.
-            online = sum(1 for t in work if not self.all_batched(t))
-        except Exception:
-            # A revision that does not render fails its instances in the run, where it is
-            # reported; a future's callback would only log a traceback.
-            return
-        if online > 1:
+        """Start worker processes if more than one instance needs Alembic online."""
+        work = [
+            t
+            for wave in plan.waves
+            for t in wave.targets
+            if self.triage(t, self.states[t.name], dry_run) is None
+        ]
+        # Asked only of instances with work: it renders their revisions.
+        if sum(1 for t in work if not self.all_batched(t)) > 1:
             workers.warm()
 
     def check_budget(self, budget: Budget, wave: WavePlan, before: list[WavePlan]) -> None:
