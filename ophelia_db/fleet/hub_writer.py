@@ -32,13 +32,14 @@ class HubReporter:
     trying: the registry is left to ``sync``, the journal goes to ``local``.
     """
 
-    def __init__(self, hub: Target, *, local: LocalJournal | None = None) -> None:
+    def __init__(self, hub: Target) -> None:
         self.hub = hub
         self.state = "ok"
         self.error: str | None = None
         # Whether the hub has the journal tables (revision 0005); None until asked.
         self.journal_ready: bool | None = None
-        self._local = local
+        # Where the journal goes while the hub cannot take it (``keep_locally``); a run's only.
+        self._local: LocalJournal | None = None
         self._conn: Connection | None = None
         # Each entry goes in one write, whatever else the writer finds with it.
         self._queue: queue.SimpleQueue[list[tuple[str, Any]]] = queue.SimpleQueue()
