@@ -36,7 +36,7 @@ from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target, Timeouts
 from ophelia_db.fleet.connections import is_connection_error
 from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof
-from ophelia_db.run import driver, mirror
+from ophelia_db.run import driver, mirror, render_cache
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.state import InstanceState, classify
 
@@ -74,9 +74,9 @@ class RenderAhead:
     """Renders the pending revisions' batches in the background from the first look that needs them.
 
     Rendering imports Alembic and runs the chain offline (a few hundred
-    milliseconds of CPU); started while the other instances are still being
-    probed, it is ready by the time the hub migrates. A run with nothing to do
-    never pays for it.
+    milliseconds of CPU) unless an earlier run left it in the render cache
+    (run/render_cache.py); started while the other instances are still being
+    probed, it is ready sooner. A run with nothing to do never pays for it.
     """
 
     def __init__(self, chain: Chain, goal: str | None) -> None:
@@ -99,7 +99,9 @@ def _rendered_locked(
 ) -> dict[str, RenderedRevision]:
     if key not in _rendered:
         try:
-            writes = driver.render_upgrade_statements(chain.spec, start, goal)
+            writes = render_cache.upgrade_statements(
+                chain, start, goal, lambda: driver.render_upgrade_statements(chain.spec, start, goal)
+            )
         except Exception as exc:
             # A revision that needs a live connection (or is broken): online will
             # run it, and report its error with the statement, as before.

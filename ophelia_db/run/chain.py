@@ -166,15 +166,31 @@ def _revision(
     )
 
 
-def _version_dirs(spec: ChainSpec) -> list[Path]:
+def _alembic_section(spec: ChainSpec) -> configparser.SectionProxy:
     parser = configparser.ConfigParser(defaults={"here": str(spec.alembic_ini.parent)})
     parser.read(spec.alembic_ini, encoding="utf-8")
     if not parser.has_section("alembic"):
         raise ConfigError(f"{spec.alembic_ini} has no [alembic] section")
-    section = parser["alembic"]
+    return parser["alembic"]
+
+
+def _script_location(spec: ChainSpec) -> Path:
+    """The directory of the chain's ``env.py`` (``script_location`` in ``alembic.ini``)."""
+    return Path(_alembic_section(spec).get("script_location", "alembic"))
+
+
+def source_dirs(spec: ChainSpec) -> list[Path]:
+    """Every directory the chain's Python comes from: ``env.py``'s and the revisions'."""
+    found = [_script_location(spec)]
+    found += [path for path in _version_dirs(spec) if path not in found]
+    return found
+
+
+def _version_dirs(spec: ChainSpec) -> list[Path]:
+    section = _alembic_section(spec)
     locations = spec.version_locations or section.get("version_locations")
     if not locations:
-        return [Path(section.get("script_location", "alembic")) / "versions"]
+        return [_script_location(spec) / "versions"]
     separator = {"os": os.pathsep, "space": " ", "newline": "\n", ";": ";", ":": ":", ",": ","}.get(
         section.get("path_separator", "space"), " "
     )
