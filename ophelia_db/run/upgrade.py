@@ -9,13 +9,11 @@ hub registry and the run journal. It never prints and never exits.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
@@ -144,27 +142,27 @@ def upgrade(
     identity = identify(run_id, shard_spec, resuming.run_id if resuming else None)
     inactive: list[str] = []
     reporter = None if dry_run else reporter_for(fleet, identity, hub_reporter)
+    run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, Halt(max_failures), reporter, None, resuming)
     try:
+        # No shard runs the hub (run/selection.py): only a whole run looks at it first.
+        run.begin(fleet.defaults.per_host, targets if shard_spec is None else [], dry_run)
         if skip_inactive:
             # Read on the connection the reports will go through, when there are reports.
             registry = reporter.registry_statuses() if reporter else _statuses(registry_rows(fleet.hub))
             targets, inactive = _drop_inactive(registry, targets)
         plan = plan_run(fleet, targets, wave_specs, shard_spec, shared=identity.shard_count > 1)
         selection = {"instances": [t.name for t in targets], "waves": wave_specs, "inactive": inactive}
-        journal = begun_journal(reporter, identity, plan, to, selection)
+        run.journal = begun_journal(reporter, identity, plan, to, selection)
         progress = progress or Progress()
         if progress.on_plan:
             progress.on_plan(plan.targets)
-        run = _FleetRun(
-            chain, goal, jobs or fleet.defaults.jobs, Halt(max_failures), reporter, journal, resuming
-        )
-        run.per_host = fleet.defaults.per_host
         run.on_start, run.on_result = progress.on_start, progress.on_result
         run.run_waves(plan, budget, dry_run)
         report = run.report(identity.run_id, to, inactive, dry_run)
-        if journal:
-            journal.end(report)
+        if run.journal:
+            run.journal.end(report)
     finally:
+        run.close()
         if reporter is not None:
             reporter.close()
     return with_hub_state(report, reporter)
@@ -193,11 +191,14 @@ class _FleetRun:
     resuming: Resumption | None
     on_start: Callable[[Target], None] | None = None
     on_result: ProgressCallback | None = None
-    per_host: int = PER_HOST
     slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
     kept: KeptLooks | None = None
     results: dict[str, InstanceResult] = field(default_factory=dict)
     states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
+    # The first looks, read in the background (``begin``): the hub's, then the others'.
+    looking: ThreadPoolExecutor | None = None
+    hub_look: Future[dict[str, InstanceState | OpheliaError]] | None = None
+    prepare: batch.RenderAhead | None = None
 
     def started(self, target: Target) -> None:
         if self.journal:
@@ -218,39 +219,40 @@ class _FleetRun:
         if self.on_result:
             self.on_result(result)
 
-    def run_waves(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
-        # One concurrent read of every instance, in the background: the hub migrates as soon
-        # as its own read is in, while the others' go on; each wave settles its instances
-        # from the reads, so a failed hub still leaves the others untouched. The first looks
-        # that find work keep their connection for the migration.
-        prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
-        self.slots = HostSlots(self.per_host)
+    def begin(self, per_host: int, targets: list[Target], dry_run: bool) -> None:
+        """Start looking at the hub among ``targets`` now, before the registry read and the plan: its
+        migration waits only on its own first look, not on the run's loading nor on the instances'."""
+        self.slots = HostSlots(per_host)
         self.kept = KeptLooks(self.jobs, self.slots)
-        hub_read: Future[None] = Future()
-        unread, read_lock = {t.name for t in plan.hub}, threading.Lock()
+        self.prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
+        self.looking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
+        hubs = [t for t in targets if t.role == "hub"]
+        self.hub_look = self.looking.submit(self.look, hubs, dry_run)
 
-        def seen(target: Target, state: InstanceState | OpheliaError) -> None:
-            self.states[target.name] = state
-            if prepare is not None:
-                prepare.seen(target, state)
-            with read_lock:
-                last = target.name in unread and len(unread) == 1
-                unread.discard(target.name)
-            if last:
-                hub_read.set_result(None)
+    def look(self, targets: list[Target], dry_run: bool) -> dict[str, InstanceState | OpheliaError]:
+        """First looks; those that find work keep their connection for the migration."""
+        keep = None if dry_run else self.keep_for_migration
+        return probe_all(targets, slots=self.slots, on_state=self.seen, keep=keep)
 
-        try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probes") as side:
-                probing = side.submit(
-                    probe_all,
-                    plan.targets,
-                    slots=self.slots,
-                    on_state=seen,
-                    keep=None if dry_run else self.keep_for_migration,
-                )
-                self.run_planned(plan, budget, dry_run, probing, hub_read)
-        finally:
+    def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
+        self.states[target.name] = state
+        if self.prepare is not None:
+            self.prepare.seen(target, state)
+
+    def close(self) -> None:
+        """Wait for looks still going (a run that failed before its waves) and close what they kept."""
+        if self.looking is not None:
+            self.looking.shutdown(wait=True)
+        if self.kept is not None:
             self.kept.close()
+
+    def run_waves(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
+        # The instances' first looks go on in the background while the hub migrates; each
+        # wave settles its instances from them, so a failed hub still leaves them untouched.
+        assert self.looking is not None and self.hub_look is not None, "begin() first"
+        others = [t for t in plan.targets if t.role != "hub"]
+        probing = self.looking.submit(self.look, others, dry_run)
+        self.run_planned(plan, budget, dry_run, probing)
 
     def keep_for_migration(self, target: Target, state: InstanceState, conn: Connection) -> bool:
         assert self.kept is not None
@@ -262,21 +264,18 @@ class _FleetRun:
         budget: Budget,
         dry_run: bool,
         probing: Future[dict[str, InstanceState | OpheliaError]],
-        hub_read: Future[None],
     ) -> None:
+        assert self.hub_look is not None
         with fanout.Workers(self.jobs) as workers:
             if plan.hub:
-                either: list[Future[Any]] = [probing, hub_read]
-                wait(either, return_when=FIRST_COMPLETED)
-                if not hub_read.done():
-                    probing.result()  # what stopped the reads before the hub's
+                self.hub_look.result()
                 hub_outcomes = self.outcomes(plan.hub, dry_run)
                 self.wave(plan.hub, 1, hub_outcomes, workers)
                 if not all(self.results[t.name].succeeded for t in plan.hub) and not self.halt.reason:
                     self.halt.reason = "not run: the hub did not upgrade; fix that first"
                 if self.reporter is not None and None in hub_outcomes.values():
                     self.reporter.recheck_journal()  # the hub may have just got its journal
-            self.states = probing.result()
+            self.states = {**self.hub_look.result(), **probing.result()}
             self.warm(workers, plan, dry_run)
             for index, wave in enumerate(plan.waves):
                 if index and not self.halt.reason:

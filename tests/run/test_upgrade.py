@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -318,6 +319,49 @@ def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, 
     gone = run_cli(["downgrade", "--instance", "hub", "--to", "0003", "--yes"], fleet=path)
     assert alembic_version(hub_url) == ["0003"], gone.stdout + gone.stderr
     assert "once the hub is back" not in gone.stderr and "sync --all" in gone.stderr
+
+
+def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path, fleet_dbs: FleetDbs) -> None:
+    # The registry read (on the hub) is held up by a lock on instance_registry, released only
+    # once the hub's first look is in: a run that looks at the hub after reading the registry
+    # would wait for the breaker instead.
+    hub, urls = fleet_dbs(1)
+    fleet = load_fleet(write_fleet(tmp_path, hub, urls))
+    hub_target = fleet.select(names=["hub"])
+    first = runner.upgrade(fleet, hub_target, to=REVISIONS[-2], skip_inactive=False)
+    assert first.instances[0].result == "ok" and alembic_version(hub) == [REVISIONS[-2]]
+    blocker = psycopg.connect(hub)
+    blocker.execute("LOCK TABLE public.instance_registry IN ACCESS EXCLUSIVE MODE")
+    released_by: list[str] = []
+
+    def watch() -> None:
+        # The hub's first look, kept for its migration: an idle backend whose last query read
+        # alembic_version, while the registry read waits on the lock.
+        with psycopg.connect(hub, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30  # only there so that a failing run does not hang the suite
+            while time.monotonic() < deadline:
+                looked = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle' AND query LIKE '%alembic_version%' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                if looked and looked[0]:
+                    released_by.append("the hub's first look")
+                    break
+                time.sleep(0.005)  # a poll interval, not a timing: what ends the wait is the look
+            else:
+                released_by.append("the breaker")
+        blocker.rollback()
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+    finally:
+        watching.join()
+        blocker.close()
+    assert released_by == ["the hub's first look"]
+    assert [(r.name, r.result) for r in report.instances] == [("hub", "ok"), ("inst1", "ok")]
+    assert alembic_version(hub) == alembic_version(urls["inst1"]) == [HEAD]
 
 
 def test_the_hub_migrates_while_the_instances_are_still_being_read(
