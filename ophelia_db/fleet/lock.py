@@ -11,11 +11,19 @@ database.
 A session lock means nothing through a transaction-mode pooler, where each
 transaction may run on another server backend and several clients share one.
 So the session proves itself: before the lock, a random token is set as a
-session setting and a second, independent connection must neither see it nor
-share the backend; while the lock is held, the token and backend pid are
-checked again before every revision (``SessionProof.check``) and before the
-unlock, whose result is checked too. A pooler on any port is refused with
-the same message as port 6543.
+session setting and, unless the backend that answers is the very one the
+connection's start-up named, a second, independent connection (the witness)
+must neither see it nor share the backend; while the lock is held, the token
+and backend pid are checked again before every revision
+(``SessionProof.check``) and before the unlock, whose result is checked too. A
+pooler on any port is refused with the same message as port 6543.
+
+The start-up's BackendKeyData names the backend a cancel request goes to. A
+pooler must route cancel requests itself, so it hands out keys of its own
+(PgBouncer does in every pool mode, which tests/fleet/test_poolers.py checks):
+a backend that answers ``pg_backend_pid()`` with the start-up's pid is
+PostgreSQL itself, with nothing in between that could share it, and the
+witness's connection is spared.
 """
 
 from __future__ import annotations
@@ -176,6 +184,11 @@ def _prove_session(
                 witness().close()
         raise
     proof = SessionProof(target, token, pid)
+    if pid == conn.info.backend_pid:
+        if witness is not None:  # opened ahead, not needed after all
+            with suppress(Exception):
+                witness().close()
+        return proof
     with witness() if witness is not None else connect(target, autocommit=True) as seen_from:
         seen_token, seen_pid = _run(seen_from, _WITNESS, None)
     if seen_token == token or seen_pid == pid:

@@ -156,6 +156,8 @@ class Wave:
     slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
     # First-look connections kept for the migrations run in this process.
     kept: KeptLooks | None = None
+    # The instances whose first look reached PostgreSQL itself, not a pooler.
+    direct: frozenset[str] = frozenset()
     _announced: set[str] = field(default_factory=set)
 
     def next_ready(self, queue: list[Target]) -> Target | None:
@@ -238,7 +240,10 @@ def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
                     break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
                 kept = wave.kept_connection(target)
-                future = pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_THREAD, kept=kept)
+                direct = target.name in wave.direct
+                future = pool.submit(
+                    migrate, target, wave.spec, wave.goal, means=IN_A_THREAD, kept=kept, direct=direct
+                )
                 running[future] = target
             if not running:
                 break
@@ -288,7 +293,7 @@ def _run_here(targets: list[Target], wave: Wave) -> None:
         wave.started(target)
         kept = wave.kept_connection(target)
         try:
-            result = migrate(target, wave.spec, wave.goal, kept=kept)
+            result = migrate(target, wave.spec, wave.goal, kept=kept, direct=target.name in wave.direct)
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
             result = halt.skip(target, "interrupted", ExitCode.SIGINT)

@@ -52,13 +52,15 @@ def migrate(
     downgrade: bool = False,
     means: Means = IN_A_PROCESS,
     kept: Connection | None = None,
+    direct: bool = False,
 ) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock.
 
     With ``IN_A_THREAD`` it raises ``NeedsAlembic`` (after unlocking) when a
     revision must go through Alembic online; run it again with ``HANDED_OVER``
     in a worker process. ``kept``: the first look's connection, migrated on (and
-    closed) if the server has not closed it meanwhile.
+    closed) if the server has not closed it meanwhile; ``direct``: the first look
+    reached PostgreSQL itself (``InstanceState.direct``).
     """
     started = time.monotonic()
     if worker_interrupted():
@@ -72,7 +74,7 @@ def migrate(
         # lock (another runner may have moved the instance since the first look).
         under_lock = StateRead()
         with (
-            Session(target, kept) as session,
+            Session(target, kept, direct=direct) as session,
             session_lock(session.conn, target, read=under_lock, witness=session.take_witness()) as proof,
         ):
             if worker_interrupted():

@@ -97,13 +97,18 @@ def _still_open(conn: Connection) -> bool:
 class Session:
     """The instance's one connection: psycopg for reads and batches, Alembic online over it if needed."""
 
-    def __init__(self, target: Target, kept: Connection | None = None) -> None:
+    def __init__(self, target: Target, kept: Connection | None = None, *, direct: bool = False) -> None:
         self.target = target
         # The lock's witness (fleet/lock.py) connects at the same time, not after:
         # a remote connection costs several round trips. It is needed only once
         # the session token is set, so that round trip is hidden behind it too.
-        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness")
-        self._witness: Future[Connection] | None = self._side.submit(connect, target, autocommit=True)
+        # ``direct``: the first look found PostgreSQL itself there, which needs no
+        # witness (fleet/lock.py opens one after all if this session is not).
+        self._side: ThreadPoolExecutor | None = None
+        self._witness: Future[Connection] | None = None
+        if not direct:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness")
+            self._witness = self._side.submit(connect, target, autocommit=True)
         if kept is not None and not _still_open(kept):
             with suppress(Exception):
                 kept.close()
@@ -138,7 +143,8 @@ class Session:
         if opening is not None:
             with suppress(Exception):
                 opening.result().close()
-        self._side.shutdown(wait=True)
+        if self._side is not None:
+            self._side.shutdown(wait=True)
 
     def __exit__(self, *_: object) -> None:
         self._close_witness()

@@ -13,7 +13,7 @@ pending revisions, into the state word ``status``, ``validate`` and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,9 +47,10 @@ _INTERRUPTED_SQL = f"""SELECT
    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE NOT i.indisvalid AND n.nspname = 'public')"""
 
+# Always answered, even for a new instance; its last column is the backend's pid (see ``direct``).
 _TABLES_SQL = f"""SELECT to_regclass('public.alembic_version') IS NOT NULL,
   to_regclass('public.schema_version') IS NOT NULL AND to_regclass('public.schema_migrations') IS NOT NULL,
-  {_LOCKED}, to_regclass('{INTERRUPTED_TABLE}') IS NOT NULL"""
+  {_LOCKED}, to_regclass('{INTERRUPTED_TABLE}') IS NOT NULL, pg_backend_pid()"""
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class InstanceState:
     history: tuple[tuple[str, str | None], ...]
     locked: bool = False
     interrupted: tuple[Interrupted, ...] = ()
+    # Whether the backend that answered is the one the connection's start-up named (its
+    # BackendKeyData): PostgreSQL itself, not a pooler, which hands out keys of its own.
+    direct: bool = False
 
     @property
     def revision(self) -> str | None:
@@ -140,10 +144,11 @@ class StateRead:
             raise failure
         if not conn.autocommit:
             conn.rollback()
-        row = self.fast.fetchone() if failure is None else _read_partial_state(conn, self.tables.fetchone())
+        tables = self.tables.fetchone()
+        row = self.fast.fetchone() if failure is None else _read_partial_state(conn, tables)
         if not conn.autocommit:
             conn.rollback()
-        return _state(conn, row)
+        return replace(_state(conn, row), direct=tables[-1] == conn.info.backend_pid)
 
 
 def _state(conn: Any, row: tuple[Any, ...]) -> InstanceState:
@@ -174,7 +179,7 @@ def _read_interrupted(conn: Any) -> tuple[Interrupted, ...]:
 
 
 def _read_partial_state(conn: Any, tables: tuple[Any, ...]) -> tuple[Any, ...]:
-    has_version, has_mirror, locked, marked = tables
+    has_version, has_mirror, locked, marked = tables[:4]
     if not has_version and not has_mirror:
         return (False, None, False, None, None, None, locked, marked)
     alembic = (

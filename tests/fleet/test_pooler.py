@@ -7,12 +7,16 @@ import json
 import subprocess
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from ophelia_db.fleet.urls import transaction_pooler_reason
 from tests.fleet.conftest import Pgbouncer
 from tests.helpers import (
     HEAD,
     OPHELIA_DB,
     FleetDbs,
+    MakeDatabase,
     alembic_version,
     assert_consistent,
     clean_env,
@@ -101,3 +105,18 @@ def test_a_session_pooler_keeps_working(pgbouncer: Pgbouncer, fleet_dbs: FleetDb
     assert_consistent(direct, HEAD)
     assert advisory_locks(direct) == 0
     assert run_cli(["upgrade", "--instance", "inst1"], fleet=fleet).returncode == 0  # a no-op, locked again
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
+def test_a_pooler_names_a_backend_of_its_own_so_only_a_direct_session_spares_the_witness(
+    pgbouncer: Pgbouncer, make_database: MakeDatabase, mode: str
+) -> None:
+    # fleet/lock.py spares the witness connection when pg_backend_pid() is the pid the start-up
+    # named (BackendKeyData): true of PostgreSQL itself, never of a pooler, which routes cancels.
+    url = make_database("keys")
+    with psycopg.connect(url, autocommit=True) as direct:
+        row = direct.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None and row[0] == direct.info.backend_pid
+    with psycopg.connect(through(url, pgbouncer(mode)), autocommit=True) as pooled:
+        row = pooled.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None and row[0] != pooled.info.backend_pid
