@@ -19,11 +19,12 @@ and backend pid are checked again before every revision
 pooler on any port is refused with the same message as port 6543.
 
 The start-up's BackendKeyData names the backend a cancel request goes to. A
-pooler must route cancel requests itself, so it hands out keys of its own
-(PgBouncer does in every pool mode, which tests/fleet/test_poolers.py checks):
-a backend that answers ``pg_backend_pid()`` with the start-up's pid is
-PostgreSQL itself, with nothing in between that could share it, and the
-witness's connection is spared.
+pooler that shares backends must route cancel requests itself, so it hands
+out keys of its own (PgBouncer does in every pool mode, which
+tests/fleet/test_pooler.py checks; Supavisor's client handler makes up its
+own too): a backend that answers ``pg_backend_pid()`` with the start-up's pid
+is PostgreSQL itself, or a proxy that gives this client that backend alone,
+and the witness's connection is spared.
 """
 
 from __future__ import annotations
