@@ -33,14 +33,21 @@ def cancel_open_sessions() -> None:
             session.conn.cancel_safe(timeout=5)
 
 
+# Idle connections a run keeps open for their migrations, at most (unless ``jobs`` is larger):
+# each costs the runner a socket and some tens of kilobytes, and its server one idle backend.
+KEPT_LIMIT = 256
+
+
 class KeptLooks:
     """First-look connections kept open for their instance's migration.
 
-    A remote connection costs several round trips, and a backend the server's
-    CPU: the instance a probe found work for is migrated on the probe's own
-    connection when there is room: ``limit`` in all (the run's ``jobs``), and
-    half its server's slots, so that probing goes on. A kept connection keeps
-    its slot of ``slots`` until its migration ends (or ``close``).
+    A remote connection costs several round trips (six with TLS and SCRAM),
+    and a backend the server's CPU: the instance a probe found work for is
+    migrated on the probe's own connection when there is room: ``limit`` in
+    all (``KEPT_LIMIT``, or the run's ``jobs`` if larger: more than ``jobs``,
+    since every look ends before the first wave starts), and half its server's
+    slots, so that probing goes on. A kept connection keeps its slot of
+    ``slots`` until its migration ends (or ``close``).
     """
 
     def __init__(self, limit: int, slots: HostSlots) -> None:

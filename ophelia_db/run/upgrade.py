@@ -33,7 +33,7 @@ from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
 from ophelia_db.run.journal import RunJournal, begun_journal, identify, reporter_for
 from ophelia_db.run.selection import Budget, RunPlan, WavePlan, parse_shard, plan_run
-from ophelia_db.run.session import KeptLooks
+from ophelia_db.run.session import KEPT_LIMIT, KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
 from ophelia_db.run.status import probe_all
 
@@ -223,7 +223,7 @@ class _FleetRun:
         """Start looking at the hub among ``targets`` now, before the registry read and the plan: its
         migration waits only on its own first look, not on the run's loading nor on the instances'."""
         self.slots = HostSlots(per_host)
-        self.kept = KeptLooks(self.jobs, self.slots)
+        self.kept = KeptLooks(max(self.jobs, KEPT_LIMIT), self.slots)
         self.prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
         self.looking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
         hubs = [t for t in targets if t.role == "hub"]

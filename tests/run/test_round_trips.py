@@ -95,6 +95,20 @@ def test_sync_reads_version_and_fingerprint_on_one_connection(proxied):
     assert pushed is not None and pushed[0] and pushed[0].startswith("sha256:")
 
 
+def test_every_instance_is_migrated_on_its_first_looks_connection_even_beyond_jobs(tmp_path, fleet_dbs):
+    # Every look ends before the first wave starts: keeping only ``jobs`` of them open made the
+    # others connect again (six round trips with TLS and SCRAM), one connection more each.
+    hub, instances = fleet_dbs(3)
+    with _through_proxy(instances["inst1"]) as (proxy, _):
+        port = f":{urlsplit(instances['inst1']).port}/"
+        through = {name: url.replace(port, f":{proxy.port}/") for name, url in instances.items()}
+        fleet = load_fleet(write_fleet(tmp_path, hub, through))
+        report = runner.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), jobs=1)
+        assert [(r.name, r.result) for r in report.instances] == [(f"inst{i}", "ok") for i in (1, 2, 3)]
+        assert proxy.counts.connections == 3, proxy.counts
+        assert max(proxy.counts.per_connection) <= EMPTY_TO_HEAD_ON_ITS_CONNECTION, proxy.counts
+
+
 def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
     # The registry's lifecycle statuses are read on the connection the reports then use.
     hub, instances = fleet_dbs(1)
