@@ -64,6 +64,8 @@ def rendered(chain: Chain, start: str | None, goal: str) -> dict[str, RenderedRe
 
     Empty when Alembic cannot render the range offline: the run then goes online.
     """
+    if start == goal:
+        return {}  # an empty range: nothing to render, and no reason to import Alembic
     key = (chain.spec, start, goal)
     with _rendering:
         # Alembic's proxies are process-global: one rendering at a time, even from threads.

@@ -23,7 +23,7 @@ from pathlib import Path
 from ophelia_db.run import batch
 from ophelia_db.run.chain import Chain, ChainSpec
 chain = Chain.load(ChainSpec(alembic_ini=Path(sys.argv[1])))
-found = batch.rendered(chain, None, chain.head)
+found = batch.rendered(chain, sys.argv[2] if len(sys.argv) > 2 else None, chain.head)
 print(json.dumps({
     "imported": sorted(name for name in ("alembic", "sqlalchemy") if name in sys.modules),
     "revisions": {revision: list(each.statements) for revision, each in found.items()},
@@ -38,10 +38,9 @@ def _chain_copy(directory: Path) -> Path:
     return directory / "alembic.ini"
 
 
-def _render_in_a_new_process(alembic_ini: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", RENDER, str(alembic_ini)], capture_output=True, text=True, check=True, cwd=ROOT
-    )
+def _render_in_a_new_process(alembic_ini: Path, start: str | None = None) -> dict[str, Any]:
+    command = [sys.executable, "-c", RENDER, str(alembic_ini), *([start] if start else [])]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout)
 
 
@@ -123,3 +122,9 @@ def test_an_upgrade_after_a_revision_is_edited_runs_the_edited_sql(
         assert done.returncode == 0, done.stderr
         created = "SELECT to_regclass('public.edited_after_rendering') IS NOT NULL"
         assert scalar(instance, created) is scalar(hub, created) is (run == "edited")
+
+
+def test_an_empty_range_renders_nothing_and_imports_nothing(tmp_path: Path) -> None:
+    alembic_ini = _chain_copy(tmp_path)
+    assert _render_in_a_new_process(alembic_ini, REVISIONS[-1]) == {"imported": [], "revisions": {}}
+    assert not (tmp_path / "alembic" / "versions" / "__pycache__").exists()
