@@ -24,7 +24,9 @@ out keys of its own (PgBouncer does in every pool mode, which
 tests/fleet/test_pooler.py checks; Supavisor's client handler makes up its
 own too): a backend that answers ``pg_backend_pid()`` with the start-up's pid
 is PostgreSQL itself, or a proxy that gives this client that backend alone,
-and the witness's connection is spared.
+and the witness's connection is spared. A connection that showed this before
+(an instance's first look, kept for its migration) sends the token in the
+lock's own round trip.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ def session_lock(
     *,
     read: UnderLock | None = None,
     witness: Callable[[], Connection] | None = None,
+    direct: bool = False,
 ) -> Iterator[SessionProof]:
     """Hold the instance's migration lock on ``conn``, a session proven to be a real one.
 
@@ -150,10 +153,18 @@ def session_lock(
     runs it after the lock is granted, so it sees what the lock protects.
     ``witness`` gives a second connection opened beforehand (while ``conn`` was
     opening, say), waiting for it if need be; it is used once and closed.
-    Without it one is opened here.
+    Without it one is opened here, unless the session proves direct.
+    ``direct``: ``conn`` has shown already that it is PostgreSQL itself (its
+    first look's backend was the one its start-up named): with nothing left to
+    prove before the lock, the session token goes in the lock's round trip.
     """
-    proof = _prove_session(conn, target, witness)
-    _acquire(conn, target, proof, read)
+    if direct:
+        token = uuid.uuid4().hex
+        proof = SessionProof(target, token, conn.info.backend_pid)
+        _acquire(conn, target, proof, read, start=_start_params(target, token))
+    else:
+        proof = _prove_session(conn, target, witness)
+        _acquire(conn, target, proof, read)
     try:
         yield proof
     except BaseException:
@@ -176,9 +187,8 @@ def _prove_session(
     conn: Connection, target: Target, witness: Callable[[], Connection] | None
 ) -> SessionProof:
     token = uuid.uuid4().hex
-    check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
     try:
-        _, pid, _ = _run(conn, _START, {"token": token, "check": check})
+        _, pid, _ = _run(conn, _START, _start_params(target, token))
     except BaseException:
         if witness is not None:
             with suppress(Exception):
@@ -197,33 +207,58 @@ def _prove_session(
     return proof
 
 
-def _try_lock(conn: Connection, read: UnderLock | None) -> tuple[Any, ...]:
-    """Try the lock, with ``read`` behind it in the same pipeline; the lock's row."""
-    if read is None:
+def _start_params(target: Target, token: str) -> dict[str, str]:
+    check = f"{max(0, round(target.timeouts.client_connection_check_interval * 1000))}ms"
+    return {"token": token, "check": check}
+
+
+def _try_lock(
+    conn: Connection, read: UnderLock | None, start: dict[str, str] | None = None
+) -> tuple[Any, ...]:
+    """Try the lock, with ``read`` behind it and ``start`` (the session token) before it, in one
+    pipeline; the lock's row (whose fetch fails if the token or the lock did)."""
+    if read is None and start is None:
         return _run(conn, _TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
     cursor = None
     failure: Exception | None = None
     try:
         with conn.pipeline():
+            if start is not None:
+                conn.execute(_START, start)
             cursor = conn.execute(_TRY_LOCK, {"key": MIGRATION_LOCK_KEY})
-            read.send(conn)
+            if read is not None:
+                read.send(conn)
     except psycopg.Error as exc:
-        if cursor is None:
+        if cursor is None or read is None:
             raise
         failure = exc  # the read's (a missing table, say); the lock's row came first
     if not conn.autocommit:
         # Leave no transaction open (a session advisory lock outlives it).
         conn.rollback()
-    read.receive(failure)
-    return tuple(cursor.fetchone() or ())
+    row = tuple(cursor.fetchone() or ())
+    if start is not None and failure is not None:
+        # The failed read ended the pipeline's implicit transaction, and a session setting
+        # set in a transaction that fails is undone (the lock is not): the token again.
+        _run(conn, _START, start)
+    if read is not None:
+        read.receive(failure)
+    return row
 
 
-def _acquire(conn: Connection, target: Target, proof: SessionProof, read: UnderLock | None) -> None:
+def _acquire(
+    conn: Connection,
+    target: Target,
+    proof: SessionProof,
+    read: UnderLock | None,
+    start: dict[str, str] | None = None,
+) -> None:
+    """Take the lock, polling for ``lock_wait``; ``start``: the session token, sent with the first try."""
     wait = target.timeouts.lock_wait
     deadline = time.monotonic() + wait
     pause = 0.05
     while True:
-        got, token, pid = _try_lock(conn, read)
+        got, token, pid = _try_lock(conn, read, start)
+        start = None
         if not proof.holds(token, pid):
             if got:
                 with suppress(psycopg.Error):

@@ -75,7 +75,13 @@ def migrate(
         under_lock = StateRead()
         with (
             Session(target, kept, direct=direct) as session,
-            session_lock(session.conn, target, read=under_lock, witness=session.take_witness()) as proof,
+            session_lock(
+                session.conn,
+                target,
+                read=under_lock,
+                witness=session.take_witness(),
+                direct=session.proven_direct,
+            ) as proof,
         ):
             if worker_interrupted():
                 return _not_started(target, started)

@@ -125,6 +125,8 @@ class Session:
         except BaseException:
             self._close_witness()
             raise
+        # The first look showed this very connection to be PostgreSQL itself (fleet/lock.py).
+        self.proven_direct = direct and kept is not None and self.conn is kept
         self._alembic: Any = None
         with _open_lock:
             _open_sessions.add(self)

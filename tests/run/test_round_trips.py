@@ -23,7 +23,7 @@ from ophelia_db import run as runner
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.run.upgrade import Progress
-from tests.helpers import HEAD, current_version, invoke, write_fleet
+from tests.helpers import HEAD, REVISIONS, current_version, invoke, write_fleet
 
 # One instance from empty to head (5 revisions), on the first look's connection kept for it:
 # start-up 2, first look 1, session token 1, lock and state read 1, all the revisions in one
@@ -33,6 +33,9 @@ EMPTY_TO_HEAD_ON_ITS_CONNECTION = 7
 # And no other: the pooler witness (start-up 2 + 1) is spared, since the backend that answers is
 # the one the start-up named (PostgreSQL itself, not a pooler: fleet/lock.py).
 EMPTY_TO_HEAD_CONNECTIONS = 1
+# An instance that has its tables and is behind: as above, but the session token goes in the lock's
+# round trip, since the first look proved the connection direct (no witness to convince first).
+BEHIND_ON_ITS_CONNECTION = 6
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
 NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
@@ -65,6 +68,19 @@ def test_empty_instance_to_head_in_few_round_trips(proxied):
     migration = max(counts.per_connection)
     # Sent statement by statement, as Alembic online does, the same run took 84.
     assert migration <= EMPTY_TO_HEAD_ON_ITS_CONNECTION, counts
+
+
+def test_an_instance_behind_by_one_revision_in_six_round_trips(proxied):
+    fleet, proxy, url = proxied
+    runner.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[-2], jobs=1)
+    proxy.reset()
+    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    assert [(r.result, r.applied) for r in report.instances] == [("ok", (HEAD,))], report.instances
+    assert current_version(url) == HEAD
+    assert proxy.counts.connections == 1, proxy.counts
+    assert proxy.round_trips <= BEHIND_ON_ITS_CONNECTION, proxy.counts
+    with psycopg.connect(url) as conn:  # the token went with the lock, and the batch saw it
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
 
 
 def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
