@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
@@ -38,6 +38,7 @@ from ophelia_db.run.interrupts import (
 )
 from ophelia_db.run.revisions import HANDED_OVER, IN_A_PROCESS, IN_A_THREAD, NeedsAlembic
 from ophelia_db.run.session import KeptLooks, cancel_open_sessions
+from ophelia_db.run.state import InstanceState
 
 Finish = Callable[[Target, InstanceResult], None]
 Start = Callable[[Target], None]
@@ -156,8 +157,8 @@ class Wave:
     slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
     # First-look connections kept for the migrations run in this process.
     kept: KeptLooks | None = None
-    # The instances whose first look reached PostgreSQL itself, not a pooler.
-    direct: frozenset[str] = frozenset()
+    # The instances' first looks, for what they tell a migration (run/instance.py).
+    looks: Mapping[str, InstanceState] = field(default_factory=dict)
     _announced: set[str] = field(default_factory=set)
 
     def next_ready(self, queue: list[Target]) -> Target | None:
@@ -240,9 +241,9 @@ def _run_threads(targets: list[Target], wave: Wave, jobs: int) -> list[Target]:
                     break  # every queued instance's server is busy: wait for one to finish
                 wave.started(target)
                 kept = wave.kept_connection(target)
-                direct = target.name in wave.direct
+                look = wave.looks.get(target.name)
                 future = pool.submit(
-                    migrate, target, wave.spec, wave.goal, means=IN_A_THREAD, kept=kept, direct=direct
+                    migrate, target, wave.spec, wave.goal, means=IN_A_THREAD, kept=kept, look=look
                 )
                 running[future] = target
             if not running:
@@ -293,7 +294,7 @@ def _run_here(targets: list[Target], wave: Wave) -> None:
         wave.started(target)
         kept = wave.kept_connection(target)
         try:
-            result = migrate(target, wave.spec, wave.goal, kept=kept, direct=target.name in wave.direct)
+            result = migrate(target, wave.spec, wave.goal, kept=kept, look=wave.looks.get(target.name))
         except KeyboardInterrupt as exc:
             halt.interrupt(exit_code_of(exc))
             result = halt.skip(target, "interrupted", ExitCode.SIGINT)

@@ -52,15 +52,15 @@ def migrate(
     downgrade: bool = False,
     means: Means = IN_A_PROCESS,
     kept: Connection | None = None,
-    direct: bool = False,
+    look: InstanceState | None = None,
 ) -> InstanceResult:
     """Move ``target`` to revision ``goal`` (``None`` is base) under its migration lock.
 
     With ``IN_A_THREAD`` it raises ``NeedsAlembic`` (after unlocking) when a
     revision must go through Alembic online; run it again with ``HANDED_OVER``
     in a worker process. ``kept``: the first look's connection, migrated on (and
-    closed) if the server has not closed it meanwhile; ``direct``: the first look
-    reached PostgreSQL itself (``InstanceState.direct``).
+    closed) if the server has not closed it meanwhile; ``look``: what the first look
+    read (whether it reached PostgreSQL itself, whether the instance is new).
     """
     started = time.monotonic()
     if worker_interrupted():
@@ -72,9 +72,9 @@ def migrate(
         # and a remote connection costs several round trips). The state is read
         # behind the lock, in its round trip: the plan is decided only under the
         # lock (another runner may have moved the instance since the first look).
-        under_lock = StateRead()
+        under_lock = StateRead(new=look is not None and not (look.has_version_table or look.has_mirror))
         with (
-            Session(target, kept, direct=direct) as session,
+            Session(target, kept, direct=look is not None and look.direct) as session,
             session_lock(
                 session.conn,
                 target,

@@ -119,19 +119,24 @@ class StateRead:
 
     Both reads go in the same round trip: the catalog's answer is what is left
     when the fast read fails because a table is missing (a new instance).
+    ``new``: a first look found none of the tables, so the fast read is left
+    out rather than left to fail (a failure ends the pipeline's implicit
+    transaction, and what was set in it, such as the session token sent with
+    the lock); tables that appeared since are read from the catalog's answer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, new: bool = False) -> None:
         self.conn: Any = None
         self.tables: Any = None
         self.fast: Any = None
         self.failure: Exception | None = None
+        self.new = new
 
     def send(self, conn: Any) -> None:
         """Queue the reads on ``conn``, which is in pipeline mode."""
         self.conn = conn
         self.tables = conn.execute(_TABLES_SQL)
-        self.fast = conn.execute(_STATE_SQL)
+        self.fast = None if self.new else conn.execute(_STATE_SQL)
 
     def receive(self, failure: Exception | None) -> None:
         """Note what the pipeline raised when it ended, if anything."""
@@ -145,7 +150,8 @@ class StateRead:
         if not conn.autocommit:
             conn.rollback()
         tables = self.tables.fetchone()
-        row = self.fast.fetchone() if failure is None else _read_partial_state(conn, tables)
+        fast = failure is None and self.fast is not None
+        row = self.fast.fetchone() if fast else _read_partial_state(conn, tables)
         if not conn.autocommit:
             conn.rollback()
         return replace(_state(conn, row), direct=tables[-1] == conn.info.backend_pid)

@@ -346,11 +346,9 @@ class _FleetRun:
                 if outcome is not None:
                     self.halt.record(outcome)
                     self.finish(target, outcome)
-        direct = frozenset(
-            t.name for t in work if isinstance(look := self.states.get(t.name), InstanceState) and look.direct
-        )
+        looks = {t.name: look for t in work if isinstance(look := self.states.get(t.name), InstanceState)}
         wave_spec = fanout.Wave(
-            self.chain.spec, self.goal, self.halt, self.finish, self.started, self.slots, self.kept, direct
+            self.chain.spec, self.goal, self.halt, self.finish, self.started, self.slots, self.kept, looks
         )
         fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
 

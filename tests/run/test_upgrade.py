@@ -399,3 +399,24 @@ def test_the_hub_migrates_while_the_instances_are_still_being_read(
     assert released_by == ["the hub's migration"]
     assert [(r.name, r.result) for r in report.instances] == [("hub", "ok"), ("inst1", "ok")]
     assert alembic_version(urls["inst1"]) == [HEAD]
+
+
+def test_tables_that_appear_after_the_first_look_are_read_under_the_lock(
+    tmp_path: Path, fleet_dbs: FleetDbs
+) -> None:
+    # The first look finds a new instance, so the read under the lock leaves out the fast read of
+    # tables that were not there; another runner migrates it in between: what the lock sees wins.
+    hub, instances = fleet_dbs(1)
+    path = write_fleet(tmp_path, hub, instances)
+    fleet = load_fleet(path)
+
+    def another_runner_first(target: Target) -> None:
+        done = run_cli(["upgrade", "--instance", target.name, "--to", REVISIONS[1]], fleet=path)
+        assert alembic_version(instances["inst1"]) == [REVISIONS[1]], done.stdout + done.stderr
+
+    report = runner.upgrade(
+        fleet, fleet.select(["inst1"]), jobs=1, progress=Progress(on_start=another_runner_first)
+    )
+    (result,) = report.instances
+    assert (result.result, result.from_revision, result.applied) == ("ok", REVISIONS[1], tuple(REVISIONS[2:]))
+    assert_consistent(instances["inst1"], HEAD)
