@@ -179,11 +179,18 @@ def _script_location(spec: ChainSpec) -> Path:
     return Path(_alembic_section(spec).get("script_location", "alembic"))
 
 
-def source_dirs(spec: ChainSpec) -> list[Path]:
-    """Every directory the chain's Python comes from: ``env.py``'s and the revisions'."""
-    found = [_script_location(spec)]
-    found += [path for path in _version_dirs(spec) if path not in found]
-    return found
+def source_files(spec: ChainSpec) -> list[Path]:
+    """Every file the chain's Python may come from: those beside ``env.py`` and in the revision
+    folders (their subfolders too when ``recursive_version_locations`` is on, as Alembic reads them)."""
+    recursive = _alembic_section(spec).getboolean("recursive_version_locations", fallback=False)
+    folders = [(_script_location(spec), False), *((folder, recursive) for folder in _version_dirs(spec))]
+    found: dict[Path, None] = {}
+    for folder, deep in folders:
+        paths = folder.rglob("*") if deep else folder.glob("*")
+        for path in sorted(paths):
+            if path.is_file() and "__pycache__" not in path.relative_to(folder).parts:
+                found[path] = None
+    return list(found)
 
 
 def _version_dirs(spec: ChainSpec) -> list[Path]:

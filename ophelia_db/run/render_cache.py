@@ -14,9 +14,12 @@ stale is ignored and replaced; a directory that cannot be written to only
 costs the rendering. Whoever can write there can edit the revisions too, so
 the cache adds no one who can change what runs.
 
-What the hash does not see, a revision whose offline SQL depends on something
-other than files (an environment variable, the clock) would be rendered once:
-offline SQL (``ophelia-db sql``) must not depend on those either.
+The files hashed are those beside ``env.py`` and in the revision folders
+(``chain.source_files``), not the folders below, which may be large. What the
+hash does not see is rendered once: a revision whose offline SQL depends on
+something other than those files (a module imported from elsewhere, an
+environment variable, the clock). Offline SQL (``ophelia-db sql``) must not
+depend on those either.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ophelia_db.run import driver
-from ophelia_db.run.chain import Chain, source_dirs
+from ophelia_db.run.chain import Chain, source_files
 from ophelia_db.run.driver import ChainSpec
 
 log = logging.getLogger(__name__)
@@ -76,10 +79,8 @@ def _key(spec: ChainSpec, start: str | None, goal: str) -> str:
         # The package's __init__ (it holds __version__), found without importing it.
         found = importlib.util.find_spec(name)
         add(name, Path(found.origin).read_bytes() if found and found.origin else b"")
-    for directory in source_dirs(spec):
-        for path in sorted(directory.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.relative_to(directory).parts:
-                add(str(path.relative_to(directory)), path.read_bytes())
+    for path in source_files(spec):
+        add(str(path), path.read_bytes())
     return digest.hexdigest()
 
 

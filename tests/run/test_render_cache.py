@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ophelia_db.run.chain import ChainSpec, source_files
 from tests.helpers import REVISIONS, ROOT, MakeDatabase, run_cli, scalar, write_fleet
 
 RENDER = """
@@ -128,3 +129,21 @@ def test_an_empty_range_renders_nothing_and_imports_nothing(tmp_path: Path) -> N
     alembic_ini = _chain_copy(tmp_path)
     assert _render_in_a_new_process(alembic_ini, REVISIONS[-1]) == {"imported": [], "revisions": {}}
     assert not (tmp_path / "alembic" / "versions" / "__pycache__").exists()
+
+
+def test_the_key_reads_the_folders_alembic_reads_not_those_below(tmp_path: Path) -> None:
+    # A script_location with a large tree below it (a virtualenv, say) must not be walked, while
+    # a file beside env.py (a helper a revision imports) counts.
+    alembic_ini = _chain_copy(tmp_path)
+    below = tmp_path / "alembic" / "node_modules" / "deep"
+    below.mkdir(parents=True)
+    (below / "big.js").write_text("x")
+    files = source_files(ChainSpec(alembic_ini=alembic_ini))
+    assert below / "big.js" not in files
+    assert tmp_path / "alembic" / "env.py" in files
+    assert sorted(p.name for p in files if p.parent.name == "versions") == sorted(
+        p.name for p in (tmp_path / "alembic" / "versions").glob("*.py")
+    )
+    _render_in_a_new_process(alembic_ini)
+    (tmp_path / "alembic" / "helpers.py").write_text("# a helper beside env.py\n")
+    assert _render_in_a_new_process(alembic_ini)["imported"] == ["alembic", "sqlalchemy"]
