@@ -190,21 +190,23 @@ def _prove_session(
     try:
         _, pid, _ = _run(conn, _START, _start_params(target, token))
     except BaseException:
-        if witness is not None:
-            with suppress(Exception):
-                witness().close()
+        _discard(witness)
         raise
     proof = SessionProof(target, token, pid)
     if pid == conn.info.backend_pid:
-        if witness is not None:  # opened ahead, not needed after all
-            with suppress(Exception):
-                witness().close()
+        _discard(witness)  # opened ahead, not needed after all
         return proof
     with witness() if witness is not None else connect(target, autocommit=True) as seen_from:
         seen_token, seen_pid = _run(seen_from, _WITNESS, None)
     if seen_token == token or seen_pid == pid:
         raise pooler_refusal(target, SHARED_BACKEND)
     return proof
+
+
+def _discard(witness: Callable[[], Connection] | None) -> None:
+    if witness is not None:
+        with suppress(Exception):
+            witness().close()
 
 
 def _start_params(target: Target, token: str) -> dict[str, str]:

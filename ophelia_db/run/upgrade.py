@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
 from ophelia_db.fleet.connections import Connection
-from ophelia_db.fleet.hosts import PER_HOST, HostSlots
+from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.fleet.hub import RegistryRow, RegistryUpdate, registry_rows
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
@@ -191,7 +191,7 @@ class _FleetRun:
     resuming: Resumption | None
     on_start: Callable[[Target], None] | None = None
     on_result: ProgressCallback | None = None
-    slots: HostSlots = field(default_factory=lambda: HostSlots(PER_HOST))
+    # The first looks kept for their migrations, and the server slots (``per_host``) they hold.
     kept: KeptLooks | None = None
     results: dict[str, InstanceResult] = field(default_factory=dict)
     states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
@@ -222,8 +222,7 @@ class _FleetRun:
     def begin(self, per_host: int, targets: list[Target], dry_run: bool) -> None:
         """Start looking at the hub among ``targets`` now, before the registry read and the plan: its
         migration waits only on its own first look, not on the run's loading nor on the instances'."""
-        self.slots = HostSlots(per_host)
-        self.kept = KeptLooks(max(self.jobs, KEPT_LIMIT), self.slots)
+        self.kept = KeptLooks(max(self.jobs, KEPT_LIMIT), HostSlots(per_host))
         self.prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
         self.looking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
         hubs = [t for t in targets if t.role == "hub"]
@@ -231,8 +230,9 @@ class _FleetRun:
 
     def look(self, targets: list[Target], dry_run: bool) -> dict[str, InstanceState | OpheliaError]:
         """First looks; those that find work keep their connection for the migration."""
+        assert self.kept is not None
         keep = None if dry_run else self.keep_for_migration
-        return probe_all(targets, slots=self.slots, on_state=self.seen, keep=keep)
+        return probe_all(targets, slots=self.kept.slots, on_state=self.seen, keep=keep)
 
     def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
         self.states[target.name] = state
@@ -346,9 +346,11 @@ class _FleetRun:
                 if outcome is not None:
                     self.halt.record(outcome)
                     self.finish(target, outcome)
+        kept = self.kept
+        assert kept is not None
         looks = {t.name: look for t in work if isinstance(look := self.states.get(t.name), InstanceState)}
         wave_spec = fanout.Wave(
-            self.chain.spec, self.goal, self.halt, self.finish, self.started, self.slots, self.kept, looks
+            self.chain.spec, self.goal, self.halt, self.finish, self.started, kept.slots, kept, looks
         )
         fanout.run(work, wave_spec, jobs, workers, in_threads=self.all_batched)
 
