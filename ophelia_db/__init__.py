@@ -16,9 +16,13 @@ from ophelia_db._version import __version__
 if TYPE_CHECKING:
     from ophelia_db.errors import ExitCode, OpheliaError
     from ophelia_db.fleet.config import Fleet, Target, load_fleet
-    from ophelia_db.run import downgrade, history, offline_sql, resume, show_run, status, sync, upgrade
+    from ophelia_db.run import history, offline_sql, resume, show_run
     from ophelia_db.run.chain import Chain, ChainSpec
+    from ophelia_db.run.downgrade import downgrade
     from ophelia_db.run.gate import gate
+    from ophelia_db.run.status import status
+    from ophelia_db.run.sync import sync
+    from ophelia_db.run.upgrade import upgrade
 
 _WHERE = {
     "Chain": "ophelia_db.run.chain",
@@ -28,15 +32,15 @@ _WHERE = {
     "Fleet": "ophelia_db.fleet.config",
     "Target": "ophelia_db.fleet.config",
     "load_fleet": "ophelia_db.fleet.config",
-    "downgrade": "ophelia_db.run",
+    "downgrade": "ophelia_db.run.downgrade",
     "gate": "ophelia_db.run.gate",
     "resume": "ophelia_db.run",
     "show_run": "ophelia_db.run",
     "history": "ophelia_db.run",
     "offline_sql": "ophelia_db.run",
-    "status": "ophelia_db.run",
-    "sync": "ophelia_db.run",
-    "upgrade": "ophelia_db.run",
+    "status": "ophelia_db.run.status",
+    "sync": "ophelia_db.run.sync",
+    "upgrade": "ophelia_db.run.upgrade",
 }
 
 __all__ = [

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import ophelia_db
 from ophelia_db._lazy import lazy_module
 from ophelia_db.cli.options import (
     AllOpt,
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from ophelia_db.fleet.config import Fleet
     from ophelia_db.fleet.hub_writer import HubReporter
 
-# The library, loaded by the command that runs (`--help` loads none of it).
+# The library, loaded by the command that runs (`--help` loads none of it):
+# ``ophelia_db``'s public functions load on first use too.
 run = lazy_module("ophelia_db.run")
 local = lazy_module("ophelia_db.local.commands")
 interrupts = lazy_module("ophelia_db.run.interrupts")
@@ -70,7 +72,7 @@ def status(
     with errors():
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or (), default_all=True)
-        report = run.status(loaded, targets)
+        report = ophelia_db.status(loaded, targets)
     if any(row.state == "unreachable" for row in report.instances):
         _local_hint(loaded)
     emit(report, as_json=json_, code=report.exit_code(check=check))
@@ -175,9 +177,9 @@ def upgrade(
                 on_plan=progress.planned, on_start=progress.started, on_result=progress.finished
             )
             if resume:
-                report = run.resume(loaded, resume, jobs=jobs, shard=shard, progress=watch)
+                report = ophelia_db.resume(loaded, resume, jobs=jobs, shard=shard, progress=watch)
             else:
-                report = run.upgrade(
+                report = ophelia_db.upgrade(
                     loaded,
                     targets,
                     to=to,
@@ -229,7 +231,7 @@ def downgrade(
             if not yes and sys.stdin.isatty() and not json_:
                 confirmed(f"Downgrade {instance}?", yes=False, refuse="nothing was changed")
                 yes = True
-        report = run.downgrade(loaded, target, to=to, yes=yes)
+        report = ophelia_db.downgrade(loaded, target, to=to, yes=yes)
     _hub_warning(json_, report.hub_report, report.hub_error)
     emit(report, as_json=json_)
 
@@ -241,7 +243,7 @@ def history(instance: OneInstanceOpt, json_: JsonOpt = False, fleet: FleetOpt = 
     """
     with errors():
         loaded = fleet_at(fleet)
-        report = run.history(loaded.select([instance])[0])
+        report = ophelia_db.history(loaded.select([instance])[0])
     emit(report, as_json=json_, code=0)
 
 
@@ -263,7 +265,7 @@ def sql(
     with errors():
         loaded = fleet_at(fleet)
         target = loaded.get(instance)
-        text = run.offline_sql(target, start=from_, to=to, from_database=from_ is None)
+        text = ophelia_db.offline_sql(target, start=from_, to=to, from_database=from_ is None)
     sys.stdout.write(text)
 
 
@@ -281,7 +283,7 @@ def sync(
     with errors():
         loaded = fleet_at(fleet)
         targets = loaded.select(instance or (), all_=all_, tags=tag or ())
-        report = run.sync(loaded, targets)
+        report = ophelia_db.sync(loaded, targets)
     _hub_warning(json_, report.hub_report, report.hub_error)
     emit(report, as_json=json_)
 

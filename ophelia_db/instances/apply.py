@@ -3,7 +3,7 @@
 This module owns ``apply``, the resumable, idempotent sequence that takes
 an instance database (empty or half done) to a registered, up-to-date member
 of the fleet: reachability, the hub row ``pending`` then ``active``, the
-migrations through ``runner.upgrade``, the vault seed (the same statements
+migrations through ``ophelia_db.upgrade``, the vault seed (the same statements
 as the vault SQL file), the version read back through ``anon``, and the
 entry added to fleet.toml without losing a comment. Each step checks before
 it writes, so a second run changes nothing. It never prints or exits.
@@ -22,7 +22,6 @@ from typing import Any, ClassVar, Literal
 import tomlkit
 from pydantic import SecretStr
 
-from ophelia_db import run as runner
 from ophelia_db.errors import ConfigError, ExitCode, IntegrityRefusal, OpheliaError
 from ophelia_db.fleet import hub
 from ophelia_db.fleet.config import Fleet, Target, Timeouts, environment, load_fleet
@@ -36,6 +35,8 @@ from ophelia_db.redaction import register_secret
 from ophelia_db.results import Record
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.state import REFUSED_STATES, classify
+from ophelia_db.run.status import probe_all
+from ophelia_db.run.upgrade import upgrade
 
 # --- fleet.toml -----------------------------------------------------------------------------------
 
@@ -238,7 +239,7 @@ class _Apply:
         return ("done", "registered as pending") if inserted else ("ok", "already registered")
 
     def migrate(self) -> tuple[StepState, str]:
-        state = runner.probe_all([self.target])[self.name]
+        state = probe_all([self.target])[self.name]
         if isinstance(state, OpheliaError):
             raise state
         verdict = classify(state, self.chain)
@@ -246,7 +247,7 @@ class _Apply:
             return "ok", f"already at head {self.chain.head}"
         if verdict.state in REFUSED_STATES:
             raise IntegrityRefusal(f"{self.name}: {verdict.problem}; nothing was changed")
-        report = runner.upgrade(self.fleet, [self.target], jobs=1, chain=self.chain)
+        report = upgrade(self.fleet, [self.target], jobs=1, chain=self.chain)
         result = report.instances[0]
         if not result.succeeded:
             raise _StepFailed(result.error or f"{self.name}: upgrade {result.result}", result.exit_code)
@@ -319,7 +320,7 @@ def apply(
     unless ``replace``, which makes the answers' connection the one of record.
 
     Order: instance reachable, hub reachable, hub row ``pending``, migrations to
-    head (through ``runner.upgrade``), vault rows, hub row ``active``, version
+    head (through ``ophelia_db.upgrade``), vault rows, hub row ``active``, version
     read back through ``anon``, fleet.toml. Every step checks before it writes,
     so a second run changes nothing and an interrupted one is resumed by
     running it again.

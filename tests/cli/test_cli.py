@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from tests.helpers import (
     HEAD,
@@ -89,8 +89,8 @@ def test_status_states_json_shape_and_check(fleet_dbs: FleetDbs, tmp_path: Path)
     hub_url, urls = fleet_dbs(3)
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
-    runner.upgrade(fleet, fleet.select(["inst2"]), to="0002", jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst2"]), to="0002", jobs=1)
     # inst3 stays an empty database.
 
     proc = run_cli(["status", "--json", "--fleet", str(path)], cwd=tmp_path)
@@ -131,10 +131,32 @@ def test_status_states_json_shape_and_check(fleet_dbs: FleetDbs, tmp_path: Path)
     assert "outdated" in plain.stdout and "unversioned" in plain.stdout
     assert plain.stderr == ""
 
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
     done = invoke(["status", "--check", "--json", "--fleet", str(path)])
     assert done.exit_code == 0, done.stdout
     assert {row["state"] for row in json.loads(done.stdout)["instances"]} == {"up-to-date"}
+
+
+def test_status_loads_none_of_the_code_that_changes_databases(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    """`status` is run before every deployment: it pays for what it reads, not for `upgrade` (issue 11)."""
+    import subprocess
+    import sys
+
+    hub_url, urls = fleet_dbs(2)
+    path = write_fleet(tmp_path, hub_url, urls)
+    heavy = ("alembic", "sqlalchemy", "ophelia_db.run.upgrade", "ophelia_db.run.downgrade",
+             "ophelia_db.run.batch", "ophelia_db.run.fanout", "ophelia_db.instances",
+             "ophelia_db.trust")  # fmt: skip
+    probe = (
+        "import sys; from ophelia_db.cli import main\n"
+        f"sys.argv = ['ophelia-db', 'status', '--json', '--fleet', {str(path)!r}]\n"
+        f"try:\n    main()\nfinally:\n    print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    *document, loaded = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert {row["state"] for row in json.loads("\n".join(document))["instances"]} == {"unversioned"}
+    assert loaded == "[]"
 
 
 @pytest.mark.parametrize("where", ["missing-database", "closed-port"])
@@ -166,7 +188,7 @@ def test_ahead_is_reported_and_refused(fleet_dbs: FleetDbs, tmp_path: Path) -> N
     url = urls["inst1"]
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
     execute(url, "UPDATE public.alembic_version SET version_num = '9999'")
     before = snapshot(url)
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.connections import connect
@@ -179,7 +179,7 @@ def test_secret_urls_never_leak(secret_fleet: SecretFleet, monkeypatch: pytest.M
     fleet = load_fleet(secret_fleet.path)
     assert_clean(repr(fleet), str(fleet.get("secret").display_url), where="Fleet repr")
     assert ":***@" in fleet.get("secret").display_url
-    report = runner.status(fleet, fleet.select(all_=True))
+    report = ophelia_db.status(fleet, fleet.select(all_=True))
     assert_clean(report.as_record(), repr(report), where="status report")
 
 
@@ -234,7 +234,7 @@ def test_wrong_password_is_unreachable_and_redacted(secret_fleet: SecretFleet) -
         "".join(traceback.format_exception(caught.value)),
         where="connect() error",
     )
-    result = runner.upgrade(fleet, fleet.select(["secret"]), jobs=1).instances[0]
+    result = ophelia_db.upgrade(fleet, fleet.select(["secret"]), jobs=1).instances[0]
     assert result.result == "unreachable"
     assert_clean(result.error, repr(result), where="InstanceResult")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from tests.helpers import (
@@ -38,7 +38,7 @@ def test_registry_after_a_normal_upgrade(fleet_dbs: FleetDbs, tmp_path: Path) ->
     hub_url, urls = fleet_dbs(2)
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
 
-    report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+    report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
 
     assert report.exit_code == 0, report.as_record()
     assert report.hub_report == "ok"
@@ -59,7 +59,7 @@ def test_registry_after_a_normal_upgrade(fleet_dbs: FleetDbs, tmp_path: Path) ->
         assert row["last_run_at"] is not None and row["schema_updated_at"] is not None
 
     # A second run is a no-op and upserts the same rows (no duplicates).
-    again = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+    again = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
     assert {r.result for r in again.instances} == {"noop"}
     after = registry(hub_url)
     assert set(after) == set(rows_)
@@ -169,7 +169,7 @@ def test_hub_down_instances_still_upgrade_then_sync_fills_registry(
     # The hub is back (the right URL in another fleet.toml): bring it to head, then sync.
     up = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(up)
-    assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
     assert set(registry(hub_url)) == {"hub"}
 
     synced = run_cli(["sync", "--all", "--fleet", str(up)], cwd=tmp_path)

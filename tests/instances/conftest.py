@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.local.cluster import LocalCluster
 from tests.helpers import MakeDatabase, write_fleet
@@ -33,7 +33,7 @@ def head_template(pg_cluster: LocalCluster) -> Iterator[str]:
     url = pg_cluster.url(name)
     with tempfile.TemporaryDirectory() as directory:
         fleet = load_fleet(write_fleet(Path(directory), url, {}))
-        report = runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+        report = ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
     assert report.exit_code == 0, report.as_record()
     rows(url, "DELETE FROM public.instance_registry")
     rows(url, "DELETE FROM public.ophelia_runs")  # the journal of the run that made the template

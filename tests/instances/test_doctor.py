@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from tests.helpers import write_fleet
 from tests.instances.support import (
@@ -57,7 +57,7 @@ def test_doctor_names_each_failure_on_its_own_line(head_database: HeadDatabase, 
     rows(instance, "UPDATE public.instance_config SET is_public = false WHERE key = 'BOT_NAME'")
     rows(hub, "UPDATE public.instance_registry SET status = 'suspended' WHERE subdomain = 'corte'")
     loaded = load_fleet(fleet)
-    assert runner.downgrade(loaded, loaded.get("corte"), to="0003").exit_code == 0
+    assert ophelia_db.downgrade(loaded, loaded.get("corte"), to="0003").exit_code == 0
 
     result = invoke(["doctor", "--instance", "corte", "--fleet", str(fleet)])
 

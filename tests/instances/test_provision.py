@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.instances import answers as provision
@@ -457,9 +457,9 @@ def test_apply_stops_at_the_first_failure_and_resumes(
 
     # Interrupted later: the hub row is pending and the instance half migrated.
     fleet = load_fleet(fleet_path)
-    assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
     target = instance_target(fleet, answers, env)
-    assert runner.upgrade(fleet, [target], to="0002", jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, [target], to="0002", jobs=1).exit_code == 0
     rows(hub, "UPDATE public.instance_registry SET status = 'pending' WHERE subdomain = 'corte'")
 
     resumed = apply(fleet, answers, env=env)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.local.binaries import find_bin_dir
 from tests.helpers import (
@@ -55,7 +55,7 @@ def test_plain_alembic_upgrade_current_downgrade(fleet_dbs: FleetDbs, tmp_path: 
     url = urls["inst1"]
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
     x = ["-x", "instance=inst1", "-x", f"fleet={path}"]
 
     up = alembic(*x, "upgrade", "head", cwd=tmp_path)
@@ -88,7 +88,7 @@ def test_plain_alembic_upgrade_current_downgrade(fleet_dbs: FleetDbs, tmp_path: 
     again = alembic("-x", "instance=inst1", "upgrade", "head", cwd=tmp_path, env={"OPHELIA_FLEET": str(path)})
     assert again.returncode == 0, again.stderr
     assert_consistent(url, HEAD)
-    status = runner.status(fleet, fleet.select(["inst1"])).instances[0]
+    status = ophelia_db.status(fleet, fleet.select(["inst1"])).instances[0]
     assert (status.state, status.migrations_count) == ("up-to-date", len(REVISIONS))
 
 

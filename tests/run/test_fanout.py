@@ -236,7 +236,7 @@ def test_lock_holder_named_by_application_name(tmp_path, fleet_dbs):
 def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
     tmp_path, fleet_dbs, monkeypatch, caplog
 ):
-    from ophelia_db import run as runner
+    import ophelia_db
     from ophelia_db.run.mirror import MirrorHook
 
     hub, instances = fleet_dbs(2)
@@ -249,7 +249,7 @@ def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
         return original(self, revision)
 
     monkeypatch.setattr(MirrorHook, "batch_sql", broken)
-    report = runner.upgrade(fleet, fleet.select(["inst1", "inst2"]), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2"]), jobs=1)
     rows = {r.name: r for r in report.instances}
     assert rows["inst1"].exit_code == 70 and "internal error" in rows["inst1"].error
     assert rows["inst2"].result == "ok"

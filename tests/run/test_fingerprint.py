@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.catalog import fingerprint
 from ophelia_db.fleet.config import load_fleet
 from tests.helpers import FleetDbs, registry, write_fleet
@@ -24,7 +24,7 @@ def test_upgrade_and_sync_push_the_fingerprint(fleet_dbs: FleetDbs, tmp_path: Pa
     hub_url, urls = fleet_dbs(2)
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
 
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
     pushed = {name: row["metadata"].get("schema_fingerprint") for name, row in registry(hub_url).items()}
     assert pushed["inst1"] == live_fingerprint(urls["inst1"]) == live_fingerprint(urls["inst2"])
     assert pushed["inst1"].startswith("sha256:") or len(pushed["inst1"]) >= 32
@@ -32,7 +32,7 @@ def test_upgrade_and_sync_push_the_fingerprint(fleet_dbs: FleetDbs, tmp_path: Pa
     # A hand-made change shows up in the hub after the next sync.
     with psycopg.connect(urls["inst2"], autocommit=True) as conn:
         conn.execute("ALTER TABLE instance_config ADD COLUMN hand_added text")
-    report = runner.sync(fleet, fleet.select(all_=True))
+    report = ophelia_db.sync(fleet, fleet.select(all_=True))
     assert report.hub_report == "ok"
     after = {name: row["metadata"].get("schema_fingerprint") for name, row in registry(hub_url).items()}
     assert after["inst1"] == pushed["inst1"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from tests.helpers import (
@@ -52,7 +52,7 @@ def test_a_run_is_journalled_per_instance_and_read_back(tmp_path: Path, fleet_db
     fleet = load_fleet(fleet_path)
     # The hub has no journal when the run starts: it gets one as the run's first wave, and the
     # lines written meanwhile reach it then.
-    report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+    report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
     assert report.exit_code == 0 and report.journal_local is None, report.as_record()
     assert not list((tmp_path / ".ophelia-journal").glob("*.jsonl"))
 
@@ -83,7 +83,7 @@ def test_a_run_is_journalled_per_instance_and_read_back(tmp_path: Path, fleet_db
 def test_the_journal_is_closed_to_the_api_roles(tmp_path: Path, fleet_dbs: FleetDbs) -> None:
     hub, urls = fleet_dbs(1)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
     for role in ("anon", "authenticated", "service_role"):
         with psycopg.connect(hub, autocommit=True) as conn:
             conn.execute(f"SET ROLE {role}")
@@ -161,14 +161,16 @@ def test_resume_redoes_what_did_not_finish_and_reports_what_moved(
     hub, urls = fleet_dbs(3)
     fleet_path = write_fleet(tmp_path, hub, urls, defaults='lock_wait = "100ms"')
     fleet = load_fleet(fleet_path)
-    assert runner.upgrade(fleet, fleet.select(["hub"]), to="0005", jobs=1).exit_code == 0
-    assert runner.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), to="0004", jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["hub"]), to="0005", jobs=1).exit_code == 0
+    assert (
+        ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), to="0004", jobs=1).exit_code == 0
+    )
 
     holders = [psycopg.connect(urls[name], autocommit=True) for name in ("inst1", "inst2")]
     try:
         for holder in holders:
             holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        first = runner.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), jobs=1)
+        first = ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), jobs=1)
     finally:
         for holder in holders:
             holder.close()
@@ -178,7 +180,7 @@ def test_resume_redoes_what_did_not_finish_and_reports_what_moved(
         "inst3": "ok",
     }
     # inst1 moves while nobody looks: its revision is no longer the one the run recorded.
-    assert runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1).exit_code == 0
 
     resumed = invoke(["upgrade", "--resume", first.run_id, "--json", "--fleet", str(fleet_path)])
     record = json.loads(resumed.stdout)
@@ -204,15 +206,17 @@ def test_shards_with_one_run_id_add_up_to_one_journal(
         monkeypatch.delenv(variable, raising=False)
     hub, urls = fleet_dbs(6)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
-    assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
     populated = sorted({_shard_of(name, 4) for name in urls})
     late = populated[-1]  # a shard that has instances starts last
     for shard in range(1, 5):
         if shard != late:
-            report = runner.upgrade(fleet, fleet.select(all_=True), shard=f"{shard}/4", run_id="release-7")
+            report = ophelia_db.upgrade(
+                fleet, fleet.select(all_=True), shard=f"{shard}/4", run_id="release-7"
+            )
             assert report.exit_code == 0 and report.run_id == "release-7"
 
-    detail = runner.show_run(fleet, "release-7")
+    detail = ophelia_db.show_run(fleet, "release-7")
     assert detail.run.outcome == "unfinished"
     assert [(s.shard, s.state) for s in detail.shards] == [
         (n, "never-started" if n == late else "finished") for n in range(1, 5)
@@ -223,12 +227,15 @@ def test_shards_with_one_run_id_add_up_to_one_journal(
 
     env = {"GITHUB_RUN_ID": "99", "GITHUB_RUN_ATTEMPT": "1"}  # a CI matrix job: the run id comes from CI
     assert (
-        runner.upgrade(fleet, fleet.select(all_=True), shard=f"{late}/4", run_id="release-7").exit_code == 0
+        ophelia_db.upgrade(fleet, fleet.select(all_=True), shard=f"{late}/4", run_id="release-7").exit_code
+        == 0
     )
-    detail = runner.show_run(fleet, "release-7")
+    detail = ophelia_db.show_run(fleet, "release-7")
     assert detail.run.outcome == "ok" and {e.state for e in detail.instances} == {"ok"}
     # A shard with no run id to share (none given, no CI) is a run of its own, not a quarter of one.
-    solo = runner.show_run(fleet, runner.upgrade(fleet, fleet.select(all_=True), shard=f"{late}/4").run_id)
+    solo = ophelia_db.show_run(
+        fleet, ophelia_db.upgrade(fleet, fleet.select(all_=True), shard=f"{late}/4").run_id
+    )
     assert [(s.shard, s.state) for s in solo.shards] == [(1, "finished")]
     assert {e.instance for e in solo.instances} == waiting
     args = ["upgrade", "--all", "--shard", f"{late}/4", "--json", "--fleet", str(tmp_path / "fleet.toml")]
@@ -279,7 +286,7 @@ def test_gate_names_an_instance_behind_then_opens_after_its_upgrade(
     base = ["--fleet", str(fleet_path)]
     assert invoke(["upgrade", "--all", *base]).exit_code == 0
     fleet = load_fleet(fleet_path)
-    assert runner.downgrade(fleet, fleet.get("inst1"), to="0004").exit_code == 0
+    assert ophelia_db.downgrade(fleet, fleet.get("inst1"), to="0004").exit_code == 0
 
     closed = invoke(["gate", "--requires", "head", *base])
     assert closed.exit_code == 1, closed.stdout

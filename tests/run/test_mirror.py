@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from tests.helpers import (
     CHAIN,
@@ -48,16 +48,16 @@ def test_integrity_refusals_change_nothing(
     url = urls["inst1"]
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
-    runner.upgrade(fleet, fleet.select(["inst1"]), to="0003", jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to="0003", jobs=1)
     execute(url, tamper)
     before = snapshot(url)
 
-    status = runner.status(fleet, fleet.select(["inst1"])).instances[0]
+    status = ophelia_db.status(fleet, fleet.select(["inst1"])).instances[0]
     assert status.state == state, status
     assert needle in (status.error or "")
 
-    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     result = report.instances[0]
     assert (result.result, result.exit_code, report.exit_code) == ("refused", 4, 4), result
     assert "nothing was changed" in (result.error or "")
@@ -73,8 +73,8 @@ def test_history_lists_applied_and_pending(fleet_dbs: FleetDbs, tmp_path: Path) 
     hub_url, urls = fleet_dbs(1)
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
-    runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
 
     result = invoke(["history", "--instance", "inst1", "--json", "--fleet", str(path)])
 
@@ -107,7 +107,7 @@ def test_api_roles_read_but_never_write_the_mirror(fleet_dbs: FleetDbs, tmp_path
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET ROLE anon")
@@ -131,7 +131,7 @@ def test_an_upgrade_writes_only_the_new_history_rows(fleet_dbs: FleetDbs, tmp_pa
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
     # Count the INSERT statements the next run sends to the history (rows or not).
     execute(url, "CREATE TABLE public.history_inserts (n integer)")
     execute(
@@ -145,7 +145,7 @@ def test_an_upgrade_writes_only_the_new_history_rows(fleet_dbs: FleetDbs, tmp_pa
         "FOR EACH STATEMENT EXECUTE FUNCTION public.count_history_insert()",
     )
 
-    report = runner.upgrade(fleet, fleet.select(["inst1"]), to="0105", chain=failing_chain(), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to="0105", chain=failing_chain(), jobs=1)
 
     assert report.exit_code == 0, report.as_record()
     # One for 0105: the four rows already there are not sent again (the cost must not grow

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+import ophelia_db
 from bench.latency_proxy import LatencyProxy
-from ophelia_db import run as runner
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.hosts import HostSlots, server_of
 from tests.helpers import HEAD, current_version, write_fleet
@@ -34,13 +34,13 @@ def test_a_run_keeps_to_per_host_connections_on_a_shared_server(tmp_path, fleet_
         fleet = load_fleet(write_fleet(tmp_path, hub, shared, defaults=f"per_host = {PER_HOST}"))
         assert len({server_of(t) for t in fleet.instances.values()}) == 1
 
-        report = runner.upgrade(fleet, list(fleet.members))
+        report = ophelia_db.upgrade(fleet, list(fleet.members))
         assert {r.result for r in report.instances} == {"ok"}
         assert all(current_version(url) == HEAD for url in instances.values())
         assert proxy.counts.peak_open <= PER_HOST * CONNECTIONS_PER_INSTANCE, proxy.counts
 
         proxy.reset()
-        statuses = runner.status(fleet, list(fleet.members)).instances
+        statuses = ophelia_db.status(fleet, list(fleet.members)).instances
         assert {s.state for s in statuses} == {"up-to-date"}
         assert proxy.counts.peak_open <= PER_HOST, proxy.counts
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+import ophelia_db
 from bench.latency_proxy import LatencyProxy
-from ophelia_db import run as runner
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.run.upgrade import Progress
@@ -60,7 +60,7 @@ def proxied(tmp_path, fleet_dbs):
 
 def test_empty_instance_to_head_in_few_round_trips(proxied):
     fleet, proxy, url = proxied
-    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert [r.result for r in report.instances] == ["ok"]
     assert current_version(url) == HEAD
     counts = proxy.counts
@@ -72,9 +72,9 @@ def test_empty_instance_to_head_in_few_round_trips(proxied):
 
 def test_an_instance_behind_by_one_revision_in_six_round_trips(proxied):
     fleet, proxy, url = proxied
-    runner.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[-2], jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[-2], jobs=1)
     proxy.reset()
-    report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert [(r.result, r.applied) for r in report.instances] == [("ok", (HEAD,))], report.instances
     assert current_version(url) == HEAD
     assert proxy.counts.connections == 1, proxy.counts
@@ -85,10 +85,10 @@ def test_an_instance_behind_by_one_revision_in_six_round_trips(proxied):
 
 def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
     fleet, proxy, _ = proxied
-    runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     for action in (
-        lambda: runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1),
-        lambda: runner.status(fleet, fleet.select(["inst1"])),
+        lambda: ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1),
+        lambda: ophelia_db.status(fleet, fleet.select(["inst1"])),
     ):
         proxy.reset()
         action()
@@ -98,9 +98,9 @@ def test_noop_upgrade_and_status_read_once_on_one_connection(proxied):
 
 def test_sync_reads_version_and_fingerprint_on_one_connection(proxied):
     fleet, proxy, _ = proxied
-    runner.upgrade(fleet, fleet.select(all_=True), jobs=1)  # the hub too: its registry is written
+    ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1)  # the hub too: its registry is written
     proxy.reset()
-    report = runner.sync(fleet, fleet.select(["inst1"]))
+    report = ophelia_db.sync(fleet, fleet.select(["inst1"]))
     assert report.hub_report == "ok", report.hub_error
     assert proxy.counts.connections == 1, proxy.counts  # was 2: the fingerprint on one of its own
     assert proxy.round_trips <= SYNC, proxy.counts
@@ -119,7 +119,7 @@ def test_every_instance_is_migrated_on_its_first_looks_connection_even_beyond_jo
         port = f":{urlsplit(instances['inst1']).port}/"
         through = {name: url.replace(port, f":{proxy.port}/") for name, url in instances.items()}
         fleet = load_fleet(write_fleet(tmp_path, hub, through))
-        report = runner.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), jobs=1)
+        report = ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2", "inst3"]), jobs=1)
         assert [(r.name, r.result) for r in report.instances] == [(f"inst{i}", "ok") for i in (1, 2, 3)]
         assert proxy.counts.connections == 3, proxy.counts
         assert max(proxy.counts.per_connection) <= EMPTY_TO_HEAD_ON_ITS_CONNECTION, proxy.counts
@@ -130,9 +130,9 @@ def test_a_run_opens_one_connection_to_the_hub(tmp_path, fleet_dbs):
     hub, instances = fleet_dbs(1)
     with _through_proxy(hub) as (proxy, through):
         fleet = load_fleet(write_fleet(tmp_path, through, instances))
-        runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+        ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
         proxy.reset()
-        report = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+        report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
         assert report.hub_report == "ok"
         assert proxy.connections == 1, proxy.counts
 
@@ -162,7 +162,7 @@ def test_the_hub_read_ahead_is_the_connection_the_run_reports_on(tmp_path, fleet
         fleet = load_fleet(path)
         ahead = HubReporter(fleet.hub)
         ahead.read_ahead()
-        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=1, hub_reporter=ahead)
+        report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1, hub_reporter=ahead)
         assert report.hub_report == "ok" and [r.name for r in report.instances] == ["hub", "inst1"]
         assert proxy.connections == 2, proxy.counts
     assert current_version(instances["inst2"]) is None  # archived: never migrated
@@ -184,7 +184,7 @@ def test_a_first_look_connection_the_server_closed_is_replaced(tmp_path, fleet_d
             ).fetchall()
         assert ended == [(True,)]  # the kept first look, and nothing else yet
 
-    report = runner.upgrade(
+    report = ophelia_db.upgrade(
         fleet, fleet.select(["inst1"]), jobs=1, progress=Progress(on_start=end_its_sessions)
     )
     assert [(r.result, r.to_revision) for r in report.instances] == [("ok", HEAD)]

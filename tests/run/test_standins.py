@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.local.binaries import free_port
 from ophelia_db.local.cluster import LocalCluster
@@ -49,7 +49,7 @@ def test_parallel_first_runs_create_the_roles_once_without_failing(bare_cluster,
             )
         )
         instances = [t for t in fleet.select(all_=True) if t.role == "instance"]
-        report = runner.upgrade(fleet, instances, jobs=6)
+        report = ophelia_db.upgrade(fleet, instances, jobs=6)
         assert [(r.name, r.result) for r in report.instances] == [(t.name, "ok") for t in instances], (
             attempt,
             [r.error for r in report.instances],

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.run.chain import file_checksum
 from ophelia_db.run.upgrade import Progress
@@ -57,7 +57,7 @@ def test_fresh_instance_to_head_writes_the_mirror(fleet_dbs: FleetDbs, tmp_path:
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
 
-    report = runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
 
     assert report.exit_code == 0, report.as_record()
     assert report.hub_report == "ok"
@@ -89,7 +89,7 @@ def test_fresh_instance_to_head_writes_the_mirror(fleet_dbs: FleetDbs, tmp_path:
 
     # A second run changes nothing.
     before = snapshot(url)
-    again = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    again = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert [(r.result, r.exit_code) for r in again.instances] == [("noop", 0)]
     assert snapshot(url) == before
 
@@ -98,14 +98,14 @@ def test_two_step_upgrade_times_only_this_runs_revisions(fleet_dbs: FleetDbs, tm
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
 
-    first = runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+    first = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
     assert first.exit_code == 0, first.as_record()
     assert_consistent(url, "0002")
     early = rows(url, "SELECT version, applied_at, execution_time_ms FROM public.schema_migrations")
 
-    second = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    second = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert second.exit_code == 0, second.as_record()
     assert list(second.instances[0].applied) == ["0003", "0004", "0005"]
     assert_consistent(url, HEAD)
@@ -120,10 +120,10 @@ def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> No
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
     assert_consistent(url, HEAD)
 
-    down = runner.downgrade(fleet, fleet.get("inst1"), to="0003")
+    down = ophelia_db.downgrade(fleet, fleet.get("inst1"), to="0003")
     assert down.exit_code == 0, down.as_record()
     assert list(down.instances[0].reverted) == ["0005", "0004"]
     assert_consistent(url, "0003")
@@ -131,20 +131,20 @@ def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> No
     assert exists(url, "public.instance_config")
     assert registry(hub_url)["inst1"]["schema_version"] == "0003"
 
-    up = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    up = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert up.exit_code == 0, up.as_record()
     assert list(up.instances[0].applied) == ["0004", "0005"]
     assert_consistent(url, HEAD)
     assert exists(url, "public.instance_registry")
 
-    to_base = runner.downgrade(fleet, fleet.get("inst1"), to="base")
+    to_base = ophelia_db.downgrade(fleet, fleet.get("inst1"), to="base")
     assert to_base.exit_code == 0, to_base.as_record()
     assert list(to_base.instances[0].reverted) == list(reversed(REVISIONS))
     assert alembic_version(url) == []
     for relation in ("schema_migrations", "schema_version", "instance_config", "instance_registry"):
         assert not exists(url, f"public.{relation}"), relation
 
-    back = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    back = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert back.exit_code == 0, back.as_record()
     assert_consistent(url, HEAD)
     assert rows(url, "SELECT instance_id FROM public.schema_version") == [("inst1",)]
@@ -153,11 +153,11 @@ def test_downgrade_upgrade_round_trip(fleet_dbs: FleetDbs, tmp_path: Path) -> No
 def test_downgrade_below_current_is_refused(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
     hub_url, urls = fleet_dbs(1)
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
-    runner.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to="0002", jobs=1)
     before = snapshot(urls["inst1"])
 
-    report = runner.downgrade(fleet, fleet.get("inst1"), to="0003")
+    report = ophelia_db.downgrade(fleet, fleet.get("inst1"), to="0003")
 
     result = report.instances[0]
     assert (result.result, result.exit_code) == ("refused", 4), result
@@ -169,10 +169,10 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)  # the hub stays on the project chain
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)  # the hub stays on the project chain
     chain = failing_chain()
 
-    report = runner.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
 
     assert report.exit_code == 5, report.as_record()
     result = report.instances[0]
@@ -206,12 +206,12 @@ def test_failure_in_the_middle_rolls_back_that_revision_only(fleet_dbs: FleetDbs
     assert "0106" in hub_row["last_error"]
 
     # Where it stands now, seen with both chains.
-    status = runner.status(fleet, fleet.select(["inst1"]), chain=chain).instances[0]
+    status = ophelia_db.status(fleet, fleet.select(["inst1"]), chain=chain).instances[0]
     assert (status.state, status.current, list(status.pending)) == ("outdated", "0105", ["0106"])
-    assert runner.status(fleet, fleet.select(["inst1"])).instances[0].state == "ahead"
+    assert ophelia_db.status(fleet, fleet.select(["inst1"])).instances[0].state == "ahead"
 
     # Running again fails the same way and still leaves 0105.
-    again = runner.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
+    again = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), chain=chain, jobs=1)
     assert (again.instances[0].result, again.instances[0].applied) == ("failed", ())
     assert_consistent(url, "0105", chain)
 
@@ -223,10 +223,10 @@ def test_failing_revision_in_a_parallel_run_is_rerun_online_and_named(
     # and the instance handed to a worker process, where Alembic online names the statement.
     hub_url, urls = fleet_dbs(2)
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
     chain = failing_chain()
 
-    report = runner.upgrade(fleet, fleet.select(["inst1", "inst2"]), chain=chain, jobs=2)
+    report = ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2"]), chain=chain, jobs=2)
 
     assert report.exit_code == 5, report.as_record()
     for result in report.instances:
@@ -240,7 +240,7 @@ def test_failing_revision_cli_exit_5(fleet_dbs: FleetDbs, tmp_path: Path) -> Non
     url = urls["inst1"]
     path = write_fleet(tmp_path, hub_url, urls)
     fleet = load_fleet(path)
-    runner.upgrade(fleet, fleet.select(["hub"]), jobs=1)
+    ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1)
     env = {"OPHELIA_VERSION_LOCATIONS": FAILING_LOCATIONS, "OPHELIA_ALEMBIC_INI": str(ALEMBIC_INI)}
 
     proc = run_cli(["upgrade", "--instance", "inst1", "--fleet", str(path)], cwd=tmp_path, env=env)
@@ -270,7 +270,7 @@ def test_a_missing_privilege_is_named_as_such(
 ) -> None:
     hub_url, urls = fleet_dbs(1)
     admin = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    assert runner.upgrade(admin, admin.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(admin, admin.select(all_=True), jobs=1).exit_code == 0
     role = f"limited_{uuid.uuid4().hex[:8]}"
     execute(urls["inst1"], f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD 'limited-pw'")
     for table in ("alembic_version", "schema_migrations", "schema_version"):
@@ -281,7 +281,7 @@ def test_a_missing_privilege_is_named_as_such(
     (tmp_path / "limited").mkdir()
     fleet = load_fleet(write_fleet(tmp_path / "limited", hub_url, {"inst1": limited_url}))
 
-    report = runner.upgrade(
+    report = ophelia_db.upgrade(
         fleet, fleet.select(["inst1"]), chain=failing_chain(), jobs=1, skip_inactive=False
     )
 
@@ -328,7 +328,7 @@ def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path,
     hub, urls = fleet_dbs(1)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
     hub_target = fleet.select(names=["hub"])
-    first = runner.upgrade(fleet, hub_target, to=REVISIONS[-2], skip_inactive=False)
+    first = ophelia_db.upgrade(fleet, hub_target, to=REVISIONS[-2], skip_inactive=False)
     assert first.instances[0].result == "ok" and alembic_version(hub) == [REVISIONS[-2]]
     blocker = psycopg.connect(hub)
     blocker.execute("LOCK TABLE public.instance_registry IN ACCESS EXCLUSIVE MODE")
@@ -355,7 +355,7 @@ def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path,
     watching = threading.Thread(target=watch)
     watching.start()
     try:
-        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2)
+        report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
     finally:
         watching.join()
         blocker.close()
@@ -392,7 +392,9 @@ def test_the_hub_migrates_while_the_instances_are_still_being_read(
     breaker = threading.Timer(30, release, args=("the breaker",))
     breaker.start()
     try:
-        report = runner.upgrade(fleet, fleet.select(all_=True), jobs=2, progress=Progress(on_start=started))
+        report = ophelia_db.upgrade(
+            fleet, fleet.select(all_=True), jobs=2, progress=Progress(on_start=started)
+        )
     finally:
         breaker.cancel()
         blocker.close()
@@ -414,7 +416,7 @@ def test_tables_that_appear_after_the_first_look_are_read_under_the_lock(
         done = run_cli(["upgrade", "--instance", target.name, "--to", REVISIONS[1]], fleet=path)
         assert alembic_version(instances["inst1"]) == [REVISIONS[1]], done.stdout + done.stderr
 
-    report = runner.upgrade(
+    report = ophelia_db.upgrade(
         fleet, fleet.select(["inst1"]), jobs=1, progress=Progress(on_start=another_runner_first)
     )
     (result,) = report.instances

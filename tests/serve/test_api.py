@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.serve import create_app
 from tests.helpers import HEAD, REVISIONS, execute, registry
 from tests.serve.conftest import SECRET, XSS, ServedFleet
@@ -69,7 +69,7 @@ def test_status_healthz_and_metrics(served_fleet: ServedFleet) -> None:
     assert found[("ophelia_last_run_success", "inst1")] == 1
     assert found[("ophelia_last_run_timestamp_seconds", "inst1")] > 0
 
-    runner.downgrade(served_fleet.fleet, served_fleet.fleet.get("inst1"), to="0004")
+    ophelia_db.downgrade(served_fleet.fleet, served_fleet.fleet.get("inst1"), to="0004")
     found = metrics(service.get("/metrics").text)
     assert found[("ophelia_schema_revisions_behind", "inst1")] == 1
     assert 'data-instance="inst1" data-state="outdated"' in service.get("/").text

@@ -10,7 +10,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from ophelia_db import run as runner
+import ophelia_db
 from tests.helpers import HEAD
 from tests.serve.conftest import XSS, ServedFleet, Server, start_server
 
@@ -43,7 +43,7 @@ def test_an_operator_sees_the_fleet_and_clicks_through(
 ) -> None:
     server = start_server(served_fleet.path, "--cache-seconds", "0")
     server_factory.append(server)
-    runner.downgrade(served_fleet.fleet, served_fleet.fleet.get("inst1"), to="0004")
+    ophelia_db.downgrade(served_fleet.fleet, served_fleet.fleet.get("inst1"), to="0004")
 
     browser.get(server.base + "/")
     assert rows_seen(browser) == {"hub": "up-to-date", "inst1": "outdated", "inst2": "up-to-date"}

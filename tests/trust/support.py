@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.local.binaries import find_bin_dir
 from ophelia_db.local.cluster import LocalCluster
 from ophelia_db.run.chain import Chain
@@ -57,7 +57,7 @@ def pg_dump(url: str) -> str:
 
 def paste_offline_sql(url: str, to: str, chain: Chain = CHAIN) -> None:
     """Build a database as operators did: the chain's offline SQL, without any bookkeeping."""
-    text = runner.offline_sql(None, to=to, chain=chain)
+    text = ophelia_db.offline_sql(None, to=to, chain=chain)
     kept = [s.text for s in statements(text) if not s.is_bookkeeping]
     bookkeeping = ("INTO public.alembic_version", "PERFORM public.register_migration")
     assert not any(mark in s for s in kept for mark in bookkeeping)

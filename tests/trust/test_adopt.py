@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db import trust
 from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet import catalog
@@ -47,7 +47,7 @@ def fleet_of(
     hub, urls = fleet_dbs(1)
     path = trust_fleet(tmp_path, pg_cluster, hub, urls)
     fleet = load_fleet(path)
-    assert runner.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(["hub"]), jobs=1).exit_code == 0
     return fleet, path, urls["inst1"]
 
 
@@ -82,10 +82,10 @@ def test_pasted_instance_is_adopted_at_the_right_revision_then_upgrades_normally
     # alembic_version is closed to the API roles, as revision 0002 closes it on migrated instances.
     assert rows(url, "SELECT has_table_privilege('anon', 'public.alembic_version', 'UPDATE')") == [(False,)]
 
-    upgraded = runner.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
+    upgraded = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)
     assert [(r.result, r.applied) for r in upgraded.instances] == [("ok", ("0004", "0005"))]
     assert trust.validate(fleet, fleet.select(["inst1"])).exit_code == 0
-    status = runner.status(fleet, fleet.select(["inst1"]))
+    status = ophelia_db.status(fleet, fleet.select(["inst1"]))
     assert status.instances[0].state == "up-to-date"
     assert fingerprint(url) == fingerprint(fleet.hub.dsn())
 
@@ -98,7 +98,7 @@ def test_pasted_head_is_adopted_at_head(fleet_of: tuple[Fleet, Path, str], refer
     assert (plan.revision, plan.matched, plan.differences) == (HEAD, True, ())
     stamped = trust.adopt(target, plan, references)
     assert stamped.stamped
-    assert [(r.result, r.applied) for r in runner.upgrade(fleet, [target], jobs=1).instances] == [
+    assert [(r.result, r.applied) for r in ophelia_db.upgrade(fleet, [target], jobs=1).instances] == [
         ("noop", ())
     ]
 

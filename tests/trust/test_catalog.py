@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db.fleet import catalog
 from ophelia_db.fleet.catalog import Snapshot
 from ophelia_db.fleet.config import load_fleet
@@ -40,7 +40,7 @@ def test_snapshot_sees_the_chains_objects_and_not_the_bookkeeping(
 ) -> None:
     hub, urls = fleet_dbs(1)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=2).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2).exit_code == 0
     objects = shot(urls["inst1"]).objects
     assert shot(urls["inst1"]).fingerprint == references.of(HEAD).fingerprint
     assert set(objects["table"]) == {

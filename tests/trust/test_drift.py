@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db import trust
 from ophelia_db.fleet import catalog
 from ophelia_db.fleet.config import load_fleet
@@ -31,7 +31,7 @@ def fleet_path(
     hub, urls = fleet_dbs(3)
     path = trust_fleet(tmp_path, pg_cluster, hub, urls)
     fleet = load_fleet(path)
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=3).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=3).exit_code == 0
     return path
 
 
@@ -113,7 +113,7 @@ def test_supabase_default_privileges_are_not_drift(
     for statement in SUPABASE_DEFAULT_PRIVILEGES:
         execute(supabase_like, statement)
     fleet = load_fleet(trust_fleet(tmp_path, pg_cluster, hub, {"supa": supabase_like}))
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
 
     report = trust.drift(fleet.select(["supa"]), references)
     (row,) = report.instances

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ophelia_db import run as runner
+import ophelia_db
 from ophelia_db import trust
 from ophelia_db.errors import ConfigError, IntegrityRefusal
 from ophelia_db.fleet.config import Fleet, load_fleet
@@ -77,7 +77,7 @@ def trusted(tmp_path: Path, fleet_dbs: FleetDbs, pg_cluster: LocalCluster) -> Tr
     path = trust_fleet(tmp_path, pg_cluster, hub, urls)
     locations, revision_file = extra_chain(tmp_path, REVISION_0005)
     fleet = load_fleet(path)
-    report = runner.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain_at(locations))
+    report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain_at(locations))
     assert report.exit_code == 0, report.as_record()
     return Trusted(urls["inst1"], path, fleet, locations, revision_file)
 
@@ -263,7 +263,7 @@ def test_the_repair_log_is_closed_to_the_api_roles_even_under_supabase_defaults(
     hub_url, urls = fleet_dbs(1)
     url = urls["inst1"]
     fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    assert runner.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
     # Supabase opens everything new in public to the API roles.
     for kind in ("TABLES", "SEQUENCES", "FUNCTIONS"):
         execute(url, f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {kind} TO anon, authenticated")
