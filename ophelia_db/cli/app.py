@@ -8,7 +8,6 @@ instances, doctor).
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -66,11 +65,4 @@ for area in (run, journal, local, trust, provision, instances, serve):
 
 def main() -> None:
     """Entry point of the ``ophelia-db`` script."""
-    try:
-        app()
-    finally:
-        # At exit the interpreter's collections walk every object the imports
-        # made (pydantic's schemas, psycopg's adapters): ≈ 40 ms of a 0.4 s
-        # `status`. Frozen objects are skipped, and nothing needs collecting
-        # once the command has returned: its files and connections are closed.
-        gc.freeze()
+    app()

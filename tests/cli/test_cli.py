@@ -138,7 +138,8 @@ def test_status_states_json_shape_and_check(fleet_dbs: FleetDbs, tmp_path: Path)
 
 
 def test_status_loads_none_of_the_code_that_changes_databases(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
-    """`status` is run before every deployment: it pays for what it reads, not for `upgrade` (issue 11)."""
+    """`status` is run before every deployment: it pays for what it reads, not for `upgrade` or for
+    a terminal's tables (issue 11)."""
     import subprocess
     import sys
 
@@ -146,7 +147,7 @@ def test_status_loads_none_of_the_code_that_changes_databases(fleet_dbs: FleetDb
     path = write_fleet(tmp_path, hub_url, urls)
     heavy = ("alembic", "sqlalchemy", "ophelia_db.run.upgrade", "ophelia_db.run.downgrade",
              "ophelia_db.run.batch", "ophelia_db.run.fanout", "ophelia_db.instances",
-             "ophelia_db.trust")  # fmt: skip
+             "ophelia_db.trust", "rich")  # fmt: skip
     probe = (
         "import sys; from ophelia_db.cli import main\n"
         f"sys.argv = ['ophelia-db', 'status', '--json', '--fleet', {str(path)!r}]\n"
