@@ -4,7 +4,8 @@ A report is shown as JSON with ``--json`` (stdout carries only the document;
 diagnostics go to stderr), otherwise by the renderer registered for its type
 (``@renders``): a rich table on a terminal, plain lines otherwise. The
 renderers live beside this module, one module per command area. rich is
-imported for a terminal only: its import is ≈ 30 ms, a tenth of `status`.
+imported inside the functions that draw on a terminal: its import is
+≈ 30 ms, a tenth of `status`.
 """
 
 from __future__ import annotations
