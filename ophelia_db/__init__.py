@@ -8,9 +8,9 @@ The names are loaded on first use, so that importing the package (and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ophelia_db._lazy import lazy_names
 from ophelia_db._version import __version__
 
 if TYPE_CHECKING:
@@ -63,10 +63,4 @@ __all__ = [
     "upgrade",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'ophelia_db' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE, globals())

@@ -9,6 +9,7 @@ imports it normally under ``TYPE_CHECKING``, so that types are still checked).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -28,3 +29,21 @@ class LazyModule:
 
 def lazy_module(name: str) -> Any:
     return LazyModule(name)
+
+
+def lazy_names(package: str, where: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` (PEP 562) of ``package``: each name in ``where`` is imported from
+    its module on first use, then kept in ``namespace`` (the package's globals).
+
+    Another name raises AttributeError, which also lets ``from package import submodule``
+    load a submodule.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(where[name]), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__

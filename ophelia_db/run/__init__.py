@@ -21,8 +21,9 @@ They are ``ophelia_db.status`` and so on, or ``ophelia_db.run.upgrade.upgrade``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ophelia_db._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ophelia_db.run.downgrade import DowngradePlan, plan_downgrade
@@ -56,12 +57,4 @@ __all__ = [
     "show_run",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # A submodule (`from ophelia_db.run import driver`) is not in _WHERE: the
-    # AttributeError lets the import system load it as a module.
-    if name not in _WHERE:
-        raise AttributeError(f"module 'ophelia_db.run' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE, globals())
