@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
@@ -78,10 +78,22 @@ class KeptLooks:
             found = self._kept.pop(target.name, None)
         return found[1] if found else None
 
+    def drop_all_but(self, names: Collection[str]) -> None:
+        """Close the kept connections of instances not in ``names`` (the run left them out)."""
+        with self._lock:
+            left = [kept for name, kept in self._kept.items() if name not in names]
+            for target, _ in left:
+                del self._kept[target.name]
+                self._per_server[self.slots.server(target)] -= 1
+        self._closed(left)
+
     def close(self) -> None:
         """Close what no migration took (instances run by worker processes, or not started)."""
         with self._lock:
             left, self._kept = list(self._kept.values()), {}
+        self._closed(left)
+
+    def _closed(self, left: list[tuple[Target, Connection]]) -> None:
         for target, conn in left:
             with suppress(Exception):
                 conn.close()

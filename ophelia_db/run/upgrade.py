@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 from ophelia_db.errors import ConfigError, ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
-from ophelia_db.fleet.connections import Connection
-from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.fleet.hub import RegistryRow, RegistryUpdate, registry_rows
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.results import (
@@ -32,10 +29,9 @@ from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.fanout import Halt
 from ophelia_db.run.instance import state_fields
 from ophelia_db.run.journal import RunJournal, begun_journal, identify, reporter_for
+from ophelia_db.run.looks import FirstLooks
 from ophelia_db.run.selection import Budget, RunPlan, WavePlan, parse_shard, plan_run
-from ophelia_db.run.session import KEPT_LIMIT, KeptLooks
 from ophelia_db.run.state import REFUSED_STATES, InstanceState, below_current, classify
-from ophelia_db.run.status import probe_all
 
 ProgressCallback = Callable[[InstanceResult], None]
 
@@ -144,7 +140,7 @@ def upgrade(
     reporter = None if dry_run else reporter_for(fleet, identity, hub_reporter)
     run = _FleetRun(chain, goal, jobs or fleet.defaults.jobs, Halt(max_failures), reporter, None, resuming)
     try:
-        # No shard runs the hub (run/selection.py): only a whole run looks at it first.
+        # Only a whole run looks before the registry read (a shard's selection depends on it).
         run.begin(fleet.defaults.per_host, targets if shard_spec is None else [], dry_run)
         if skip_inactive:
             # Read on the connection the reports will go through, when there are reports.
@@ -191,14 +187,15 @@ class _FleetRun:
     resuming: Resumption | None
     on_start: Callable[[Target], None] | None = None
     on_result: ProgressCallback | None = None
-    # The first looks kept for their migrations, and the server slots (``per_host``) they hold.
-    kept: KeptLooks | None = None
     results: dict[str, InstanceResult] = field(default_factory=dict)
-    states: dict[str, InstanceState | OpheliaError] = field(default_factory=dict)
-    # The first looks, read in the background (``begin``): the hub's, then the others'.
-    looking: ThreadPoolExecutor | None = None
-    hub_look: Future[dict[str, InstanceState | OpheliaError]] | None = None
+    # The first looks (``begin``), with the connections kept for their migrations.
+    looks: FirstLooks | None = None
     prepare: batch.RenderAhead | None = None
+
+    @property
+    def states(self) -> dict[str, InstanceState | OpheliaError]:
+        assert self.looks is not None, "begin() first"
+        return self.looks.states
 
     def started(self, target: Target) -> None:
         if self.journal:
@@ -220,62 +217,44 @@ class _FleetRun:
             self.on_result(result)
 
     def begin(self, per_host: int, targets: list[Target], dry_run: bool) -> None:
-        """Start looking at the hub among ``targets`` now, before the registry read and the plan: its
-        migration waits only on its own first look, not on the run's loading nor on the instances'."""
-        self.kept = KeptLooks(max(self.jobs, KEPT_LIMIT), HostSlots(per_host))
+        """Start looking at ``targets`` now, the hub on its own: its migration waits only on its own
+        first look, not on the run's loading, the registry read or the instances' looks."""
         self.prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
-        self.looking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
-        hubs = [t for t in targets if t.role == "hub"]
-        self.hub_look = self.looking.submit(self.look, hubs, dry_run)
-
-    def look(self, targets: list[Target], dry_run: bool) -> dict[str, InstanceState | OpheliaError]:
-        """First looks; those that find work keep their connection for the migration."""
-        assert self.kept is not None
-        keep = None if dry_run else self.keep_for_migration
-        return probe_all(targets, slots=self.kept.slots, on_state=self.seen, keep=keep)
+        self.looks = FirstLooks(self.jobs, per_host, None if dry_run else self.has_work, self.seen)
+        self.looks.start([t for t in targets if t.role == "hub"])
+        self.looks.start([t for t in targets if t.role != "hub"])
 
     def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
-        self.states[target.name] = state
         if self.prepare is not None:
             self.prepare.seen(target, state)
 
     def close(self) -> None:
-        """Wait for looks still going (a run that failed before its waves) and close what they kept."""
-        if self.looking is not None:
-            self.looking.shutdown(wait=True)
-        if self.kept is not None:
-            self.kept.close()
+        if self.looks is not None:
+            self.looks.close()
+
+    def has_work(self, target: Target, state: InstanceState) -> bool:
+        return self.triage(target, state, dry_run=False) is None
 
     def run_waves(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
         # The instances' first looks go on in the background while the hub migrates; each
         # wave settles its instances from them, so a failed hub still leaves them untouched.
-        assert self.looking is not None and self.hub_look is not None, "begin() first"
-        others = [t for t in plan.targets if t.role != "hub"]
-        probing = self.looking.submit(self.look, others, dry_run)
-        self.run_planned(plan, budget, dry_run, probing)
+        assert self.looks is not None, "begin() first"
+        self.looks.settle(plan.targets)
+        self.looks.start([t for t in plan.targets if t.name not in self.looks.started])  # a shard's
+        self.run_planned(plan, budget, dry_run)
 
-    def keep_for_migration(self, target: Target, state: InstanceState, conn: Connection) -> bool:
-        assert self.kept is not None
-        return self.triage(target, state, dry_run=False) is None and self.kept.offer(target, conn)
-
-    def run_planned(
-        self,
-        plan: RunPlan,
-        budget: Budget,
-        dry_run: bool,
-        probing: Future[dict[str, InstanceState | OpheliaError]],
-    ) -> None:
-        assert self.hub_look is not None
+    def run_planned(self, plan: RunPlan, budget: Budget, dry_run: bool) -> None:
+        assert self.looks is not None
         with fanout.Workers(self.jobs) as workers:
             if plan.hub:
-                self.hub_look.result()
+                self.looks.wait_for(plan.hub)
                 hub_outcomes = self.outcomes(plan.hub, dry_run)
                 self.wave(plan.hub, 1, hub_outcomes, workers)
                 if not all(self.results[t.name].succeeded for t in plan.hub) and not self.halt.reason:
                     self.halt.reason = "not run: the hub did not upgrade; fix that first"
                 if self.reporter is not None and None in hub_outcomes.values():
                     self.reporter.recheck_journal()  # the hub may have just got its journal
-            self.states = {**self.hub_look.result(), **probing.result()}
+            self.looks.wait_for(plan.targets)
             self.warm(workers, plan, dry_run)
             for index, wave in enumerate(plan.waves):
                 if index and not self.halt.reason:
@@ -346,8 +325,8 @@ class _FleetRun:
                 if outcome is not None:
                     self.halt.record(outcome)
                     self.finish(target, outcome)
-        kept = self.kept
-        assert kept is not None
+        assert self.looks is not None
+        kept = self.looks.kept
         looks = {t.name: look for t in work if isinstance(look := self.states.get(t.name), InstanceState)}
         wave_spec = fanout.Wave(
             self.chain.spec, self.goal, self.halt, self.finish, self.started, kept.slots, kept, looks

@@ -364,6 +364,66 @@ def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path,
     assert alembic_version(hub) == alembic_version(urls["inst1"]) == [HEAD]
 
 
+def _backends(url: str, where: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid <> pg_backend_pid() AND {where}"
+        ).fetchone()
+    return found[0] if found else 0
+
+
+def test_the_instances_are_looked_at_during_the_registry_read_and_one_left_out_is_not_waited_for(
+    tmp_path: Path, fleet_dbs: FleetDbs
+) -> None:
+    # The registry read is held up by a lock on instance_registry, released only once inst1's
+    # first look is in. inst2 is archived, and its first look hangs on a lock of its own: the
+    # run leaves it out without waiting for it, and that look then closes its connection.
+    hub, urls = fleet_dbs(2)
+    path = write_fleet(tmp_path, hub, urls)
+    fleet = load_fleet(path)
+    assert ophelia_db.upgrade(fleet, fleet.select(names=["hub"]), jobs=1).exit_code == 0
+    assert invoke(["archive", "inst2", "--fleet", str(path)]).exit_code == 0
+    with psycopg.connect(urls["inst2"], autocommit=True) as setup:
+        setup.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+    inst2_blocker = psycopg.connect(urls["inst2"])
+    inst2_blocker.execute("LOCK TABLE public.alembic_version IN ACCESS EXCLUSIVE MODE")
+    registry_blocker = psycopg.connect(hub)
+    registry_blocker.execute("LOCK TABLE public.instance_registry IN ACCESS EXCLUSIVE MODE")
+    released_by: list[str] = []
+
+    def watch() -> None:
+        # inst1's first look, kept for its migration: an idle backend whose last query read its state.
+        deadline = time.monotonic() + 30  # only there so that a failing run does not hang the suite
+        while time.monotonic() < deadline:
+            if _backends(urls["inst1"], "state = 'idle' AND query LIKE '%alembic_version%'"):
+                released_by.append("inst1's first look")
+                break
+            time.sleep(0.005)  # a poll interval, not a timing: what ends the wait is the look
+        else:
+            released_by.append("the breaker")
+        registry_blocker.rollback()
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
+        # The run is over while inst2's look still waits for its lock.
+        assert _backends(urls["inst2"], "wait_event_type = 'Lock'") == 1
+    finally:
+        watching.join()
+        registry_blocker.close()
+        inst2_blocker.close()
+    assert released_by == ["inst1's first look"]
+    assert [(r.name, r.result) for r in report.instances] == [("hub", "noop"), ("inst1", "ok")]
+    assert report.inactive == ("inst2",)
+    assert alembic_version(urls["inst1"]) == [HEAD] and alembic_version(urls["inst2"]) == []
+    deadline = time.monotonic() + 30  # the look ends once its lock is free; nothing keeps it open
+    while _backends(urls["inst2"], "true") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _backends(urls["inst2"], "true") == 0
+
+
 def test_the_hub_migrates_while_the_instances_are_still_being_read(
     tmp_path: Path, fleet_dbs: FleetDbs
 ) -> None:

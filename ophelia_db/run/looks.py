@@ -1,0 +1,101 @@
+"""An upgrade's first looks: every selected instance's state, read in the background from the run's start.
+
+This module owns when the first looks start, which of their connections are
+kept for the migration (``session.KeptLooks``), and waiting for the states a
+wave needs. The looks start with the run, before the hub registry's read that
+leaves archived and suspended instances out (≈ 2–3 round trips on the hub):
+an instance left out was looked at, read-only, as ``status`` does, but is never
+kept, migrated or waited for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ophelia_db.errors import OpheliaError
+from ophelia_db.fleet.config import Target
+from ophelia_db.fleet.connections import Connection
+from ophelia_db.fleet.hosts import HostSlots
+from ophelia_db.run.session import KEPT_LIMIT, KeptLooks
+from ophelia_db.run.state import InstanceState
+from ophelia_db.run.status import probe_all
+
+Look = InstanceState | OpheliaError
+# Whether an instance has work, from its first look (its connection is then worth keeping).
+HasWork = Callable[[Target, InstanceState], bool]
+Seen = Callable[[Target, Look], None]
+
+
+class FirstLooks:
+    """The first looks of one run, each probe over its targets in a background thread."""
+
+    def __init__(self, jobs: int, per_host: int, has_work: HasWork | None, seen: Seen | None) -> None:
+        """``has_work``: None for a dry run (nothing is kept); ``seen`` hears of each state as it comes."""
+        self.kept = KeptLooks(max(jobs, KEPT_LIMIT), HostSlots(per_host))
+        self.states: dict[str, Look] = {}
+        self._has_work = has_work
+        self._seen = seen
+        self._changed = threading.Condition()
+        # The instances whose connections may be kept; None until the selection is settled.
+        self._selected: set[str] | None = None
+        self._probes: list[Future[dict[str, Look]]] = []
+        # The names of every target a probe was started for.
+        self.started: set[str] = set()
+        # The hub's probe and the instances' (a shard's is started once it is planned).
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
+
+    def start(self, targets: list[Target]) -> None:
+        """Start reading ``targets``' states, in one probe over them all (at most ``per_host`` of one
+        server at once)."""
+        if targets:
+            self.started.update(t.name for t in targets)
+            keep = self._keep if self._has_work is not None else None
+            probe = self._pool.submit(
+                probe_all, targets, slots=self.kept.slots, on_state=self._saw, keep=keep
+            )
+            probe.add_done_callback(self._wake)
+            self._probes.append(probe)
+
+    def settle(self, selected: Collection[Target]) -> None:
+        """The run's selection is known: close what was kept for instances it left out."""
+        with self._changed:
+            self._selected = {t.name for t in selected}
+            self.kept.drop_all_but(self._selected)
+
+    def wait_for(self, targets: list[Target]) -> None:
+        """Wait for ``targets``' states only: an instance the run left out may still be connecting."""
+        names = {t.name for t in targets}
+        with self._changed:
+            while not names <= self.states.keys() and not all(p.done() for p in self._probes):
+                self._changed.wait()
+        for probe in self._probes:
+            if probe.done():
+                probe.result()  # a probe's own failure (a bug) is raised here
+
+    def close(self) -> None:
+        """Keep nothing more and close what no migration took. A look still connecting (to an
+        instance left out, or in a run that failed early) is not waited for: it closes its own."""
+        with self._changed:
+            self._selected = set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.kept.close()
+
+    def _keep(self, target: Target, state: InstanceState, conn: Connection) -> bool:
+        assert self._has_work is not None
+        with self._changed:
+            if self._selected is not None and target.name not in self._selected:
+                return False
+            return self._has_work(target, state) and self.kept.offer(target, conn)
+
+    def _saw(self, target: Target, state: Look) -> None:
+        with self._changed:
+            self.states[target.name] = state
+            self._changed.notify_all()
+        if self._seen is not None:
+            self._seen(target, state)
+
+    def _wake(self, _: Future[dict[str, Look]]) -> None:
+        with self._changed:
+            self._changed.notify_all()
