@@ -7,7 +7,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -321,6 +323,51 @@ def test_a_downgrade_that_drops_rows_says_so_and_needs_yes(fleet_dbs: FleetDbs, 
     assert "once the hub is back" not in gone.stderr and "sync --all" in gone.stderr
 
 
+# A first look's connection kept for the migration: idle, its last query the state read.
+_LOOKED = "state = 'idle' AND query LIKE '%alembic_version%'"
+
+
+def _released_when(
+    seen: Callable[[], bool], why: str, release: Callable[[], None]
+) -> tuple[threading.Thread, list[str]]:
+    """A thread that runs ``release`` once ``seen()`` holds, or after a 30 s breaker (only there so
+    that a failing run does not hang the suite); the list then says which of the two it was."""
+    released_by: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if seen():
+                released_by.append(why)
+                break
+            time.sleep(0.005)  # a poll interval, not a timing: what ends the wait is what is seen
+        else:
+            released_by.append("the breaker")
+        release()
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    return watching, released_by
+
+
+def _first_look_held_up(url: str) -> psycopg.Connection[Any]:
+    """A connection whose open transaction locks ``url``'s alembic_version: a first look waits for it."""
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE public.alembic_version IN ACCESS EXCLUSIVE MODE")
+    return blocker
+
+
+def _backends(url: str, where: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid <> pg_backend_pid() AND {where}"
+        ).fetchone()
+    return found[0] if found else 0
+
+
 def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path, fleet_dbs: FleetDbs) -> None:
     # The registry read (on the hub) is held up by a lock on instance_registry, released only
     # once the hub's first look is in: a run that looks at the hub after reading the registry
@@ -332,28 +379,11 @@ def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path,
     assert first.instances[0].result == "ok" and alembic_version(hub) == [REVISIONS[-2]]
     blocker = psycopg.connect(hub)
     blocker.execute("LOCK TABLE public.instance_registry IN ACCESS EXCLUSIVE MODE")
-    released_by: list[str] = []
-
-    def watch() -> None:
-        # The hub's first look, kept for its migration: an idle backend whose last query read
-        # alembic_version, while the registry read waits on the lock.
-        with psycopg.connect(hub, autocommit=True) as watcher:
-            deadline = time.monotonic() + 30  # only there so that a failing run does not hang the suite
-            while time.monotonic() < deadline:
-                looked = watcher.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state = 'idle' AND query LIKE '%alembic_version%' AND pid <> pg_backend_pid()"
-                ).fetchone()
-                if looked and looked[0]:
-                    released_by.append("the hub's first look")
-                    break
-                time.sleep(0.005)  # a poll interval, not a timing: what ends the wait is the look
-            else:
-                released_by.append("the breaker")
-        blocker.rollback()
-
-    watching = threading.Thread(target=watch)
-    watching.start()
+    # The hub's first look, kept for its migration: an idle backend whose last query read
+    # alembic_version, while the registry read waits on the lock.
+    watching, released_by = _released_when(
+        lambda: _backends(hub, _LOOKED) > 0, "the hub's first look", blocker.rollback
+    )
     try:
         report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
     finally:
@@ -362,15 +392,6 @@ def test_the_hubs_first_look_does_not_wait_for_the_registry_read(tmp_path: Path,
     assert released_by == ["the hub's first look"]
     assert [(r.name, r.result) for r in report.instances] == [("hub", "ok"), ("inst1", "ok")]
     assert alembic_version(hub) == alembic_version(urls["inst1"]) == [HEAD]
-
-
-def _backends(url: str, where: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            f"AND pid <> pg_backend_pid() AND {where}"
-        ).fetchone()
-    return found[0] if found else 0
 
 
 def test_the_instances_are_looked_at_during_the_registry_read_and_one_left_out_is_not_waited_for(
@@ -384,28 +405,13 @@ def test_the_instances_are_looked_at_during_the_registry_read_and_one_left_out_i
     fleet = load_fleet(path)
     assert ophelia_db.upgrade(fleet, fleet.select(names=["hub"]), jobs=1).exit_code == 0
     assert invoke(["archive", "inst2", "--fleet", str(path)]).exit_code == 0
-    with psycopg.connect(urls["inst2"], autocommit=True) as setup:
-        setup.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
-    inst2_blocker = psycopg.connect(urls["inst2"])
-    inst2_blocker.execute("LOCK TABLE public.alembic_version IN ACCESS EXCLUSIVE MODE")
+    inst2_blocker = _first_look_held_up(urls["inst2"])
     registry_blocker = psycopg.connect(hub)
     registry_blocker.execute("LOCK TABLE public.instance_registry IN ACCESS EXCLUSIVE MODE")
-    released_by: list[str] = []
-
-    def watch() -> None:
-        # inst1's first look, kept for its migration: an idle backend whose last query read its state.
-        deadline = time.monotonic() + 30  # only there so that a failing run does not hang the suite
-        while time.monotonic() < deadline:
-            if _backends(urls["inst1"], "state = 'idle' AND query LIKE '%alembic_version%'"):
-                released_by.append("inst1's first look")
-                break
-            time.sleep(0.005)  # a poll interval, not a timing: what ends the wait is the look
-        else:
-            released_by.append("the breaker")
-        registry_blocker.rollback()
-
-    watching = threading.Thread(target=watch)
-    watching.start()
+    # inst1's first look, kept for its migration: an idle backend whose last query read its state.
+    watching, released_by = _released_when(
+        lambda: _backends(urls["inst1"], _LOOKED) > 0, "inst1's first look", registry_blocker.rollback
+    )
     try:
         report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=2)
         # The run is over while inst2's look still waits for its lock.
@@ -431,10 +437,7 @@ def test_the_hub_migrates_while_the_instances_are_still_being_read(
     # for it: it migrates as soon as its own first look is in (and only then is inst1 let go).
     hub, urls = fleet_dbs(1)
     fleet = load_fleet(write_fleet(tmp_path, hub, urls))
-    with psycopg.connect(urls["inst1"], autocommit=True) as setup:
-        setup.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
-    blocker = psycopg.connect(urls["inst1"])
-    blocker.execute("LOCK TABLE public.alembic_version IN ACCESS EXCLUSIVE MODE")
+    blocker = _first_look_held_up(urls["inst1"])
     released_by: list[str] = []
     release_lock = threading.Lock()
 
