@@ -220,13 +220,10 @@ class _FleetRun:
         """Start looking at ``targets`` now, the hub on its own: its migration waits only on its own
         first look, not on the run's loading, the registry read or the instances' looks."""
         self.prepare = None if dry_run else batch.RenderAhead(self.chain, self.goal)
-        self.looks = FirstLooks(self.jobs, per_host, None if dry_run else self.has_work, self.seen)
+        has_work = None if dry_run else self.has_work
+        self.looks = FirstLooks(self.jobs, per_host, has_work, self.prepare.seen if self.prepare else None)
         self.looks.start([t for t in targets if t.role == "hub"])
         self.looks.start([t for t in targets if t.role != "hub"])
-
-    def seen(self, target: Target, state: InstanceState | OpheliaError) -> None:
-        if self.prepare is not None:
-            self.prepare.seen(target, state)
 
     def close(self) -> None:
         if self.looks is not None:
