@@ -51,6 +51,7 @@ class FirstLooks:
         server at once)."""
         if targets:
             self.started.update(t.name for t in targets)
+            self.kept.expect(targets)
             keep = self._keep if self._has_work is not None else None
             probe = self._pool.submit(
                 probe_all, targets, slots=self.kept.slots, on_state=self._saw, keep=keep
@@ -90,6 +91,7 @@ class FirstLooks:
             return self._has_work(target, state) and self.kept.offer(target, conn)
 
     def _saw(self, target: Target, state: Look) -> None:
+        self.kept.looked(target)  # when no offer said so already
         with self._changed:
             self.states[target.name] = state
             self._changed.notify_all()

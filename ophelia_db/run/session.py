@@ -45,9 +45,10 @@ class KeptLooks:
     and a backend the server's CPU: the instance a probe found work for is
     migrated on the probe's own connection when there is room: ``limit`` in
     all (``KEPT_LIMIT``, or the run's ``jobs`` if larger: more than ``jobs``,
-    since every look ends before the first wave starts), and half its server's
-    slots, so that probing goes on. A kept connection keeps its slot of
-    ``slots`` until its migration ends (or ``close``).
+    since every look ends before the first wave starts), and, per server, half
+    its slots, so that probing goes on, or all of them once the looks still to
+    end there (``expect``) fit beside those kept. A kept connection keeps its
+    slot of ``slots`` until its migration ends (or ``close``).
     """
 
     def __init__(self, limit: int, slots: HostSlots) -> None:
@@ -55,14 +56,33 @@ class KeptLooks:
         self.slots = slots
         self._kept: dict[str, tuple[Target, Connection]] = {}
         self._per_server: dict[str, int] = {}
+        # Per server, the instances whose looks have not ended yet (each will need a slot).
+        self._looking: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+
+    def expect(self, targets: Collection[Target]) -> None:
+        """``targets`` are about to be looked at: each look ends in ``offer`` or ``looked``."""
+        for target in targets:
+            server = self.slots.server(target)
+            with self._lock:
+                self._looking.setdefault(server, set()).add(target.name)
+
+    def looked(self, target: Target) -> None:
+        """``target``'s look ended without an offer (it failed, or found nothing to do)."""
+        server = self.slots.server(target)
+        with self._lock:
+            self._looking.get(server, set()).discard(target.name)
 
     def offer(self, target: Target, conn: Connection) -> bool:
         """Keep ``conn`` (and its slot) for ``target`` if there is room; ``False``: the caller closes it."""
         server = self.slots.server(target)
         with self._lock:
+            looking = self._looking.get(server, set())
+            looking.discard(target.name)
             on_server = self._per_server.get(server, 0)
-            if len(self._kept) >= self.limit or on_server >= self.slots.per_host // 2:
+            # Kept, they and the looks still to end would all fit: no look waits on them.
+            fits = on_server + 1 + len(looking) <= self.slots.per_host
+            if len(self._kept) >= self.limit or (on_server >= self.slots.per_host // 2 and not fits):
                 return False
             self._kept[target.name] = (target, conn)
             self._per_server[server] = on_server + 1

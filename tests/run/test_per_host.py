@@ -65,3 +65,19 @@ def test_servers_are_bounded_apart(tmp_path, fleet_dbs):
     assert not slots.try_take(c)
     slots.give_back(a)
     assert slots.try_take(c)
+
+
+def test_every_look_is_kept_for_its_migration_once_the_looks_left_fit(tmp_path, fleet_dbs):
+    # 6 instances, 4 slots: the first 2 looks are kept (half the slots, so that probing goes
+    # on), the next 2 are not (4 looks were still to end), and once the looks left fit beside
+    # those kept (2 + 2 <= 4) both are kept: 4 of 6 migrate on their first look's connection,
+    # 2 open one more. Keeping half only, as before, opened 4 more.
+    hub, instances = fleet_dbs(6)
+    server = urlsplit(hub)
+    with LatencyProxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
+        shared = {name: _behind(proxy, url) for name, url in instances.items()}
+        fleet = load_fleet(write_fleet(tmp_path, hub, shared, defaults="per_host = 4"))
+        report = ophelia_db.upgrade(fleet, list(fleet.members))
+        assert {r.result for r in report.instances} == {"ok"}
+        assert proxy.counts.connections == 6 + 2, proxy.counts
+        assert proxy.counts.peak_open <= 4, proxy.counts
