@@ -170,8 +170,16 @@ def send(
     wants_answer = not hook.mirror_exists
     statements = [
         text
-        for rendered_revision in revisions
-        for text in _transaction(chain, rendered_revision, hook, proof, timeouts)
+        for index, rendered_revision in enumerate(revisions)
+        for text in _transaction(
+            chain,
+            rendered_revision,
+            hook,
+            proof,
+            timeouts,
+            after=revisions[index - 1].revision if index else None,
+            last=index == len(revisions) - 1,
+        )
     ]
     started = time.monotonic()
     cursor = conn.cursor()
@@ -198,8 +206,12 @@ def _transaction(
     hook: mirror.MirrorHook,
     proof: SessionProof,
     timeouts: Timeouts,
+    *,
+    after: str | None,
+    last: bool,
 ) -> list[str]:
-    """One revision's transaction: session check, time box, its statements, version step, mirror."""
+    """One revision's transaction: session check, time box, its statements, version step, mirror
+    (``after``: the revision before it in the message; ``last``: the message's last revision)."""
     revision = chain.get(rendered_revision.revision)
     lock = revision.lock_timeout or timeouts.lock_timeout
     statement = revision.statement_timeout or timeouts.statement_timeout
@@ -211,7 +223,7 @@ def _transaction(
         f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",
         *(text.rstrip(";") for text in rendered_revision.statements),
         *mirror.version_step_sql(revision.down_revision, revision.id),
-        *hook.batch_sql(revision.id),
+        *hook.batch_sql(revision.id, after=after, last=last),
         "COMMIT",
     ]
 

@@ -54,6 +54,27 @@ _ELAPSED_MS = (
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,50}$")
 
 
+# The session setting a batch's revision sets to its own id once its rows are in the mirror.
+RECORDED_THROUGH = "ophelia.mirror_recorded_through"
+
+
+def _set_session(setting: str, value_sql: str) -> str:
+    # Session-wide (not local): read by the next revision's transaction. A revision
+    # that rolls back rolls its settings back too.
+    return f"PERFORM set_config({sql_literal(setting)}, {value_sql}, false)"
+
+
+def _if_chain(branches: list[tuple[str, list[str]]]) -> str:
+    """PL/pgSQL ``IF ... ELSIF ... ELSE ... END IF`` over ``(condition, statements)``; ``""`` is ELSE."""
+    lines = []
+    for index, (condition, statements) in enumerate(branches):
+        keyword = "ELSE" if not condition else ("IF" if index == 0 else "ELSIF")
+        lines.append(f"  {keyword} {condition} THEN" if condition else "  ELSE")
+        lines.extend(f"    {statement};" for statement in statements)
+    lines.append("  END IF;")
+    return "\n".join(lines)
+
+
 def _duration_setting(revision: str) -> str | None:
     """The session setting a batch keeps ``revision``'s duration in, for a later backfill.
 
@@ -131,13 +152,15 @@ class MirrorHook:
         if self.on_step:
             self.on_step(revision, is_upgrade)
 
-    def batch_sql(self, revision: str) -> list[str]:
+    def batch_sql(self, revision: str, *, after: str | None = None, last: bool = True) -> list[str]:
         """The mirror's statements for ``revision`` sent inside its batch, just before its COMMIT.
 
-        Literal SQL (run/batch.py sends the whole revision as one message). The
-        duration is measured by the server from the batch's start mark. While the
-        mirror is not known to exist, the rows are guarded, the revision creating
-        it backfills the earlier ones, and a last SELECT says whether it exists now.
+        Literal SQL (run/batch.py sends revisions as one message). The duration
+        is measured by the server from the batch's start mark. While the mirror
+        is not known to exist, the rows are guarded: the first revision to see
+        the mirror backfills the earlier ones, and says so (``RECORDED_THROUGH``)
+        to the next, ``after`` it in the same message, which then records only
+        itself. The ``last`` revision's SELECT says whether the mirror exists now.
         """
         rev = self.chain.get(revision)
         record = [
@@ -150,15 +173,19 @@ class MirrorHook:
             _BACKFILL_ROW % self._backfill_values(earlier)
             for earlier in self.chain.applied_through(revision)[:-1]
         ]
-        body = "\n".join(f"    {statement};" for statement in backfill + record)
+        recorded = _set_session(RECORDED_THROUGH, sql_literal(revision))
         setting = _duration_setting(revision)
-        keep = (
-            f"  PERFORM set_config({sql_literal(setting)}, {_ELAPSED_MS}::text, false);\n" if setting else ""
-        )
-        return [
-            f"DO $ophelia$\nBEGIN\n{keep}  IF {_MIRROR_EXISTS} THEN\n{body}\n  END IF;\nEND $ophelia$",
-            f"SELECT {_MIRROR_EXISTS}",
+        kept = [_set_session(setting, f"{_ELAPSED_MS}::text")] if setting else []
+        branches = [
+            (f"{_MIRROR_EXISTS}", [*backfill, *record, recorded]),
+            ("", [*kept, _set_session(RECORDED_THROUGH, "''")]),
         ]
+        if after is not None:
+            # Set by the revision just before, in this message: every row up to it is there.
+            through = f"current_setting('{RECORDED_THROUGH}', true) = {sql_literal(after)}"
+            branches.insert(0, (through, [*record, recorded]))
+        answer = [f"SELECT {_MIRROR_EXISTS}"] if last else []
+        return [f"DO $ophelia$\nBEGIN\n{_if_chain(branches)}\nEND $ophelia$", *answer]
 
     def _backfill_values(self, revision: str) -> dict[str, str]:
         """An earlier revision's row: its duration as measured here, else as its batch kept it."""

@@ -243,10 +243,10 @@ def test_a_bug_of_ours_fails_one_instance_with_exit_70_and_the_rest_carry_on(
     fleet = load_fleet(write_fleet(tmp_path, hub, instances))
     original = MirrorHook.batch_sql
 
-    def broken(self, revision):
+    def broken(self, revision, **where):
         if self.instance_id == "inst1" and revision == "0003":
             raise ZeroDivisionError("simulated bug")
-        return original(self, revision)
+        return original(self, revision, **where)
 
     monkeypatch.setattr(MirrorHook, "batch_sql", broken)
     report = ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2"]), jobs=1)
