@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from typer.testing import CliRunner, Result
 
-from ophelia_db.cli.app import app
+from ophelia_db.cli.app import app_for
 from ophelia_db.run.chain import Chain, ChainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,8 +82,9 @@ def run_cli(
 
 
 def invoke(args: Sequence[str], *, env: Mapping[str, str] | None = None, input: str | None = None) -> Result:
-    """Run the typer app in-process, stdout and stderr captured apart."""
-    return CliRunner(env=dict(env or {})).invoke(app, list(args), input=input, catch_exceptions=False)
+    """Run the typer app in-process as the script does (``app_for``), stdout and stderr captured apart."""
+    runner = CliRunner(env=dict(env or {}))
+    return runner.invoke(app_for(list(args)), list(args), input=input, catch_exceptions=False)
 
 
 def write_fleet(
