@@ -45,10 +45,11 @@ class KeptLooks:
     and a backend the server's CPU: the instance a probe found work for is
     migrated on the probe's own connection when there is room: ``limit`` in
     all (``KEPT_LIMIT``, or the run's ``jobs`` if larger: more than ``jobs``,
-    since every look ends before the first wave starts), and, per server, half
-    its slots, so that probing goes on, or all of them once the looks still to
-    end there (``expect``) fit beside those kept. A kept connection keeps its
-    slot of ``slots`` until its migration ends (or ``close``).
+    since every look ends before the first wave starts), and, per server, once
+    the looks still to end there (``expect``) fit in its slots beside those
+    kept: a look kept earlier would hold a slot the others wait for, and the
+    last ``per_host`` looks to end are kept all the same. A kept connection
+    keeps its slot of ``slots`` until its migration ends (or ``close``).
     """
 
     def __init__(self, limit: int, slots: HostSlots) -> None:
@@ -80,9 +81,9 @@ class KeptLooks:
             looking = self._looking.get(server, set())
             looking.discard(target.name)
             on_server = self._per_server.get(server, 0)
-            # Kept, they and the looks still to end would all fit: no look waits on them.
+            # Kept, they and the looks still to end all fit: no look waits for a slot.
             fits = on_server + 1 + len(looking) <= self.slots.per_host
-            if len(self._kept) >= self.limit or (on_server >= self.slots.per_host // 2 and not fits):
+            if len(self._kept) >= self.limit or not fits:
                 return False
             self._kept[target.name] = (target, conn)
             self._per_server[server] = on_server + 1

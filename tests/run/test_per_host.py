@@ -13,6 +13,7 @@ import ophelia_db
 from bench.latency_proxy import LatencyProxy
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.hosts import HostSlots, server_of
+from ophelia_db.run.session import KeptLooks
 from tests.helpers import HEAD, current_version, write_fleet
 
 INSTANCES = 6
@@ -68,10 +69,9 @@ def test_servers_are_bounded_apart(tmp_path, fleet_dbs):
 
 
 def test_every_look_is_kept_for_its_migration_once_the_looks_left_fit(tmp_path, fleet_dbs):
-    # 6 instances, 4 slots: the first 2 looks are kept (half the slots, so that probing goes
-    # on), the next 2 are not (4 looks were still to end), and once the looks left fit beside
-    # those kept (2 + 2 <= 4) both are kept: 4 of 6 migrate on their first look's connection,
-    # 2 open one more. Keeping half only, as before, opened 4 more.
+    # 6 instances, 4 slots: the first 2 looks to end are not kept (4 more were still to end,
+    # which would have waited for the slot), the last 4 are: 4 of 6 migrate on their first
+    # look's connection, 2 open one more. Keeping half the slots at most, as before, opened 4.
     hub, instances = fleet_dbs(6)
     server = urlsplit(hub)
     with LatencyProxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
@@ -81,3 +81,22 @@ def test_every_look_is_kept_for_its_migration_once_the_looks_left_fit(tmp_path, 
         assert {r.result for r in report.instances} == {"ok"}
         assert proxy.counts.connections == 6 + 2, proxy.counts
         assert proxy.counts.peak_open <= 4, proxy.counts
+
+
+class _Idle:
+    """A kept connection as far as keeping goes: nothing is sent on it here."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_look_is_kept_only_once_the_looks_still_to_end_fit_beside_it(tmp_path):
+    # 4 instances, 2 slots: a look kept while 3 others are still to end would hold a slot they
+    # wait for (as the first one was, when half the slots could be kept); the last 2 are kept.
+    urls = {f"inst{n}": f"postgresql://u@127.0.0.1:1/inst{n}" for n in range(1, 5)}
+    fleet = load_fleet(write_fleet(tmp_path, "postgresql://u@127.0.0.1:1/hub", urls))
+    targets = [fleet.instances[name] for name in urls]
+    kept = KeptLooks(256, HostSlots(2))
+    kept.expect(targets)
+    assert [kept.offer(target, _Idle()) for target in targets] == [False, False, True, True]  # type: ignore[arg-type]
+    assert [kept.holds(target) for target in targets] == [False, False, True, True]
