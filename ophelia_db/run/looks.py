@@ -88,7 +88,8 @@ class FirstLooks:
         with self._changed:
             if self._selected is not None and target.name not in self._selected:
                 return False
-            return self._has_work(target, state) and self.kept.offer(target, conn)
+            ahead = target.role == "hub"  # its migration is the first, and every other one waits for it
+            return self._has_work(target, state) and self.kept.offer(target, conn, ahead=ahead)
 
     def _saw(self, target: Target, state: Look) -> None:
         self.kept.looked(target)  # when no offer said so already

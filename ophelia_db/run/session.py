@@ -74,8 +74,12 @@ class KeptLooks:
         with self._lock:
             self._looking.get(server, set()).discard(target.name)
 
-    def offer(self, target: Target, conn: Connection) -> bool:
-        """Keep ``conn`` (and its slot) for ``target`` if there is room; ``False``: the caller closes it."""
+    def offer(self, target: Target, conn: Connection, *, ahead: bool = False) -> bool:
+        """Keep ``conn`` (and its slot) for ``target`` if there is room; ``False``: the caller closes it.
+
+        ``ahead``: the hub's, whose migration comes before all others: kept whenever the limit
+        allows (its slot is back once it is migrated; an instance's look may wait for it until then).
+        """
         server = self.slots.server(target)
         with self._lock:
             looking = self._looking.get(server, set())
@@ -83,7 +87,7 @@ class KeptLooks:
             on_server = self._per_server.get(server, 0)
             # Kept, they and the looks still to end all fit: no look waits for a slot.
             fits = on_server + 1 + len(looking) <= self.slots.per_host
-            if len(self._kept) >= self.limit or not fits:
+            if len(self._kept) >= self.limit or not (fits or ahead):
                 return False
             self._kept[target.name] = (target, conn)
             self._per_server[server] = on_server + 1

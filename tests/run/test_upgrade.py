@@ -17,6 +17,7 @@ import pytest
 import ophelia_db
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.run.chain import file_checksum
+from ophelia_db.run.state import InstanceState
 from ophelia_db.run.upgrade import Progress
 from tests.helpers import (
     ALEMBIC_INI,
@@ -485,3 +486,44 @@ def test_tables_that_appear_after_the_first_look_are_read_under_the_lock(
     (result,) = report.instances
     assert (result.result, result.from_revision, result.applied) == ("ok", REVISIONS[1], tuple(REVISIONS[2:]))
     assert_consistent(instances["inst1"], HEAD)
+
+
+def test_the_hubs_first_look_is_kept_even_while_instance_looks_wait_for_a_slot(
+    tmp_path: Path, fleet_dbs: FleetDbs
+) -> None:
+    # One server, 2 slots. The hub's look ends while an instance's look holds the other slot
+    # and a second one waits for it: an instance's look would not be kept then (its slot is
+    # wanted), the hub's is: its migration comes first and every other waits for it.
+    from ophelia_db.run.looks import FirstLooks
+
+    hub, urls = fleet_dbs(2)
+    fleet = load_fleet(write_fleet(tmp_path, hub, urls))
+    instances = [fleet.instances[name] for name in urls]
+    blockers = {url: _first_look_held_up(url) for url in (hub, *urls.values())}
+    waiting = "wait_event_type = 'Lock'"
+    looks = FirstLooks(jobs=2, per_host=2, has_work=lambda target, state: True, seen=None)
+    try:
+        looks.start([fleet.hub])
+        seen_hub, hub_seen = _released_when(lambda: _backends(hub, waiting) == 1, "hub", lambda: None)
+        seen_hub.join()
+        looks.start(instances)  # one takes the second slot, the other waits for a slot
+        instance_waits = _released_when(
+            lambda: sum(_backends(url, waiting) for url in urls.values()) == 1,
+            "an instance",
+            blockers[hub].rollback,
+        )
+        instance_waits[0].join()
+        looks.wait_for([fleet.hub])
+        for url in urls.values():
+            blockers[url].rollback()
+        looks.wait_for(instances)
+        assert hub_seen == ["hub"] and instance_waits[1] == ["an instance"]
+        assert looks.kept.holds(fleet.hub)
+        assert {t.name: isinstance(looks.states[t.name], InstanceState) for t in instances} == {
+            "inst1": True,
+            "inst2": True,
+        }
+    finally:
+        looks.close()
+        for blocker in blockers.values():
+            blocker.close()
