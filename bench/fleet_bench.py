@@ -18,12 +18,14 @@ method is timed as a whole (start-up included) in the same run:
 - a threaded psycopg ``SELECT 1`` over the databases (16 threads).
 
 Every peer runs as a child process, so that all figures include start-up.
+ophelia-db's rows, the floor and ``SELECT 1`` are run ``--repeat`` times (3)
+one after the other and their medians shown; plain Alembic and ``psql`` once.
 
 Then, at RTT 0 only, larger fleets for ophelia-db alone (linearity and peak
 memory: the largest proportional set size summed over the command's process
 tree, sampled every 50 ms).
 
-Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--big 200,500]
+Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--big 200,500] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import io
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -264,14 +267,30 @@ class Bench:
         ]
         return run_command(command, dict(os.environ))
 
-    def peers(self, proxy: LatencyProxy, n: int, figures: dict[str, float]) -> None:
-        for key in ("plain4", "plain16", "psql", "batch"):
+    def peers(self, proxy: LatencyProxy, n: int, figures: dict[str, float], kinds: Sequence[str]) -> None:
+        for key in kinds:
             names, urls = self.fresh(proxy, n)
             proxy.reset()
             figures[key], _ = self.peer(key, urls)
             figures[f"{key}_rt"] = proxy.round_trips / n
             at_head(urls, self.head)
             self.drop(names)
+
+
+def measure(bench: Bench, proxy: LatencyProxy, n: int, repeat: int) -> dict[str, float]:
+    """Every row at one RTT: ours, the floor and SELECT 1 ``repeat`` times, one after the other
+    (medians: this shared machine varies by 10-30 % from one minute to the next), the far
+    slower plain Alembic and psql once."""
+    once: dict[str, float] = {}
+    bench.peers(proxy, n, once, ("plain4", "plain16", "psql"))
+    runs = []
+    for _ in range(repeat):
+        figures: dict[str, float] = {}
+        bench.first_run(proxy, n, figures)
+        bench.ours(proxy, n, figures)
+        bench.peers(proxy, n, figures, ("batch",))
+        runs.append(figures)
+    return {**once, **{key: statistics.median(run[key] for run in runs) for key in runs[0]}}
 
 
 ROWS = [
@@ -287,9 +306,12 @@ ROWS = [
 ]
 
 
-def report(n: int, by_rtt: dict[int, dict[str, float]]) -> None:
+def report(n: int, by_rtt: dict[int, dict[str, float]], repeat: int) -> None:
     rtts = sorted(by_rtt)
-    print(f"\nN = {n} (hub + {n - 1} instances), shipped chain, seconds (round trips per database)")
+    print(
+        f"\nN = {n} (hub + {n - 1} instances), shipped chain, seconds (round trips per database); "
+        f"medians of {repeat} runs, plain Alembic and psql -1 -f one run"
+    )
     print(f"| method | {' | '.join(f'RTT {rtt} ms' for rtt in rtts)} |")
     print(f"|---|{'---|' * len(rtts)}")
     for label, key in ROWS:
@@ -333,6 +355,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--rtts", default="0,20", help="round-trip times in ms")
     parser.add_argument("--big", default="200,500", help="larger fleets, at RTT 0, ophelia-db only")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of ours, the floor and SELECT 1")
     args = parser.parse_args()
     if args.peer:
         run_peer(args.peer, args.urls.read_text().split(), args.sql)
@@ -351,12 +374,8 @@ def main() -> None:
         by_rtt: dict[int, dict[str, float]] = {}
         for rtt in [int(x) for x in args.rtts.split(",") if x]:
             with LatencyProxy("127.0.0.1", cluster.port, rtt=rtt / 1000) as proxy:
-                figures: dict[str, float] = {}
-                bench.first_run(proxy, args.n, figures)
-                bench.ours(proxy, args.n, figures)
-                bench.peers(proxy, args.n, figures)
-                by_rtt[rtt] = figures
-        report(args.n, by_rtt)
+                by_rtt[rtt] = measure(bench, proxy, args.n, max(1, args.repeat))
+        report(args.n, by_rtt, max(1, args.repeat))
         sizes = [int(x) for x in args.big.split(",") if x]
         if sizes:
             print("\nlarger fleets, RTT 0, ophelia-db only")
