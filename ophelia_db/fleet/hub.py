@@ -13,9 +13,12 @@ never fails an instance's upgrade: the report is marked pending and
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
 
 from ophelia_db.errors import ConfigError, OpheliaError
 from ophelia_db.fleet.config import Target
@@ -29,24 +32,48 @@ from ophelia_db.fleet.connections import (
 )
 from ophelia_db.redaction import redact
 
-UPSERT_SQL = """INSERT INTO public.instance_registry AS r
+# Each report is an upsert; many go as one statement over a JSON array of rows. A version read
+# by the run replaces the row's; one not read (locked, unreachable: ``known`` false) keeps it.
+_UPSERT = """INSERT INTO public.instance_registry AS r
   (subdomain, community_name, community_type, is_hub, schema_version, schema_updated_at,
    migrations_count, last_run_status, last_run_at, last_error, metadata)
-VALUES (%(name)s, %(community_name)s, %(community_type)s, %(is_hub)s, %(version)s,
-  COALESCE(%(updated_at)s::timestamptz, now()), %(count)s, %(run_status)s, now(), %(error)s,
-  jsonb_strip_nulls(jsonb_build_object('schema_fingerprint', %(fingerprint)s::text)))
+SELECT u.name, u.community_name, u.community_type, u.is_hub, u.version,
+  COALESCE(u.updated_at, now()), u.count, u.run_status, now(), u.error,
+  jsonb_strip_nulls(jsonb_build_object('schema_fingerprint', u.fingerprint))
+FROM jsonb_to_recordset(%(rows)s) AS u(name text, community_name text, community_type text,
+  is_hub boolean, version text, updated_at timestamptz, count integer, run_status text, error text,
+  fingerprint text)
 ON CONFLICT (subdomain) DO UPDATE SET
   is_hub = EXCLUDED.is_hub,
-  schema_version = CASE WHEN %(known)s THEN EXCLUDED.schema_version ELSE r.schema_version END,
-  schema_updated_at = CASE WHEN %(known)s THEN EXCLUDED.schema_updated_at ELSE r.schema_updated_at END,
-  migrations_count = CASE WHEN %(known)s THEN EXCLUDED.migrations_count ELSE r.migrations_count END,
+  schema_version = {kept}.schema_version,
+  schema_updated_at = {kept}.schema_updated_at,
+  migrations_count = {kept}.migrations_count,
   last_run_status = EXCLUDED.last_run_status,
   last_run_at = EXCLUDED.last_run_at,
   last_error = EXCLUDED.last_error,
-  metadata = CASE WHEN %(fingerprint)s::text IS NULL THEN r.metadata
-    ELSE r.metadata || jsonb_build_object('schema_fingerprint', %(fingerprint)s::text,
-                                          'schema_fingerprint_at', now()) END,
+  metadata = CASE WHEN EXCLUDED.metadata ? 'schema_fingerprint'
+    THEN r.metadata || EXCLUDED.metadata || jsonb_build_object('schema_fingerprint_at', now())
+    ELSE r.metadata END,
   updated_at = now()"""
+_UPSERT_READ = _UPSERT.format(kept="EXCLUDED")
+_UPSERT_NOT_READ = _UPSERT.format(kept="r")
+
+
+def registry_writes(updates: Sequence[RegistryUpdate]) -> list[tuple[str, dict[str, Any]]]:
+    """The statements writing ``updates`` in their order, as few as can be: one statement
+    cannot write a row twice, so an instance reported again starts the next ones."""
+    written: list[tuple[str, dict[str, Any]]] = []
+    group: list[RegistryUpdate] = []
+    for update in [*updates, None]:
+        if update is None or any(update.target.name == u.target.name for u in group):
+            for known, sql in ((True, _UPSERT_READ), (False, _UPSERT_NOT_READ)):
+                rows = [u.row() for u in group if u.version_known is known]
+                if rows:
+                    written.append((sql, {"rows": Jsonb(rows)}))
+            group = []
+        if update is not None:
+            group.append(update)
+    return written
 
 
 @dataclass(frozen=True)
@@ -62,18 +89,18 @@ class RegistryUpdate:
     error: str | None = None
     schema_fingerprint: str | None = None
 
-    def params(self) -> dict[str, Any]:
+    def row(self) -> dict[str, Any]:
+        """The report as a row of ``registry_writes``' JSON array."""
         return {
             "name": self.target.name,
             "community_name": self.target.community_name,
             "community_type": self.target.community_type,
             "is_hub": self.target.role == "hub",
             "version": self.schema_version,
-            "updated_at": self.schema_updated_at,
+            "updated_at": self.schema_updated_at.isoformat() if self.schema_updated_at else None,
             "count": self.migrations_count,
             "run_status": self.run_status,
             "error": redact(self.error)[:2000] if self.error else None,
-            "known": self.version_known,
             "fingerprint": self.schema_fingerprint,
         }
 

@@ -19,7 +19,7 @@ from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import journal
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import Connection, connect, describe_error, sqlstate_of
-from ophelia_db.fleet.hub import UPSERT_SQL, RegistryUpdate, statuses_and_journal
+from ophelia_db.fleet.hub import RegistryUpdate, registry_writes, statuses_and_journal
 from ophelia_db.fleet.journal import LocalJournal
 
 
@@ -173,17 +173,18 @@ class HubReporter:
             unknown = self.journal_ready is None
             if unknown or (recheck and not self.journal_ready):
                 self._ask_journal()
-        statements: list[tuple[str, dict[str, Any]]] = []
+        updates: list[RegistryUpdate] = []
         sent: list[journal.Operation] = []
         kept: list[journal.Operation] = []
         for kind, item in items:
             if kind == "registry" and self.state == "ok":
-                statements.append((UPSERT_SQL, item.params()))
+                updates.append(item)
             elif kind == "journal" and self.state == "ok" and self.journal_ready:
-                statements.append((item.sql, dict(item.values)))
                 sent.append(item)
             elif kind == "journal":
                 kept.append(item)
+        # Two tables with no link between them: each keeps its own order.
+        statements = registry_writes(updates) + journal.statements(sent)
         if self._local is not None:
             self._local.append(kept)
             if self.state == "ok" and self.journal_ready:

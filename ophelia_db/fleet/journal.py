@@ -18,11 +18,13 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from ophelia_db._version import __version__
 from ophelia_db.errors import ConfigError
@@ -46,22 +48,31 @@ ON CONFLICT (run_id) DO NOTHING""",
 VALUES (%(run_id)s, %(shard)s, %(started_by)s, %(at)s)
 ON CONFLICT (run_id, shard) DO UPDATE SET started_by = EXCLUDED.started_by,
   started_at = EXCLUDED.started_at, finished_at = NULL, outcome = NULL, exit_code = NULL""",
+    "finish": """UPDATE public.ophelia_run_shards SET finished_at = %(at)s, outcome = %(outcome)s,
+  exit_code = %(exit_code)s WHERE run_id = %(run_id)s AND shard = %(shard)s""",
+}
+# The instances' rows, many in one statement (a run writes one or two per instance): the
+# operations' values as a JSON array, read back with these columns.
+_MANY: dict[str, str] = {
     # Planned rows never overwrite what a shard already recorded.
     "plan": """INSERT INTO public.ophelia_run_instances (run_id, instance, shard, wave, state, updated_at)
-VALUES (%(run_id)s, %(instance)s, %(shard)s, %(wave)s, 'planned', %(at)s)
+SELECT o.run_id, o.instance, o.shard, o.wave, 'planned', o.at
+FROM jsonb_to_recordset(%(rows)s) AS o(run_id text, instance text, shard integer, wave integer,
+  at timestamptz)
 ON CONFLICT (run_id, instance) DO NOTHING""",
     "entry": """INSERT INTO public.ophelia_run_instances AS i (run_id, instance, shard, wave, state,
   from_revision, to_revision, applied, duration_ms, exit_code, error, updated_at)
-VALUES (%(run_id)s, %(instance)s, %(shard)s, %(wave)s, %(state)s, %(from_revision)s,
-  %(to_revision)s, %(applied)s, %(duration_ms)s, %(exit_code)s, %(error)s, %(at)s)
+SELECT o.run_id, o.instance, o.shard, o.wave, o.state, o.from_revision, o.to_revision,
+  coalesce(o.applied, '{}'), o.duration_ms, o.exit_code, o.error, o.at
+FROM jsonb_to_recordset(%(rows)s) AS o(run_id text, instance text, shard integer, wave integer,
+  state text, from_revision text, to_revision text, applied text[], duration_ms integer,
+  exit_code integer, error text, at timestamptz)
 ON CONFLICT (run_id, instance) DO UPDATE SET shard = EXCLUDED.shard, wave = EXCLUDED.wave,
   state = EXCLUDED.state, from_revision = EXCLUDED.from_revision,
   to_revision = EXCLUDED.to_revision, applied = EXCLUDED.applied,
   duration_ms = EXCLUDED.duration_ms, exit_code = EXCLUDED.exit_code, error = EXCLUDED.error,
   updated_at = EXCLUDED.updated_at
 WHERE i.updated_at <= EXCLUDED.updated_at""",
-    "finish": """UPDATE public.ophelia_run_shards SET finished_at = %(at)s, outcome = %(outcome)s,
-  exit_code = %(exit_code)s WHERE run_id = %(run_id)s AND shard = %(shard)s""",
 }
 READY_SQL = "SELECT to_regclass('public.ophelia_run_instances') IS NOT NULL"
 
@@ -79,17 +90,13 @@ class Operation:
     kind: str
     values: Mapping[str, Any]
 
-    @property
-    def sql(self) -> str:
-        return _SQL[self.kind]
-
     def line(self) -> str:
         return json.dumps({"kind": self.kind, "values": dict(self.values)}, sort_keys=True)
 
     @classmethod
     def parse(cls, line: str) -> Operation:
         data = json.loads(line)
-        if data.get("kind") not in _SQL or not isinstance(data.get("values"), dict):
+        if data.get("kind") not in (*_SQL, *_MANY) or not isinstance(data.get("values"), dict):
             raise ValueError("not a journal operation")
         return cls(data["kind"], data["values"])
 
@@ -185,8 +192,39 @@ def shard_finished(run_id: str, shard: int, outcome: str, exit_code: int) -> Ope
 def send(conn: Connection, operations: list[Operation]) -> None:
     """Write ``operations`` on ``conn`` (autocommit), pipelined: one round trip for them all."""
     with conn.pipeline(), conn.cursor() as cursor:
-        for operation in operations:
-            cursor.execute(operation.sql.encode(), dict(operation.values))  # type: ignore[arg-type]
+        for sql, params in statements(operations):
+            cursor.execute(sql.encode(), params)  # type: ignore[arg-type]
+
+
+def statements(operations: Sequence[Operation]) -> list[tuple[str, dict[str, Any]]]:
+    """The statements writing ``operations`` in their order: consecutive instance rows of one
+    kind go as one statement (each statement costs the hub ≈ 0.1 ms to plan and run)."""
+    written: list[tuple[str, dict[str, Any]]] = []
+    for kind, group in _groups(operations):
+        if kind in _MANY:
+            written.append((_MANY[kind], {"rows": Jsonb(group)}))
+        else:
+            written.extend((_SQL[kind], values) for values in group)
+    return written
+
+
+def _groups(operations: Sequence[Operation]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive operations of one kind; a group ends where an instance comes again (one
+    statement cannot write a row twice, and the later write must win)."""
+    kind = ""
+    group: list[dict[str, Any]] = []
+    keys: set[tuple[Any, Any]] = set()
+    for operation in operations:
+        values = dict(operation.values)
+        key = (values.get("run_id"), values.get("instance"))
+        if group and (operation.kind != kind or key in keys):
+            yield kind, group
+            group, keys = [], set()
+        kind = operation.kind
+        group.append(values)
+        keys.add(key)
+    if group:
+        yield kind, group
 
 
 # Run ids: given, from the CI's variables (so that the shards of one CI run share one), or new.

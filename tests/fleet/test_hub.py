@@ -231,3 +231,35 @@ def test_a_locked_run_keeps_the_known_version_in_the_hub(fleet_dbs: FleetDbs, tm
     assert after["last_run_status"] == "locked" and "lock is held" in after["last_error"]
     status = json.loads(invoke(["status", "--json", "--fleet", str(path)]).stdout)
     assert {row["name"]: row["current"] for row in status["instances"]}["inst1"] == HEAD
+
+
+def test_reports_written_together_keep_their_order(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    # Reports go many to one statement; one instance reported twice in a flush (read, then
+    # not read: locked) ends as written one after the other: the version read stays, the last
+    # status wins.
+    from ophelia_db.fleet.hub import RegistryUpdate, registry_writes
+
+    hub, urls = fleet_dbs(2)
+    fleet = load_fleet(write_fleet(tmp_path, hub, urls))
+    assert ophelia_db.upgrade(fleet, fleet.select(names=["hub"])).exit_code == 0
+    inst1, inst2 = fleet.instances["inst1"], fleet.instances["inst2"]
+    updates = [
+        RegistryUpdate(inst1, "ok", True, schema_version=REVISIONS[1], migrations_count=2,
+                       schema_fingerprint="sha256:one"),
+        RegistryUpdate(inst2, "ok", True, schema_version=HEAD, migrations_count=5),
+        RegistryUpdate(inst1, "locked", False, error="inst1: locked by another run"),
+    ]  # fmt: skip
+    writes = registry_writes(updates)
+    assert len(writes) == 2  # inst1 and inst2 together, then inst1 again
+    with psycopg.connect(hub, autocommit=True) as conn:
+        for sql, params in writes:
+            conn.execute(sql, params)  # type: ignore[arg-type]
+    found = rows(
+        hub,
+        "SELECT subdomain, schema_version, migrations_count, last_run_status, last_error, "
+        "metadata->>'schema_fingerprint' FROM public.instance_registry WHERE NOT is_hub ORDER BY 1",
+    )
+    assert found == [
+        ("inst1", REVISIONS[1], 2, "locked", "inst1: locked by another run", "sha256:one"),
+        ("inst2", HEAD, 5, "ok", None, None),
+    ]

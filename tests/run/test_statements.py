@@ -77,3 +77,35 @@ def test_a_batch_from_empty_to_head_writes_each_mirror_row_once(tmp_path, counti
     )
     assert [version for (version,) in recorded] == REVISIONS
     assert _calls(counting_cluster, "inst1", "INSERT INTO public.schema_migrations") == len(REVISIONS)
+
+
+def test_a_run_reports_to_the_hub_in_one_statement_per_table(tmp_path, counting_cluster):
+    # A no-op run settles every instance from its first look and writes the hub once at the
+    # end: the five registry rows in one statement, the five journal rows in one. One upsert
+    # per row, as before, ran 5 of each (each planned and run on its own).
+    names = ["hub2", "a1", "a2", "a3", "a4"]
+    with psycopg.connect(counting_cluster.url("postgres"), autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"CREATE DATABASE {name}")
+    urls = {name: counting_cluster.url(name) for name in names[1:]}
+    fleet = load_fleet(write_fleet(tmp_path, counting_cluster.url("hub2"), urls))
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True)).exit_code == 0
+    rows(counting_cluster.url("postgres"), "SELECT pg_stat_statements_reset()")
+
+    report = ophelia_db.upgrade(fleet, fleet.select(all_=True))
+
+    assert {r.result for r in report.instances} == {"noop"} and report.hub_report == "ok"
+    assert _calls(counting_cluster, "hub2", "INSERT INTO public.instance_registry") == 1
+    # The planned rows at the start, the finished ones at the end.
+    assert _calls(counting_cluster, "hub2", "INSERT INTO public.ophelia_run_instances") <= 2
+    registry = rows(
+        counting_cluster.url("hub2"),
+        "SELECT subdomain, schema_version, last_run_status FROM public.instance_registry ORDER BY 1",
+    )
+    assert registry == [(name, HEAD, "noop") for name in sorted(["hub", *urls])]
+    journal = rows(
+        counting_cluster.url("hub2"),
+        "SELECT count(*) FROM public.ophelia_run_instances WHERE run_id = %s AND state = 'noop'",
+        [report.run_id],
+    )
+    assert journal == [(5,)]
