@@ -63,16 +63,16 @@ def registry_writes(updates: Sequence[RegistryUpdate]) -> list[tuple[str, dict[s
     """The statements writing ``updates`` in their order, as few as can be: one statement
     cannot write a row twice, so an instance reported again starts the next ones."""
     written: list[tuple[str, dict[str, Any]]] = []
-    group: list[RegistryUpdate] = []
+    group: dict[str, RegistryUpdate] = {}
     for update in [*updates, None]:
-        if update is None or any(update.target.name == u.target.name for u in group):
+        if update is None or update.target.name in group:
             for known, sql in ((True, _UPSERT_READ), (False, _UPSERT_NOT_READ)):
-                rows = [u.row() for u in group if u.version_known is known]
+                rows = [u.row() for u in group.values() if u.version_known is known]
                 if rows:
                     written.append((sql, {"rows": Jsonb(rows)}))
-            group = []
+            group = {}
         if update is not None:
-            group.append(update)
+            group[update.target.name] = update
     return written
 
 
