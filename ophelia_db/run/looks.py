@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target
@@ -43,8 +43,6 @@ class FirstLooks:
         self._probes: list[Future[dict[str, Look]]] = []
         # The names of every target a probe was started for.
         self.started: set[str] = set()
-        # The hub's probe and the instances' (a shard's is started once it is planned).
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes")
 
     def start(self, targets: list[Target]) -> None:
         """Start reading ``targets``' states, in one probe over them all (at most ``per_host`` of one
@@ -53,11 +51,21 @@ class FirstLooks:
             self.started.update(t.name for t in targets)
             self.kept.expect(targets)
             keep = self._keep if self._has_work is not None else None
-            probe = self._pool.submit(
-                probe_all, targets, slots=self.kept.slots, on_state=self._saw, keep=keep
-            )
+            probe: Future[dict[str, Look]] = Future()
             probe.add_done_callback(self._wake)
             self._probes.append(probe)
+
+            def run() -> None:
+                try:
+                    probe.set_result(
+                        probe_all(targets, slots=self.kept.slots, on_state=self._saw, keep=keep, daemon=True)
+                    )
+                except BaseException as exc:  # a bug of ours: raised by wait_for
+                    probe.set_exception(exc)
+
+            # Daemon threads: a look still connecting (an instance the run left out) does
+            # not hold the command's exit (a pool's threads are joined at exit).
+            threading.Thread(target=run, name="looks", daemon=True).start()
 
     def settle(self, selected: Collection[Target]) -> None:
         """The run's selection is known: close what was kept for instances it left out."""
@@ -80,7 +88,6 @@ class FirstLooks:
         instance left out, or in a run that failed early) is not waited for: it closes its own."""
         with self._changed:
             self._selected = set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self.kept.close()
 
     def _keep(self, target: Target, state: InstanceState, conn: Connection) -> bool:

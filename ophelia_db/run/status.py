@@ -7,8 +7,10 @@ round trip each, in threads) and classifying it; `upgrade` and `sync` reuse
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from ophelia_db.errors import ExitCode, OpheliaError
@@ -27,6 +29,7 @@ from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_s
 
 # Probes wait on the network: many at once, ``per_host`` of one server at most.
 PROBE_THREADS = 64
+Look = InstanceState | OpheliaError
 StateSeen = Callable[[Target, "InstanceState | OpheliaError"], None]
 # Whether to keep a probe's connection open (for its migration): True hands it over.
 Keep = Callable[[Target, "InstanceState", Connection], bool]
@@ -57,13 +60,15 @@ def probe_all(
     on_state: StateSeen | None = None,
     keep: Keep | None = None,
     slots: HostSlots | None = None,
+    daemon: bool = False,
 ) -> dict[str, InstanceState | OpheliaError]:
     """Read every target's state concurrently, ``per_host`` of one server at once; failures are values.
 
     ``on_state`` hears of each state as it is read (from the probing thread), so
     that a caller can start what the first answers call for before the last one.
     A connection ``keep`` keeps goes on holding its server's slot in ``slots``
-    (the caller's, then): it is the caller's to give back.
+    (the caller's, then): it is the caller's to give back. ``daemon``: in
+    threads the process does not wait for at exit (a look nobody waits for).
     """
     slots = slots or HostSlots(per_host)
 
@@ -85,10 +90,41 @@ def probe_all(
             on_state(target, state)
         return state
 
-    if len(targets) <= 1:
+    if len(targets) <= 1 and not daemon:
         return {t.name: probe_one(t) for t in targets}
-    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(targets))) as pool:
+    workers = min(PROBE_THREADS, len(targets))
+    if daemon:
+        return dict(zip((t.name for t in targets), _in_daemons(probe_one, targets, workers), strict=True))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip((t.name for t in targets), pool.map(probe_one, targets), strict=True))
+
+
+def _in_daemons(work: Callable[[Target], Look], targets: list[Target], workers: int) -> list[Look]:
+    """``work`` over ``targets`` in ``workers`` daemon threads; the results in order.
+
+    A pool's threads are joined when the interpreter exits: a look at an instance
+    the run left out, hanging on connect, would hold the command's exit for up to
+    ``connect_timeout``. A daemon thread is not waited for.
+    """
+    results: list[Future[Look]] = [Future() for _ in targets]
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(targets)):
+        todo.put(index)
+
+    def worker() -> None:
+        while True:
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[index].set_result(work(targets[index]))
+            except BaseException as exc:  # a bug of ours: raised to the caller below
+                results[index].set_exception(exc)
+
+    for _ in range(workers):
+        threading.Thread(target=worker, name="look", daemon=True).start()
+    return [result.result() for result in results]
 
 
 def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceStatus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -265,3 +266,44 @@ def test_a_command_is_run_by_an_app_holding_it_alone_and_a_typo_by_the_whole_app
     assert app_for(["stauts"]) is app and app_for(["--help"]) is app and app_for([]) is app
     typo = invoke(["stauts"])
     assert typo.exit_code == 2 and "status" in typo.stderr, typo.stderr
+
+
+def test_upgrade_exits_without_waiting_for_a_look_at_an_instance_it_left_out(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    """An archived instance whose server accepts connections and never answers: the run looks
+    at it (before the registry says it is archived), leaves it out, and the command exits
+    without waiting for that look's connect_timeout (120 s; a pool's threads are joined at exit)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    hub_url, urls = fleet_dbs(2)
+    path = write_fleet(tmp_path, hub_url, urls)
+    assert invoke(["upgrade", "--all", "--fleet", str(path)]).exit_code == 0
+    assert invoke(["archive", "inst2", "--fleet", str(path)]).exit_code == 0
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def hold() -> None:
+        with suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])  # held open, never answered
+
+    threading.Thread(target=hold, daemon=True).start()
+    port = silent.getsockname()[1]
+    urls = {**urls, "inst2": f"postgresql://postgres@127.0.0.1:{port}/inst2?sslmode=disable"}
+    path = write_fleet(tmp_path, hub_url, urls, defaults='connect_timeout = "120s"')
+    command = [sys.executable, "-m", "ophelia_db", "upgrade", "--all", "--fleet", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=60)  # a breaker: the look alone would take 120 s
+    finally:
+        process.kill()
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    assert process.returncode == 0, err
+    assert accepted, "the archived instance was not looked at: nothing tested"
+    assert "2 instance(s): 2 noop" in out  # the hub and inst1; inst2 left out
