@@ -78,7 +78,11 @@ def app_for(args: list[str]) -> typer.Typer:
     not a command (which deserves typer's suggestion) gets the whole app.
     """
     name = _command_name(args)
-    commands = [c for c in app.registered_commands if c.callback and _name(c.name, c.callback) == name]
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or (c.callback and typer.main.get_command_name(c.callback.__name__))) == name
+    ]
     groups = [g for g in app.registered_groups if g.name == name]
     if not commands and not groups:
         return app
@@ -98,8 +102,3 @@ def _command_name(args: list[str]) -> str | None:
         else:
             return None if word.startswith("-") else word
     return None
-
-
-def _name(given: str | None, callback: object) -> str:
-    # As typer names a command registered without a name: its function's, dashed.
-    return given or getattr(callback, "__name__", "").lower().replace("_", "-")

@@ -14,15 +14,13 @@ import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 
-from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import Connection
 from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.run.session import KEPT_LIMIT, KeptLooks
 from ophelia_db.run.state import InstanceState
-from ophelia_db.run.status import probe_all
+from ophelia_db.run.status import Look, probe_all
 
-Look = InstanceState | OpheliaError
 # Whether an instance has work, from its first look (its connection is then worth keeping).
 HasWork = Callable[[Target, InstanceState], bool]
 Seen = Callable[[Target, Look], None]

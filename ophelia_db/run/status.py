@@ -30,7 +30,7 @@ from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_s
 # Probes wait on the network: many at once, ``per_host`` of one server at most.
 PROBE_THREADS = 64
 Look = InstanceState | OpheliaError
-StateSeen = Callable[[Target, "InstanceState | OpheliaError"], None]
+StateSeen = Callable[[Target, Look], None]
 # Whether to keep a probe's connection open (for its migration): True hands it over.
 Keep = Callable[[Target, "InstanceState", Connection], bool]
 
@@ -90,7 +90,7 @@ def probe_all(
             on_state(target, state)
         return state
 
-    if len(targets) <= 1 and not daemon:
+    if len(targets) <= 1:
         return {t.name: probe_one(t) for t in targets}
     workers = min(PROBE_THREADS, len(targets))
     if daemon:
