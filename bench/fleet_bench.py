@@ -17,7 +17,8 @@ method is timed as a whole (start-up included) in the same run:
 - the same SQL sent as one batch per database with psycopg, 16 in parallel (the floor);
 - a threaded psycopg ``SELECT 1`` over the databases (16 threads).
 
-Every peer runs as a child process, so that all figures include start-up.
+Every peer runs as a child process (``bench/peers.py``, which imports no more than the peers
+need), so that all figures include start-up.
 ophelia-db's rows, the floor and ``SELECT 1`` are run ``--repeat`` times (3)
 one after the other and their medians shown; plain Alembic and ``psql`` once.
 
@@ -31,7 +32,6 @@ Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--big 200,500] [--rep
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -40,9 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from multiprocessing import get_context
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -51,15 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.latency_proxy import LatencyProxy  # noqa: E402
+from bench.peers import offline_sql  # noqa: E402
 from ophelia_db.local.binaries import free_port  # noqa: E402
 from ophelia_db.local.cluster import LocalCluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PLAIN_ENV = ROOT / "bench" / "plain_alembic"
+# The peers run from a script of their own, lean in imports: see its docstring.
+PEERS = ROOT / "bench" / "peers.py"
 VERSIONS = ROOT / "alembic" / "versions"
 # Where run/render_cache.py keeps the shipped chain's renderings.
 RENDER_CACHE = VERSIONS / "__pycache__"
-PARALLEL = 16
 
 
 def _pss_kb(pid: int) -> int:
@@ -113,72 +112,6 @@ def run_command(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[-3:])} failed ({process.returncode}): {err.decode()[-2000:]}")
     return elapsed, peak / 1024
-
-
-def plain_config(url: str | None = None, buffer: io.StringIO | None = None):
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(PLAIN_ENV))
-    config.set_main_option("version_locations", str(VERSIONS))
-    config.set_main_option("path_separator", "os")
-    config.attributes["url"] = url
-    config.attributes["output_buffer"] = buffer
-    return config
-
-
-def plain_upgrade(url: str) -> None:
-    """One database, plain Alembic in-process (runs in a pool worker)."""
-    from alembic import command
-
-    command.upgrade(plain_config(url.replace("postgresql://", "postgresql+psycopg://", 1)), "head")
-
-
-def plain_pool(urls: Sequence[str], workers: int) -> None:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        list(pool.map(plain_upgrade, urls, chunksize=1))
-
-
-def offline_sql() -> str:
-    from alembic import command
-
-    buffer = io.StringIO()
-    command.upgrade(plain_config(buffer=buffer), "head", sql=True)
-    return buffer.getvalue()
-
-
-def threaded(urls: Sequence[str], action: Callable[[str], object]) -> None:
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        list(pool.map(action, urls))
-
-
-def one_batch(sql: str) -> Callable[[str], None]:
-    def send(url: str) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[call-overload]
-
-    return send
-
-
-def with_psql(path: Path) -> Callable[[str], None]:
-    # psql -1 gives the file one transaction: the per-revision BEGIN/COMMIT lines go.
-    single = path.with_suffix(".single.sql")
-    lines = path.read_text().splitlines(keepends=True)
-    single.write_text("".join(line for line in lines if line.strip() not in ("BEGIN;", "COMMIT;")))
-
-    def send(url: str) -> None:
-        subprocess.run(
-            ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", str(single), url],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    return send
-
-
-def select_one(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT 1").fetchone()
 
 
 def at_head(urls: Sequence[str], head: str) -> None:
@@ -257,8 +190,7 @@ class Bench:
         listing.write_text("\n".join(urls))
         command = [
             sys.executable,
-            __file__,
-            "--peer",
+            str(PEERS),
             kind,
             "--urls",
             str(listing),
@@ -335,31 +267,13 @@ def report(n: int, by_rtt: dict[int, dict[str, float]], repeat: int) -> None:
         )
 
 
-def run_peer(kind: str, urls: list[str], sql_file: Path) -> None:
-    """One peer over ``urls`` (a child process of the benchmark, so it is timed whole)."""
-    if kind == "select1":
-        threaded(urls, select_one)
-    elif kind in ("plain4", "plain16"):
-        plain_pool(urls, int(kind.removeprefix("plain")))
-    elif kind == "psql":
-        threaded(urls, with_psql(sql_file))
-    elif kind == "batch":
-        threaded(urls, one_batch(sql_file.read_text()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer", help=argparse.SUPPRESS)
-    parser.add_argument("--urls", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--sql", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--rtts", default="0,20", help="round-trip times in ms")
     parser.add_argument("--big", default="200,500", help="larger fleets, at RTT 0, ophelia-db only")
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours, the floor and SELECT 1")
     args = parser.parse_args()
-    if args.peer:
-        run_peer(args.peer, args.urls.read_text().split(), args.sql)
-        return
     state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(state, "postgres", "postgres")
