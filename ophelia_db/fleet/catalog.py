@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import catalog_queries as queries
 from ophelia_db.fleet.connections import connect, is_connection_error, sqlstate_of
+from ophelia_db.fleet.lock import Step
 from ophelia_db.results import Record
 
 if TYPE_CHECKING:
     from ophelia_db.fleet.config import Target
-    from ophelia_db.fleet.lock import Step
 
 # Bump when the snapshot's shape changes, so cached reference snapshots are rebuilt.
 CATALOG_FORMAT = 2
@@ -120,6 +120,30 @@ def fingerprint(conn: Any, *, schemas: Sequence[str] = DEFAULT_SCHEMAS, then: St
     return snapshot(conn, schemas=schemas, then=then).fingerprint
 
 
+def fingerprint_steps(
+    heard: Callable[[str], None],
+    *,
+    schemas: Sequence[str] = DEFAULT_SCHEMAS,
+    excluded: Sequence[str] = BOOKKEEPING_TABLES,
+) -> list[Step]:
+    """The fingerprint's statements, for another message to carry (a run's last batch carries them
+    behind its last revision: one round trip less); ``heard`` gets the fingerprint.
+
+    The carrier sends them in one transaction and in this order: the search path
+    the first one pins holds for the second.
+    """
+
+    def answer(row: tuple[Any, ...]) -> None:
+        heard(_snapshot_of(_parts(row)).fingerprint)
+
+    params = {"schemas": list(schemas), "excluded": list(excluded)}
+    return [Step(_PINNED_SEARCH_PATH, {}, _ignored), Step(queries.SNAPSHOT, params, answer)]
+
+
+def _ignored(row: tuple[Any, ...]) -> None:
+    """The answer of a statement sent for its effect."""
+
+
 def fingerprint_of(target: Target, conn: Any = None) -> str | None:
     """``target``'s fingerprint, on ``conn`` when given (open, autocommit), else on a connection
     of its own; ``None`` when it cannot be read.
@@ -179,6 +203,11 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# pg_get_expr/pg_get_indexdef/format_type qualify names by what the search path makes
+# visible; pinning it (for the transaction) makes their text the same on every database.
+_PINNED_SEARCH_PATH = "SELECT set_config('search_path', 'pg_catalog', true)"
+
+
 def _fetch(
     conn: Any, params: Mapping[str, Any], then: Step | None = None
 ) -> dict[str, list[tuple[Any, ...]]]:
@@ -188,19 +217,28 @@ def _fetch(
     are already one (implicit) transaction; otherwise psycopg's own is used.
     """
     with conn.pipeline(), nullcontext() if conn.autocommit else conn.transaction():
-        # pg_get_expr/pg_get_indexdef/format_type qualify names by what the search
-        # path makes visible; pinning it makes their text the same on every database.
-        conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        conn.execute(_PINNED_SEARCH_PATH)
         found = conn.execute(queries.SNAPSHOT, params)
         last = conn.execute(then.sql, then.params) if then is not None else None
     if then is not None and last is not None:
         then.answer(tuple(last.fetchone() or ()))
-    (parts,) = found.fetchone()
-    return {name: [tuple(row) for row in rows] for name, rows in zip(queries.PARTS, parts, strict=True)}
+    return _parts(found.fetchone())
+
+
+def _parts(row: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The catalog query's one row, as each part's rows by the part's name."""
+    (parts,) = row
+    return {
+        name: [tuple(part_row) for part_row in rows] for name, rows in zip(queries.PARTS, parts, strict=True)
+    }
 
 
 def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:
-    reader = _Reader(_fetch(conn, {"schemas": schemas, "excluded": excluded}, then))
+    return _snapshot_of(_fetch(conn, {"schemas": schemas, "excluded": excluded}, then))
+
+
+def _snapshot_of(fetched: dict[str, list[tuple[Any, ...]]]) -> Snapshot:
+    reader = _Reader(fetched)
     reader.schemas()
     reader.relations()
     reader.columns_and_sequences()

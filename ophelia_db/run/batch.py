@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
@@ -35,7 +36,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target, Timeouts
 from ophelia_db.fleet.connections import is_connection_error
-from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof
+from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof, Step
 from ophelia_db.run import driver, mirror, render_cache
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.state import InstanceState, classify
@@ -160,12 +161,17 @@ def send(
     hook: mirror.MirrorHook,
     proof: SessionProof,
     timeouts: Timeouts,
+    then: Sequence[Step] = (),
 ) -> None:
     """Run consecutive revisions as one message on ``conn`` (autocommit, idle), each in its own
     transaction; record each that committed in ``hook``.
 
     The server stops at the first error of a message, so the revisions before
     the failing one stay committed: ``alembic_version`` then says which they are.
+    ``then`` goes behind the last revision, in the same message (one transaction
+    of its own: the statements after a message's last ``COMMIT`` are one), and
+    each step hears its row only if every revision committed and every step ran;
+    otherwise none does, and its caller sends them again if it still needs them.
     """
     wants_answer = not hook.mirror_exists
     statements = [
@@ -181,6 +187,8 @@ def send(
             last=index == len(revisions) - 1,
         )
     ]
+    # Bound here, client-side: a simple-query message carries no parameters.
+    statements += [psycopg.ClientCursor(conn).mogrify(step.sql, step.params or None) for step in then]
     started = time.monotonic()
     cursor = conn.cursor()
     try:
@@ -196,8 +204,13 @@ def send(
         _roll_back(conn)
         _note_committed(hook, revisions[: _committed_through(conn, revisions)], started)
         raise
-    seen = _last_answer(cursor) if wants_answer else None
+    answers = _answers(cursor)
+    ours = len(answers) - len(then)
+    # The mirror check is the last revision's last SELECT, just before ``then``'s.
+    seen = bool(answers[ours - 1] and answers[ours - 1][0]) if wants_answer else None
     _note_committed(hook, revisions, started, mirror_seen=seen)
+    for step, row in zip(then, answers[ours:], strict=True):
+        step.answer(row)
 
 
 def _transaction(
@@ -261,16 +274,15 @@ def _committed_through(conn: psycopg.Connection, revisions: Sequence[RenderedRev
     return ids.index(row[0]) + 1 if row is not None and row[0] in ids else 0
 
 
-def _last_answer(cursor: psycopg.Cursor) -> bool:
-    """The value of the batch's last SELECT (the mirror check)."""
-    answer = False
+def _answers(cursor: psycopg.Cursor) -> list[tuple[Any, ...]]:
+    """The first row of each of a message's results that has rows, in order."""
+    rows = []
     while True:
         result = cursor.pgresult
         if result is not None and result.status == ExecStatus.TUPLES_OK:
-            row = cursor.fetchone()
-            answer = bool(row and row[0])
+            rows.append(tuple(cursor.fetchone() or ()))
         if not cursor.nextset():
-            return answer
+            return rows
 
 
 def _roll_back(conn: psycopg.Connection) -> None:

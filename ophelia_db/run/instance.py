@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ophelia_db.errors import ExitCode, OpheliaError
-from ophelia_db.fleet.catalog import fingerprint
+from ophelia_db.fleet.catalog import fingerprint, fingerprint_steps
 from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import (
     Connection,
@@ -151,7 +151,9 @@ def _migrate_locked(
     planned = _plan(target, chain, state, goal, downgrade, started)
     if isinstance(planned, InstanceResult):
         return planned
-    run = PlannedRun(target, chain, state, goal, downgrade, planned, started, proof, means)
+    heard: list[str] = []
+    closing = [*fingerprint_steps(heard.append), proof.unlock_step()]
+    run = PlannedRun(target, chain, state, goal, downgrade, planned, started, proof, means, closing)
     failed = run.execute(session)
     if failed is not None:
         return failed
@@ -159,7 +161,8 @@ def _migrate_locked(
         target,
         Outcome.OK,
         started=started,
-        schema_fingerprint=_fingerprint(session.conn, proof),
+        # Read by the last batch if it could carry it, else here.
+        schema_fingerprint=heard[0] if heard else _fingerprint(session.conn, proof),
         from_revision=state.revision,
         to_revision=goal,
         applied=tuple(run.hook.applied),

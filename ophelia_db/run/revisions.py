@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from ophelia_db.fleet.connections import (
     pooler_refusal,
     sqlstate_of,
 )
-from ophelia_db.fleet.lock import PROOF_COLUMNS, SESSION_MOVED, SHARED_BACKEND, SessionProof
+from ophelia_db.fleet.lock import PROOF_COLUMNS, SESSION_MOVED, SHARED_BACKEND, SessionProof, Step
 from ophelia_db.results import InstanceResult, Outcome
 from ophelia_db.run import batch, driver, mirror
 from ophelia_db.run.chain import Chain
@@ -74,6 +75,9 @@ class PlannedRun:
     proof: SessionProof
     # In a thread Alembic online is not allowed (see NeedsAlembic); after a handover, batches are not.
     means: Means = IN_A_PROCESS
+    # What the last batch carries behind the plan's last revision (the fingerprint and the
+    # unlock: one round trip less); not sent when Alembic online runs the last revision.
+    closing: Sequence[Step] = ()
     hook: MirrorHook = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,7 +126,16 @@ class PlannedRun:
             try:
                 timeouts = self.target.timeouts
                 sending = [rendered[revision] for revision in ahead]
-                batch.send(conn, self.chain, sending, hook=self.hook, proof=self.proof, timeouts=timeouts)
+                last = self.done + len(ahead) == len(self.planned)
+                batch.send(
+                    conn,
+                    self.chain,
+                    sending,
+                    hook=self.hook,
+                    proof=self.proof,
+                    timeouts=timeouts,
+                    then=self.closing if last else (),
+                )
             except batch.BatchFailure as failure:
                 if failure.error.sqlstate != "55P03" or attempt >= LOCK_RETRIES or worker_interrupted():
                     raise
