@@ -4,11 +4,11 @@ A fleet of remote databases pays a network round trip for every statement,
 and Alembic online sends each statement, each ``alembic_version`` step and
 each transaction boundary on its own. So a revision whose SQL Alembic can
 render offline is run as exactly that SQL (what ``ophelia-db sql`` prints),
-in one simple-query message: ``BEGIN``, the session check and time box, the
-revision's statements, the ``alembic_version`` step, the mirror rows,
-``COMMIT``. PostgreSQL runs the statements of one message in order and stops
-at the first error, so one transaction per revision and the mirror in that
-transaction hold as before.
+in one simple-query message: ``BEGIN``, the session check (the message's
+first revision's) and time box, the revision's statements, the
+``alembic_version`` step, the mirror rows, ``COMMIT``. PostgreSQL runs the
+statements of one message in order and stops at the first error, so one
+transaction per revision and the mirror in that transaction hold as before.
 
 Whatever does not fit runs through Alembic online, as before: a revision whose
 Python needs a live connection (its offline rendering fails), a
@@ -224,13 +224,18 @@ def _transaction(
     last: bool,
 ) -> list[str]:
     """One revision's transaction: session check, time box, its statements, version step, mirror
-    (``after``: the revision before it in the message; ``last``: the message's last revision)."""
+    (``after``: the revision before it in the message; ``last``: the message's last revision).
+
+    Only the message's first transaction checks the session: a backend runs every statement of
+    a message before it is ready for another (ReadyForQuery), and no pooler can move a session
+    before then, so the transactions after the first run where it ran.
+    """
     revision = chain.get(rendered_revision.revision)
     lock = revision.lock_timeout or timeouts.lock_timeout
     statement = revision.statement_timeout or timeouts.statement_timeout
     return [
         "BEGIN",
-        proof.guard_sql(),
+        *([proof.guard_sql()] if after is None else []),
         f"SELECT set_config('lock_timeout', '{int(lock * 1000)}ms', true), "
         f"set_config('statement_timeout', '{int(statement * 1000)}ms', true), "
         f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",

@@ -77,6 +77,12 @@ def test_a_batch_from_empty_to_head_writes_each_mirror_row_once(tmp_path, counti
     )
     assert [version for (version,) in recorded] == REVISIONS
     assert _calls(counting_cluster, "inst1", "INSERT INTO public.schema_migrations") == len(REVISIONS)
+    # One session check for the message (it was one per revision): its later transactions
+    # run on the backend its first did.
+    assert (
+        _calls(counting_cluster, "inst1", "DO $ophelia$ BEGIN\n  IF current_setting('ophelia.session_token'")
+        == 1
+    )
 
 
 def test_a_run_reports_to_the_hub_in_one_statement_per_table(tmp_path, counting_cluster):
