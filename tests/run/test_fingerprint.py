@@ -10,6 +10,7 @@ import pytest
 import ophelia_db
 from ophelia_db.fleet.catalog import fingerprint
 from ophelia_db.fleet.config import load_fleet
+from ophelia_db.results import RunReport
 from tests.helpers import (
     REVISIONS,
     FleetDbs,
@@ -48,15 +49,25 @@ def test_upgrade_and_sync_push_the_fingerprint(fleet_dbs: FleetDbs, tmp_path: Pa
     assert after["inst2"] == live_fingerprint(urls["inst2"]) != pushed["inst2"]
 
 
+def _upgrade_through(
+    test_chain: str, fleet_dbs: FleetDbs, tmp_path: Path
+) -> tuple[RunReport, str, dict[str, str]]:
+    """``upgrade --all`` of a hub and inst1 through the shipped chain and ``test_chain`` after it."""
+    hub_url, urls = fleet_dbs(1)
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    chain = chain_at(chain_locations(test_chain))
+    return ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain), hub_url, urls
+
+
+def _advisory_locks(url: str) -> int:
+    return int(scalar(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+
+
 def test_the_fingerprint_is_read_on_its_own_when_the_last_revision_runs_online(
     fleet_dbs: FleetDbs, tmp_path: Path
 ) -> None:
     # 0105 builds an index concurrently: Alembic online runs it, so no batch can carry the fingerprint.
-    hub_url, urls = fleet_dbs(1)
-    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    chain = chain_at(chain_locations("cic"))
-
-    report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain)
+    report, hub_url, urls = _upgrade_through("cic", fleet_dbs, tmp_path)
 
     assert [(r.name, r.result, r.to_revision) for r in report.instances] == [
         ("hub", "ok", "0105"),
@@ -64,7 +75,7 @@ def test_the_fingerprint_is_read_on_its_own_when_the_last_revision_runs_online(
     ]
     pushed = registry(hub_url)["inst1"]["metadata"].get("schema_fingerprint")
     assert pushed == live_fingerprint(urls["inst1"])
-    assert scalar(urls["inst1"], "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert _advisory_locks(urls["inst1"]) == 0
 
 
 def test_a_fingerprint_the_last_batch_could_not_read_leaves_the_run_ok_and_the_lock_released(
@@ -73,16 +84,12 @@ def test_a_fingerprint_the_last_batch_could_not_read_leaves_the_run_ok_and_the_l
     # 0105 leaves a temporary table named pg_proc in the session: the fingerprint's query, sent
     # behind it in the same message, fails there, after every revision committed; so does the
     # fingerprint read on its own after it. The unlock, behind the fingerprint, never ran.
-    hub_url, urls = fleet_dbs(1)
-    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
-    chain = chain_at(chain_locations("shadow"))
-
-    report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1, chain=chain)
+    report, hub_url, urls = _upgrade_through("shadow", fleet_dbs, tmp_path)
 
     assert [(r.result, r.applied, r.schema_fingerprint) for r in report.instances] == [
         ("ok", (*REVISIONS, "0105"), None),
         ("ok", (*REVISIONS, "0105"), None),
     ], report.instances
-    assert_consistent(urls["inst1"], "0105", chain)
+    assert_consistent(urls["inst1"], "0105", chain_at(chain_locations("shadow")))
     assert registry(hub_url)["inst1"]["schema_version"] == "0105"
-    assert scalar(urls["inst1"], "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert _advisory_locks(urls["inst1"]) == 0
