@@ -30,6 +30,7 @@ from ophelia_db.fleet.connections import (
     sql_literal,
     sqlstate_of,
 )
+from ophelia_db.fleet.upserts import runs_without_repeats
 from ophelia_db.redaction import redact
 
 # Each report is an upsert; many go as one statement over a JSON array of rows. A version read
@@ -60,19 +61,14 @@ _UPSERT_NOT_READ = _UPSERT.format(kept="r")
 
 
 def registry_writes(updates: Sequence[RegistryUpdate]) -> list[tuple[str, dict[str, Any]]]:
-    """The statements writing ``updates`` in their order, as few as can be: one statement
-    cannot write a row twice, so an instance reported again starts the next ones."""
+    """The statements writing ``updates`` in their order, as few as can be (``runs_without_repeats``):
+    in each run, the reports that read the version in one, the others in another."""
     written: list[tuple[str, dict[str, Any]]] = []
-    group: dict[str, RegistryUpdate] = {}
-    for update in [*updates, None]:
-        if update is None or update.target.name in group:
-            for known, sql in ((True, _UPSERT_READ), (False, _UPSERT_NOT_READ)):
-                rows = [u.row() for u in group.values() if u.version_known is known]
-                if rows:
-                    written.append((sql, {"rows": Jsonb(rows)}))
-            group = {}
-        if update is not None:
-            group[update.target.name] = update
+    for _, run in runs_without_repeats(updates, key=lambda update: update.target.name, kind=lambda _: None):
+        for known, sql in ((True, _UPSERT_READ), (False, _UPSERT_NOT_READ)):
+            rows = [update.row() for update in run if update.version_known is known]
+            if rows:
+                written.append((sql, {"rows": Jsonb(rows)}))
     return written
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from ophelia_db._version import __version__
 from ophelia_db.errors import ConfigError
 from ophelia_db.fleet.connections import Connection
+from ophelia_db.fleet.upserts import runs_without_repeats
 from ophelia_db.redaction import redact
 
 # Where a run keeps its journal while the hub cannot take it: next to the fleet file.
@@ -197,10 +198,11 @@ def send(conn: Connection, operations: list[Operation]) -> None:
 
 
 def statements(operations: Sequence[Operation]) -> list[tuple[str, dict[str, Any]]]:
-    """The statements writing ``operations`` in their order: consecutive instance rows of one
-    kind go as one statement (each statement costs the hub ≈ 0.1 ms to plan and run)."""
+    """The statements writing ``operations`` in their order: a run of instance rows of one kind
+    (``runs_without_repeats``) goes as one statement (each costs the hub ≈ 0.1 ms to plan and run)."""
     written: list[tuple[str, dict[str, Any]]] = []
-    for kind, group in _groups(operations):
+    for kind, run in runs_without_repeats(operations, key=_row_of, kind=lambda operation: operation.kind):
+        group = [dict(operation.values) for operation in run]
         if kind in _MANY:
             written.append((_MANY[kind], {"rows": Jsonb(group)}))
         else:
@@ -208,23 +210,8 @@ def statements(operations: Sequence[Operation]) -> list[tuple[str, dict[str, Any
     return written
 
 
-def _groups(operations: Sequence[Operation]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Consecutive operations of one kind; a group ends where an instance comes again (one
-    statement cannot write a row twice, and the later write must win)."""
-    kind = ""
-    group: list[dict[str, Any]] = []
-    keys: set[tuple[Any, Any]] = set()
-    for operation in operations:
-        values = dict(operation.values)
-        key = (values.get("run_id"), values.get("instance"))
-        if group and (operation.kind != kind or key in keys):
-            yield kind, group
-            group, keys = [], set()
-        kind = operation.kind
-        group.append(values)
-        keys.add(key)
-    if group:
-        yield kind, group
+def _row_of(operation: Operation) -> tuple[Any, Any]:
+    return operation.values.get("run_id"), operation.values.get("instance")
 
 
 # Run ids: given, from the CI's variables (so that the shards of one CI run share one), or new.
