@@ -19,7 +19,7 @@ from ophelia_db.fleet.connections import Connection
 from ophelia_db.fleet.hosts import HostSlots
 from ophelia_db.run.session import KEPT_LIMIT, KeptLooks
 from ophelia_db.run.state import InstanceState
-from ophelia_db.run.status import Look, probe_all
+from ophelia_db.run.status import Look, in_daemon, probe_all
 
 # Whether an instance has work, from its first look (its connection is then worth keeping).
 HasWork = Callable[[Target, InstanceState], bool]
@@ -49,21 +49,14 @@ class FirstLooks:
             self.started.update(t.name for t in targets)
             self.kept.expect(targets)
             keep = self._keep if self._has_work is not None else None
-            probe: Future[dict[str, Look]] = Future()
-            probe.add_done_callback(self._wake)
-            self._probes.append(probe)
-
-            def run() -> None:
-                try:
-                    probe.set_result(
-                        probe_all(targets, slots=self.kept.slots, on_state=self._saw, keep=keep, daemon=True)
-                    )
-                except BaseException as exc:  # a bug of ours: raised by wait_for
-                    probe.set_exception(exc)
-
             # Daemon threads: a look still connecting (an instance the run left out) does
             # not hold the command's exit (a pool's threads are joined at exit).
-            threading.Thread(target=run, name="looks", daemon=True).start()
+            probe = in_daemon(
+                lambda: probe_all(targets, slots=self.kept.slots, on_state=self._saw, keep=keep, daemon=True),
+                "looks",
+            )
+            probe.add_done_callback(self._wake)
+            self._probes.append(probe)
 
     def settle(self, selected: Collection[Target]) -> None:
         """The run's selection is known: close what was kept for instances it left out."""

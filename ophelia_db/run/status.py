@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.config import Fleet, Target
@@ -30,6 +31,7 @@ from ophelia_db.run.state import REFUSED_STATES, InstanceState, classify, read_s
 # Probes wait on the network: many at once, ``per_host`` of one server at most.
 PROBE_THREADS = 64
 Look = InstanceState | OpheliaError
+Result = TypeVar("Result")
 StateSeen = Callable[[Target, Look], None]
 # Whether to keep a probe's connection open (for its migration): True hands it over.
 Keep = Callable[[Target, "InstanceState", Connection], bool]
@@ -117,14 +119,25 @@ def _in_daemons(work: Callable[[Target], Look], targets: list[Target], workers: 
                 index = todo.get_nowait()
             except queue.Empty:
                 return
-            try:
-                results[index].set_result(work(targets[index]))
-            except BaseException as exc:  # a bug of ours: raised to the caller below
-                results[index].set_exception(exc)
+            _settle(results[index], lambda: work(targets[index]))  # noqa: B023 (called at once)
 
     for _ in range(workers):
         threading.Thread(target=worker, name="look", daemon=True).start()
     return [result.result() for result in results]
+
+
+def in_daemon(call: Callable[[], Result], name: str) -> Future[Result]:
+    """``call`` in a daemon thread (see ``_in_daemons``); its result in the future returned."""
+    future: Future[Result] = Future()
+    threading.Thread(target=_settle, args=(future, call), name=name, daemon=True).start()
+    return future
+
+
+def _settle(future: Future[Result], call: Callable[[], Result]) -> None:
+    try:
+        future.set_result(call())
+    except BaseException as exc:  # a bug of ours: raised where the future is waited for
+        future.set_exception(exc)
 
 
 def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain) -> InstanceStatus:
