@@ -132,11 +132,16 @@ def fingerprint_steps(
     The carrier sends them in one transaction and in this order: the search path
     the first one pins holds for the second.
     """
+    return _snapshot_steps(list(schemas), list(excluded), lambda found: heard(found.fingerprint))
+
+
+def _snapshot_steps(schemas: list[str], excluded: list[str], heard: Callable[[Snapshot], None]) -> list[Step]:
+    """What reading a snapshot sends, whoever carries it; ``heard`` gets the snapshot."""
 
     def answer(row: tuple[Any, ...]) -> None:
-        heard(_snapshot_of(_parts(row)).fingerprint)
+        heard(_snapshot_of(_parts(row)))
 
-    params = {"schemas": list(schemas), "excluded": list(excluded)}
+    params = {"schemas": schemas, "excluded": excluded}
     return [Step(_PINNED_SEARCH_PATH, {}, _ignored), Step(queries.SNAPSHOT, params, answer)]
 
 
@@ -208,21 +213,19 @@ def _short(value: Any, limit: int = 160) -> str:
 _PINNED_SEARCH_PATH = "SELECT set_config('search_path', 'pg_catalog', true)"
 
 
-def _fetch(
-    conn: Any, params: Mapping[str, Any], then: Step | None = None
-) -> dict[str, list[tuple[Any, ...]]]:
-    """Run the catalog query in one round trip (a pipeline), in one transaction.
+def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:
+    """Read the snapshot in one round trip (a pipeline), in one transaction, ``then`` last.
 
     On an autocommit connection the pipeline's statements up to its one Sync
     are already one (implicit) transaction; otherwise psycopg's own is used.
     """
+    found: list[Snapshot] = []
+    steps = [*_snapshot_steps(schemas, excluded, found.append), *([then] if then is not None else [])]
     with conn.pipeline(), nullcontext() if conn.autocommit else conn.transaction():
-        conn.execute(_PINNED_SEARCH_PATH)
-        found = conn.execute(queries.SNAPSHOT, params)
-        last = conn.execute(then.sql, then.params) if then is not None else None
-    if then is not None and last is not None:
-        then.answer(tuple(last.fetchone() or ()))
-    return _parts(found.fetchone())
+        cursors = [conn.execute(step.sql, step.params or None) for step in steps]
+    for step, cursor in zip(steps, cursors, strict=True):
+        step.answer(tuple(cursor.fetchone() or ()))
+    return found[0]
 
 
 def _parts(row: Any) -> dict[str, list[tuple[Any, ...]]]:
@@ -231,10 +234,6 @@ def _parts(row: Any) -> dict[str, list[tuple[Any, ...]]]:
     return {
         name: [tuple(part_row) for part_row in rows] for name, rows in zip(queries.PARTS, parts, strict=True)
     }
-
-
-def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:
-    return _snapshot_of(_fetch(conn, {"schemas": schemas, "excluded": excluded}, then))
 
 
 def _snapshot_of(fetched: dict[str, list[tuple[Any, ...]]]) -> Snapshot:
