@@ -10,6 +10,7 @@ carrying their exit code.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import TYPE_CHECKING, Any
@@ -159,6 +160,20 @@ def sql_literal(value: object) -> str:
 
     psycopg puts a space before ``E'...'`` literals; it is stripped.
     """
+    if isinstance(value, str | int | float | None):
+        return _scalar_literal(value)
+    return _literal(value)
+
+
+# An upgrade quotes the same few values (revision ids, names, checksums, who) over
+# and over, for every instance: some 130 literals each, 0.01 ms apiece through
+# psycopg. ``typed``: True and 1 are different literals.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scalar_literal(value: str | int | float | None) -> str:
+    return _literal(value)
+
+
+def _literal(value: object) -> str:
     return sql.Literal(value).as_string(None).strip()
 
 
