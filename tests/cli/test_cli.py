@@ -7,11 +7,13 @@ from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import typer
 
 import ophelia_db
 from ophelia_db.fleet.config import load_fleet
+from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from tests.helpers import (
     HEAD,
     REVISIONS,
@@ -137,6 +139,21 @@ def test_status_states_json_shape_and_check(fleet_dbs: FleetDbs, tmp_path: Path)
     done = invoke(["status", "--check", "--json", "--fleet", str(path)])
     assert done.exit_code == 0, done.stdout
     assert {row["state"] for row in json.loads(done.stdout)["instances"]} == {"up-to-date"}
+
+
+def test_status_shows_locked_only_where_the_lock_is_held(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
+    hub_url, urls = fleet_dbs(2)
+    path = write_fleet(tmp_path, hub_url, urls)
+    fleet = load_fleet(path)
+    ophelia_db.upgrade(fleet, fleet.select(["inst1", "inst2"]), to="0002", jobs=1)
+
+    # The same key held in inst1 only: advisory locks are per database, and inst2 is on the same server.
+    with psycopg.connect(urls["inst1"], autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        proc = run_cli(["status", "--json", "--fleet", str(path)], cwd=tmp_path)
+
+    states = {row["name"]: row["state"] for row in json.loads(proc.stdout)["instances"]}
+    assert states == {"hub": "unversioned", "inst1": "locked", "inst2": "outdated"}
 
 
 def test_status_loads_none_of_the_code_that_changes_databases(fleet_dbs: FleetDbs, tmp_path: Path) -> None:
