@@ -22,11 +22,13 @@ need), so that all figures include start-up.
 ophelia-db's rows, the floor and ``SELECT 1`` are run ``--repeat`` times (3)
 one after the other and their medians shown; plain Alembic and ``psql`` once.
 
-Then, at RTT 0 only, larger fleets for ophelia-db alone (linearity and peak
-memory: the largest proportional set size summed over the command's process
-tree, sampled every 50 ms).
+Then, at RTT 0 only, other fleet sizes for ophelia-db alone: N = 5 (the fixed
+cost of a run: start-up, the hub first, the worker model) and 200, 500
+(linearity and peak memory: the largest proportional set size summed over the
+command's process tree, sampled every 50 ms). Before the figures of each RTT,
+the proxy's delay is checked with a ``SELECT 1`` loop through it.
 
-Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--big 200,500] [--repeat 3]
+Usage: python bench/fleet_bench.py [--n 50] [--rtts 0,20] [--sizes 5,200,500] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -112,6 +114,29 @@ def run_command(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[-3:])} failed ({process.returncode}): {err.decode()[-2000:]}")
     return elapsed, peak / 1024
+
+
+def measured_rtt(cluster: LocalCluster, proxy: LatencyProxy, queries: int = 20) -> float:
+    """The proxy's round trip as a client sees it: the median of a ``SELECT 1`` loop on one
+    connection through it, in ms."""
+    url = cluster.url("postgres").replace(f":{cluster.port}/", f":{proxy.port}/")
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(queries):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def check_rtt(cluster: LocalCluster, proxy: LatencyProxy, rtt: int) -> float:
+    """Refuse to go on when the proxy does not delay as asked (its figures would be wrong)."""
+    measured = measured_rtt(cluster, proxy)
+    # At least the RTT asked (the proxy holds each direction that long), and not far over it.
+    if not rtt <= measured <= rtt + max(5.0, 0.25 * rtt):
+        raise SystemExit(f"the proxy's measured RTT is {measured:.1f} ms, not {rtt} ms: stopping")
+    print(f"RTT {rtt} ms: a SELECT 1 through the proxy takes {measured:.1f} ms (median of 20)", flush=True)
+    return measured
 
 
 def at_head(urls: Sequence[str], head: str) -> None:
@@ -258,7 +283,8 @@ def report(n: int, by_rtt: dict[int, dict[str, float]], repeat: int) -> None:
         f = by_rtt[rtt]
         best_plain = min(f["plain4"], f["plain16"])
         print(
-            f"RTT {rtt:>2} ms: upgrade / best plain Alembic {f['upgrade'] / best_plain:.2f} (< 1); "
+            f"RTT {rtt:>2} ms (a SELECT 1 through the proxy: {f['measured_rtt']:.1f} ms): "
+            f"upgrade / best plain Alembic {f['upgrade'] / best_plain:.2f} (< 1); "
             f"upgrade / one-batch floor {f['upgrade'] / f['batch']:.2f} (<= 1.5 at 20 ms; first run "
             f"{f['upgrade_first'] / f['batch']:.2f}); "
             f"status / SELECT 1 {f['status'] / f['select1']:.2f} (<= 1.2); "
@@ -271,7 +297,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--rtts", default="0,20", help="round-trip times in ms")
-    parser.add_argument("--big", default="200,500", help="larger fleets, at RTT 0, ophelia-db only")
+    sizes_help = "other fleet sizes, at RTT 0, ophelia-db only (fixed cost, linearity)"
+    parser.add_argument("--sizes", default="5,200,500", help=sizes_help)
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours, the floor and SELECT 1")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
@@ -288,15 +315,17 @@ def main() -> None:
         by_rtt: dict[int, dict[str, float]] = {}
         for rtt in [int(x) for x in args.rtts.split(",") if x]:
             with LatencyProxy("127.0.0.1", cluster.port, rtt=rtt / 1000) as proxy:
+                measured = check_rtt(cluster, proxy, rtt)
                 by_rtt[rtt] = measure(bench, proxy, args.n, max(1, args.repeat))
+                by_rtt[rtt]["measured_rtt"] = measured
         report(args.n, by_rtt, max(1, args.repeat))
-        sizes = [int(x) for x in args.big.split(",") if x]
-        if sizes:
-            print("\nlarger fleets, RTT 0, ophelia-db only")
+        sizes = sorted({args.n, *(int(x) for x in args.sizes.split(",") if x)})
+        if len(sizes) > 1:
+            print("\nfleet sizes, RTT 0, ophelia-db only")
             print("|    N | upgrade | ms/instance | no-op | status | SELECT 1 | peak MB |")
             print("|---|---|---|---|---|---|---|")
             with LatencyProxy("127.0.0.1", cluster.port) as proxy:
-                for n in [args.n, *sizes]:
+                for n in sizes:
                     f: dict[str, float] = {}
                     bench.ours(proxy, n, f)
                     print(
