@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -113,14 +114,26 @@ class Workers:
         # which costs CPU and memory, so there are never more than MAX_PROCESSES.
         self.jobs = min(jobs, MAX_PROCESSES)
         self._pool: ProcessPoolExecutor | None = None
+        # warm() may come from a thread of the run's while the main thread migrates the hub.
+        self._lock = threading.Lock()
+        self._warmed = False
+        self._closed = False
 
     def warm(self) -> None:
-        """Start the worker processes now, ahead of the first instance that needs one."""
-        if self.jobs > 1:
+        """Start the worker processes now, ahead of the first instance that needs one (once)."""
+        with self._lock:
+            if self._warmed or self._closed or self.jobs <= 1:
+                return
+            self._warmed = True
+            pool = self._pool_locked()
             for _ in range(self.jobs):
-                self.pool().submit(_warm_up)
+                pool.submit(_warm_up)
 
     def pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._pool_locked()
+
+    def _pool_locked(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers start from a clean, single-threaded process,
             # and import Alembic once each rather than once per instance.
@@ -135,9 +148,12 @@ class Workers:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            # A warm-up that comes later (its thread still waiting on the looks) starts nothing.
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _warm_up() -> None:

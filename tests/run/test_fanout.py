@@ -6,14 +6,18 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg
 import pytest
 
+import ophelia_db
 from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
+from ophelia_db.run import fanout
 from ophelia_db.run import select_shard as shard
+from ophelia_db.run.upgrade import Progress
 from tests.helpers import CHAIN, HEAD, OPHELIA_DB, chain_at, chain_locations, run_cli, write_fleet
 
 SLOW_CHAIN = chain_locations("slow")
@@ -326,3 +330,36 @@ def test_a_killed_runner_releases_the_instance_within_seconds(tmp_path, fleet_db
     again = run_cli(["upgrade", "--instance", "inst1"], fleet=fleet, locations=SLOW_CHAIN)
     assert again.returncode == 0, again.stdout + again.stderr
     assert revision_of(url) == "0105" and mirror_consistent(url)
+
+
+def test_worker_processes_start_while_the_hub_migrates(tmp_path, fleet_dbs, monkeypatch):
+    hub, instances = fleet_dbs(2)
+    fleet = load_fleet(write_fleet(tmp_path, hub, instances))
+    chain = chain_at(chain_locations("cic"))  # 0105 needs Alembic online: on every instance, in a worker
+    warmed = threading.Event()
+    original = fanout.Workers.warm
+
+    def warm(self: fanout.Workers) -> None:
+        warmed.set()
+        original(self)
+
+    monkeypatch.setattr(fanout.Workers, "warm", warm)
+    hub_waited: list[bool] = []
+
+    def on_start(target) -> None:
+        if target.role == "hub":
+            # The hub's migration is held until the workers are asked to start: it waited for
+            # them (the fork server's start, ≈ 0.4 s) where they started only after it.
+            hub_waited.append(warmed.wait(timeout=60))
+
+    report = ophelia_db.upgrade(
+        fleet, fleet.select(all_=True), jobs=4, chain=chain, progress=Progress(on_start=on_start)
+    )
+    assert hub_waited == [True]
+    assert [(r.name, r.result, r.to_revision) for r in report.instances] == [
+        ("hub", "ok", "0105"),
+        ("inst1", "ok", "0105"),
+        ("inst2", "ok", "0105"),
+    ]
+    for url in instances.values():
+        assert mirror_consistent(url)
