@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.pq import TransactionStatus
+
 from ophelia_db.fleet.connections import closed_to_api_roles, sql_literal
 from ophelia_db.fleet.journal import who
 from ophelia_db.run.chain import Chain, Revision
@@ -218,13 +220,15 @@ class MirrorHook:
         if not self.mirror_exists:
             # The revision creating the mirror has not run yet; it backfills this one.
             return
-        if first:
-            for earlier in self.chain.applied_through(revision)[:-1]:
-                add_history_row(conn, self.chain.get(earlier), self.by, self.durations_ms.get(earlier))
-        conn.execute(_UPSERT_ROW, _row(self.chain.get(revision), self.by, elapsed))
-        set_current_version(conn, revision, self.instance_id)
-        if revision in self.sections:
-            clear_nontransactional(conn)
+        # One round trip: nothing here reads an answer (an error still fails the revision's transaction).
+        with conn.pipeline():
+            if first:
+                for earlier in self.chain.applied_through(revision)[:-1]:
+                    add_history_row(conn, self.chain.get(earlier), self.by, self.durations_ms.get(earlier))
+            conn.execute(_UPSERT_ROW, _row(self.chain.get(revision), self.by, elapsed))
+            set_current_version(conn, revision, self.instance_id)
+            if revision in self.sections:
+                clear_nontransactional(conn)
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
         self.mirror_exists = False
@@ -352,14 +356,23 @@ END $ophelia$"""
 
 
 def mark_nontransactional(conn: Any, revision: str, by: str) -> None:
-    """Record, committed at once, that ``revision`` entered its non-transactional section."""
-    conn.execute(_MARK)
-    conn.execute(
-        f"INSERT INTO {INTERRUPTED_TABLE} (revision, started_by) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (revision, by[:200]),
+    """Record, committed at once, that ``revision`` entered its non-transactional section.
+
+    One message in one round trip, committed as the message's own implicit transaction.
+    """
+    if not conn.autocommit and conn.info.transaction_status != TransactionStatus.IDLE:
+        conn.commit()  # what was open is committed with the marker, as before
+    insert = (
+        f"INSERT INTO {INTERRUPTED_TABLE} (revision, started_by) "
+        f"VALUES ({sql_literal(revision)}, {sql_literal(by[:200])}) ON CONFLICT DO NOTHING"
     )
-    if not conn.autocommit:
-        conn.commit()
+    manual = not conn.autocommit
+    conn.autocommit = True  # else psycopg sends its BEGIN first, and the COMMIT after, on their own
+    try:
+        conn.execute(f"{_MARK};\n{insert}")
+    finally:
+        if manual:
+            conn.autocommit = False
 
 
 def clear_nontransactional(conn: Any) -> None:

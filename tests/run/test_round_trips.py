@@ -11,6 +11,7 @@ message; TLS and SCRAM add more on a real remote database).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +25,7 @@ from ophelia_db.fleet.catalog import fingerprint
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.run.upgrade import Progress
-from tests.helpers import HEAD, REVISIONS, current_version, invoke, write_fleet
+from tests.helpers import HEAD, REVISIONS, chain_locations, current_version, invoke, run_cli, write_fleet
 
 # One instance from empty to head (5 revisions), on the first look's connection kept for it:
 # start-up 2, first look 1, session token with the lock and the state read 1 (the look showed
@@ -38,6 +39,13 @@ EMPTY_TO_HEAD_ON_ITS_CONNECTION = 5
 EMPTY_TO_HEAD_CONNECTIONS = 1
 # An instance that has its tables and is behind: the same.
 BEHIND_ON_ITS_CONNECTION = 5
+# An instance at the shipped head, then a revision Alembic runs online (tests/chains/cic: an index
+# built concurrently), in a fresh process: start-up 2, look 1, token with the lock and the state
+# read 1; SQLAlchemy's dialect start-up 9 (once per process); Alembic's statements and the
+# revision's, one by one (19, with the time boxes and the section's marker, one round trip); the
+# mirror rows 1; the fingerprint with the unlock 1. It took 40: the marker 4, the mirror rows 3,
+# the fingerprint in a transaction of psycopg's 3.
+ONLINE_REVISION_ON_ITS_CONNECTION = 32
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
 NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
@@ -194,3 +202,19 @@ def test_a_first_look_connection_the_server_closed_is_replaced(tmp_path, fleet_d
     )
     assert [(r.result, r.to_revision) for r in report.instances] == [("ok", HEAD)]
     assert current_version(url) == HEAD
+
+
+def test_a_revision_alembic_runs_online_in_few_round_trips(proxied):
+    fleet, proxy, url = proxied
+    # The hub too: it takes the run's report.
+    assert ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1).exit_code == 0
+    proxy.reset()
+    online = chain_locations("cic")
+    done = run_cli(["upgrade", "--instance", "inst1", "--json"], fleet=fleet.path, locations=online)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"][0]["applied"] == ["0105"]
+    assert proxy.counts.connections == 1, proxy.counts
+    assert proxy.round_trips <= ONLINE_REVISION_ON_ITS_CONNECTION, proxy.counts
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('public.ophelia_interrupted_steps')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
