@@ -143,7 +143,7 @@ def engine_for(target: Target, connection: Connection | None = None) -> Engine:
             creator=_next_connection,
             poolclass=NullPool,
             hide_parameters=True,
-            # Else the dialect's start-up looks hstore up (4 round trips: a savepoint, the
+            # Else the dialect's start-up looks hstore up (3 round trips: a savepoint, the
             # type's query, its release) on every worker's first connection; an HSTORE
             # column still works, through SQLAlchemy's own text conversion.
             use_native_hstore=False,

@@ -245,7 +245,8 @@ class _FleetRun:
         assert self.looks is not None
         with fanout.Workers(self.jobs) as workers:
             # The fork server's start (a Python importing Alembic and SQLAlchemy, ≈ 0.4 s) goes
-            # on while the hub migrates, as soon as the looks tell that instances need it.
+            # on while the hub migrates, as soon as the looks tell that instances need it. The
+            # call below, after the hub, is then a no-op (and raises what this one would have).
             in_daemon(lambda: self.warm(workers, plan, dry_run, wait=True), "warm-workers")
             if plan.hub:
                 self.looks.wait_for(plan.hub)
