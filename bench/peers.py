@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -34,7 +35,8 @@ def plain_config(url: str | None = None, buffer: io.StringIO | None = None):
 
     config = Config()
     config.set_main_option("script_location", str(PLAIN_ENV))
-    config.set_main_option("version_locations", str(VERSIONS))
+    # Another chain (bench/online_bench.py) comes through the environment, os.pathsep-separated.
+    config.set_main_option("version_locations", os.environ.get("BENCH_VERSION_LOCATIONS") or str(VERSIONS))
     config.set_main_option("path_separator", "os")
     config.attributes["url"] = url
     config.attributes["output_buffer"] = buffer
