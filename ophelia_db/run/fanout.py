@@ -340,8 +340,15 @@ def _run_pool(
                 unused = wave.kept_connection(target)
                 if unused is not None:
                     unused.close()  # a worker process opens its own; the slot stays held until it ends
-                means = HANDED_OVER if target in handed_over else IN_A_PROCESS
-                running[pool.submit(migrate, target, wave.spec, wave.goal, means=means)] = target
+                if target in handed_over:
+                    # The thread moved the instance on since its look: what the look read is stale.
+                    future = pool.submit(migrate, target, wave.spec, wave.goal, means=HANDED_OVER)
+                else:
+                    # The look tells the worker whether this server is PostgreSQL itself (no
+                    # witness opened ahead) and whether the instance is new (no read bound to fail).
+                    look = wave.looks.get(target.name)
+                    future = pool.submit(migrate, target, wave.spec, wave.goal, means=IN_A_PROCESS, look=look)
+                running[future] = target
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -25,7 +25,16 @@ from ophelia_db.fleet.catalog import fingerprint
 from ophelia_db.fleet.config import Target, load_fleet
 from ophelia_db.fleet.hub_writer import HubReporter
 from ophelia_db.run.upgrade import Progress
-from tests.helpers import HEAD, REVISIONS, chain_locations, current_version, invoke, run_cli, write_fleet
+from tests.helpers import (
+    HEAD,
+    REVISIONS,
+    chain_at,
+    chain_locations,
+    current_version,
+    invoke,
+    run_cli,
+    write_fleet,
+)
 
 # One instance from empty to head (5 revisions), on the first look's connection kept for it:
 # start-up 2, first look 1, session token with the lock and the state read 1 (the look showed
@@ -47,6 +56,10 @@ BEHIND_ON_ITS_CONNECTION = 5
 # unlock 1. It took 40: hstore's lookup 3, the marker 4, the mirror rows 3, the fingerprint in
 # a transaction of psycopg's 4.
 ONLINE_REVISION_ON_ITS_CONNECTION = 29
+# An empty instance to 0105 in a worker process (its look's connection stays behind): start-up
+# 2, the session token 1, the lock and the read under it 1, the batches 1, then Alembic online
+# as above, the dialect start-up included (the worker's first connection).
+WORKER_EMPTY_TO_ONLINE_REVISION = 30
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
 NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
@@ -219,3 +232,20 @@ def test_a_revision_alembic_runs_online_in_few_round_trips(proxied):
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('public.ophelia_interrupted_steps')").fetchone() == (None,)
         assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+
+
+def test_an_instance_migrated_in_a_worker_process_opens_no_witness(tmp_path, fleet_dbs):
+    hub, instances = fleet_dbs(2)
+    with _through_proxy(instances["inst1"]) as (proxy, through):
+        fleet = load_fleet(write_fleet(tmp_path, hub, {"inst1": through, "inst2": instances["inst2"]}))
+        chain = chain_at(chain_locations("cic"))  # 0105 needs Alembic online: each instance goes to a worker
+        report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=4, chain=chain)
+    assert [(r.name, r.result, r.to_revision) for r in report.instances] == [
+        ("hub", "ok", "0105"),
+        ("inst1", "ok", "0105"),
+        ("inst2", "ok", "0105"),
+    ]
+    # The first look, and the worker's own connection: the look showed PostgreSQL itself there, so
+    # the worker opens no witness ahead (it did: 3 connections, a backend more for every instance).
+    assert proxy.counts.connections == 2, proxy.counts
+    assert max(proxy.counts.per_connection) <= WORKER_EMPTY_TO_ONLINE_REVISION, proxy.counts
