@@ -42,7 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -293,6 +294,23 @@ def report(n: int, by_rtt: dict[int, dict[str, float]], repeat: int) -> None:
         )
 
 
+@contextmanager
+def throwaway_cluster(name: str) -> Iterator[tuple[LocalCluster, Path]]:
+    """A PostgreSQL cluster of the benchmark's own (in /tmp) and a work folder, both removed after."""
+    state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
+    if os.geteuid() == 0:
+        shutil.chown(state, "postgres", "postgres")
+    cluster = LocalCluster(state, free_port())
+    cluster.start()
+    workdir = Path(tempfile.mkdtemp(prefix=f"ophelia-bench-{name}-"))
+    try:
+        yield cluster, workdir
+    finally:
+        cluster.destroy()
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50)
@@ -301,16 +319,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="5,200,500", help=sizes_help)
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours, the floor and SELECT 1")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
-    if os.geteuid() == 0:
-        shutil.chown(state, "postgres", "postgres")
-    cluster = LocalCluster(state, free_port())
-    cluster.start()
-    workdir = Path(tempfile.mkdtemp(prefix="ophelia-bench-fleet-"))
     from ophelia_db.run.chain import chain_for
 
-    bench = Bench(cluster, workdir, offline_sql(), str(chain_for().head))
-    try:
+    with throwaway_cluster("fleet") as (cluster, workdir):
+        bench = Bench(cluster, workdir, offline_sql(), str(chain_for().head))
         print(f"cores={os.cpu_count()} python={sys.version.split()[0]} chain head={bench.head}")
         by_rtt: dict[int, dict[str, float]] = {}
         for rtt in [int(x) for x in args.rtts.split(",") if x]:
@@ -333,10 +345,6 @@ def main() -> None:
                         f"{f['status']:.2f} | {f['select1']:.2f} | {f['peak_mb']:.0f} |",
                         flush=True,
                     )
-    finally:
-        cluster.destroy()
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

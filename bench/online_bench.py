@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet_bench import BIN, Bench, at_head, check_rtt, run_command  # noqa: E402
+from bench.fleet_bench import BIN, Bench, at_head, check_rtt, run_command, throwaway_cluster  # noqa: E402
 from bench.latency_proxy import LatencyProxy  # noqa: E402
-from ophelia_db.local.binaries import free_port  # noqa: E402
-from ophelia_db.local.cluster import LocalCluster  # noqa: E402
 
 CHAIN = os.pathsep.join(str(ROOT / folder) for folder in ("alembic/versions", "tests/chains/cic"))
 HEAD = "0105"
@@ -60,15 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     # Both ophelia-db and the plain-Alembic peers read the chain from here (children inherit it).
     os.environ["OPHELIA_VERSION_LOCATIONS"] = os.environ["BENCH_VERSION_LOCATIONS"] = CHAIN
-    state = Path(tempfile.mkdtemp(prefix="ophelia-bench-", dir="/tmp"))
-    if os.geteuid() == 0:
-        shutil.chown(state, "postgres", "postgres")
-    cluster = LocalCluster(state, free_port())
-    cluster.start()
-    workdir = Path(tempfile.mkdtemp(prefix="ophelia-bench-online-"))
-    bench = Bench(cluster, workdir, "", HEAD)
     rows = []
-    try:
+    with throwaway_cluster("online") as (cluster, workdir):
+        bench = Bench(cluster, workdir, "", HEAD)
         for rtt in [int(x) for x in args.rtts.split(",") if x]:
             with LatencyProxy("127.0.0.1", cluster.port, rtt=rtt / 1000) as proxy:
                 check_rtt(cluster, proxy, rtt)
@@ -79,10 +69,6 @@ def main() -> None:
                     four, sixteen = plain(bench, proxy, n, "plain4"), plain(bench, proxy, n, "plain16")
                     rows.append((n, rtt, seconds, trips, peak, four, sixteen))
                     print(f"N = {n}, RTT {rtt} ms done", flush=True)
-    finally:
-        cluster.destroy()
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
     print("\nfresh databases to 0105 (the shipped chain, then an index built concurrently), seconds")
     print("| N | RTT | ophelia-db upgrade --all (round trips per database, peak MB) | plain Alembic 4 | 16 |")
     print("|---|---|---|---|---|")
