@@ -22,9 +22,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from psycopg.pq import TransactionStatus
+
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet import catalog_queries as queries
-from ophelia_db.fleet.connections import connect, is_connection_error, sqlstate_of
+from ophelia_db.fleet.connections import autocommit, connect, is_connection_error, sqlstate_of
 from ophelia_db.fleet.lock import Step
 from ophelia_db.results import Record
 
@@ -223,12 +225,18 @@ _PINNED_SETTINGS = """SELECT set_config('search_path', 'pg_catalog', true),
 def _read(conn: Any, schemas: list[str], excluded: list[str], then: Step | None = None) -> Snapshot:
     """Read the snapshot in one round trip (a pipeline), in one transaction, ``then`` last.
 
-    On an autocommit connection the pipeline's statements up to its one Sync
-    are already one (implicit) transaction; otherwise psycopg's own is used.
+    Outside a transaction (an autocommit connection, or one Alembic's transactions
+    are over on) the pipeline's statements up to its one Sync are one implicit
+    transaction; inside one, a savepoint of psycopg's holds them.
     """
     found: list[Snapshot] = []
     steps = [*_snapshot_steps(schemas, excluded, found.append), *([then] if then is not None else [])]
-    with conn.pipeline(), nullcontext() if conn.autocommit else conn.transaction():
+    outside = conn.autocommit or conn.info.transaction_status == TransactionStatus.IDLE
+    with (
+        autocommit(conn) if outside else nullcontext(),
+        conn.pipeline(),
+        nullcontext() if outside else conn.transaction(),
+    ):
         cursors = [conn.execute(step.sql, step.params or None) for step in steps]
     for step, cursor in zip(steps, cursors, strict=True):
         step.answer(tuple(cursor.fetchone() or ()))

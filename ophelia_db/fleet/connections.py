@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -157,6 +159,25 @@ def _next_connection() -> Connection:
         _engine_target.given = None
         return given
     return connect(_engine_target.value)
+
+
+@contextmanager
+def autocommit(conn: Connection) -> Iterator[None]:
+    """``conn`` (outside a transaction) in autocommit for the block, as it was after.
+
+    A message or a pipeline sent then is one implicit transaction of the server's:
+    one round trip, where a transaction of psycopg's adds a ``BEGIN`` before it and
+    a ``COMMIT`` after it, each a round trip of its own.
+    """
+    if conn.autocommit:
+        yield
+        return
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
 
 
 def sql_literal(value: object) -> str:

@@ -13,8 +13,6 @@ import logging
 import time
 from typing import Any
 
-from psycopg.pq import TransactionStatus
-
 from ophelia_db.errors import ExitCode, OpheliaError
 from ophelia_db.fleet.catalog import fingerprint, fingerprint_steps
 from ophelia_db.fleet.config import Target
@@ -205,10 +203,6 @@ def _fingerprint(conn: Connection, proof: SessionProof) -> str | None:
     It never fails the run: when it cannot be read, leaving the lock sends the unlock on its own.
     """
     try:
-        if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-            # After Alembic online, whose transactions are over: the read's pipeline is then its
-            # own implicit transaction, one round trip, where a transaction of psycopg's takes three.
-            conn.autocommit = True
         return fingerprint(conn, then=proof.unlock_step())
     except Exception as exc:
         if sqlstate_of(exc) is None and not isinstance(exc, OpheliaError):

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 
-from ophelia_db.fleet.connections import closed_to_api_roles, sql_literal
+from ophelia_db.fleet.connections import autocommit, closed_to_api_roles, sql_literal
 from ophelia_db.fleet.journal import who
 from ophelia_db.run.chain import Chain, Revision
 
@@ -366,13 +366,8 @@ def mark_nontransactional(conn: Any, revision: str, by: str) -> None:
         f"INSERT INTO {INTERRUPTED_TABLE} (revision, started_by) "
         f"VALUES ({sql_literal(revision)}, {sql_literal(by[:200])}) ON CONFLICT DO NOTHING"
     )
-    manual = not conn.autocommit
-    conn.autocommit = True  # else psycopg sends its BEGIN first, and the COMMIT after, on their own
-    try:
+    with autocommit(conn):
         conn.execute(f"{_MARK};\n{insert}")
-    finally:
-        if manual:
-            conn.autocommit = False
 
 
 def clear_nontransactional(conn: Any) -> None:
