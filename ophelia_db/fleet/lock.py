@@ -26,7 +26,8 @@ own too): a backend that answers ``pg_backend_pid()`` with the start-up's pid
 is PostgreSQL itself, or a proxy that gives this client that backend alone,
 and the witness's connection is spared. A connection that showed this before
 (an instance's first look, kept for its migration) sends the token in the
-lock's own round trip.
+lock's own round trip, or with the lock in the first batch's message, checked
+there to find the state the look read (``first_message_lock``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ class Step:
 
 # The SQLSTATE the in-batch check raises when a transaction is not on our session.
 SESSION_MOVED = "OPH01"
+# What the opening of a first message (``first_message_lock``) raises when it took no lock: the
+# lock is held by another session, or the state is no longer the one the caller planned from.
+LOCK_BUSY, LOOK_OUTDATED = "OPH02", "OPH03"
+
+
+class OpeningRefused(Exception):
+    """A first message's opening took no lock and left nothing set: take the lock the usual way."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,18 @@ class SessionProof:
     # The unlock's answer when it went along with the session's last read (``unlock_step``):
     # leaving the lock then checks it rather than sending the unlock again.
     _unlocked: list[tuple[Any, ...]] = field(default_factory=list, compare=False, repr=False)
+    # ``first_message_lock``'s opening, until a caller takes it for its first message.
+    _opening: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def take_opening(self) -> list[str]:
+        """The statements that take the lock, for the head of the caller's first message; once."""
+        opening, self._opening[:] = list(self._opening), []
+        return opening
+
+    @property
+    def opening_pending(self) -> bool:
+        """Whether the lock still waits to go with a first message (so it is not held yet)."""
+        return bool(self._opening)
 
     def holds(self, token: Any, pid: Any) -> bool:
         return token == self.token and pid == self.pid
@@ -174,6 +194,70 @@ def session_lock(
             _run(conn, "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
         raise
     _release(conn, proof)
+
+
+@contextmanager
+def first_message_lock(conn: Connection, target: Target, unchanged: str) -> Iterator[SessionProof]:
+    """The lock taken by the caller's first message, which it heads (``SessionProof.take_opening``).
+
+    For a connection proven direct whose first look told what to run: the token,
+    the lock and a check that ``unchanged`` (an SQL condition: the state is still
+    the one planned from) holds under the lock, in one transaction ahead of the
+    first revision. When it took nothing (``opening_took``), the caller raises
+    ``OpeningRefused``, which leaves here untouched, and takes the lock the usual way.
+    """
+    token = uuid.uuid4().hex
+    proof = SessionProof(target, token, conn.info.backend_pid)
+    proof._opening.extend(_opening(conn, target, proof, unchanged))
+    try:
+        yield proof
+    except OpeningRefused:
+        raise
+    except BaseException:
+        if not proof.opening_pending:
+            with suppress(psycopg.Error):
+                _run(conn, "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        raise
+    if not proof.opening_pending:  # else nothing was sent (an interruption came first): nothing held
+        _release(conn, proof)
+
+
+def opening_took(conn: Connection, proof: SessionProof, sqlstate: str | None) -> bool:
+    """Whether a failed first message's opening committed (``sqlstate``: the message's error).
+
+    Its refusals released what they took. Else the session is asked: a syntax error anywhere
+    in a message runs none of it; a cancel may stop the opening midway, the lock taken and
+    the token undone: then released (this session holds no other advisory lock).
+    """
+    if sqlstate in (LOCK_BUSY, LOOK_OUTDATED):
+        return False
+    token, pid = _run(conn, f"SELECT {PROOF_COLUMNS}", None)
+    if proof.holds(token, pid):
+        return True
+    _run(conn, "SELECT pg_advisory_unlock_all()", None)
+    return False
+
+
+def _opening(conn: Connection, target: Target, proof: SessionProof, unchanged: str) -> list[str]:
+    start = psycopg.ClientCursor(conn).mogrify(_START, _start_params(target, proof.token))
+    key = MIGRATION_LOCK_KEY
+    # Whatever fails once the lock is taken (a table dropped since the look, say) releases it
+    # and is reported as the look being outdated: the usual way then reads the state again.
+    check = f"""DO $ophelia$ BEGIN
+  IF NOT pg_try_advisory_lock({key}) THEN
+    RAISE EXCEPTION 'ophelia-db: the migration lock is held by another session' USING ERRCODE = '{LOCK_BUSY}';
+  END IF;
+  BEGIN
+    IF pg_backend_pid() <> {int(proof.pid)} OR NOT ({unchanged}) THEN
+      RAISE EXCEPTION 'ophelia-db: the instance changed since it was looked at';
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    PERFORM pg_advisory_unlock({key});
+    RAISE EXCEPTION USING ERRCODE = '{LOOK_OUTDATED}', MESSAGE = SQLERRM;
+  END;
+END $ophelia$"""
+    # Its own transaction: a revision that fails after it must not undo the token.
+    return ["BEGIN", start, check, "COMMIT"]
 
 
 def _run(conn: Connection, query: str, params: Any) -> tuple[Any, ...]:

@@ -36,7 +36,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from ophelia_db.errors import OpheliaError
 from ophelia_db.fleet.config import Target, Timeouts
 from ophelia_db.fleet.connections import is_connection_error
-from ophelia_db.fleet.lock import SESSION_MOVED, SessionProof, Step
+from ophelia_db.fleet.lock import SESSION_MOVED, OpeningRefused, SessionProof, Step, opening_took
 from ophelia_db.run import driver, mirror, render_cache
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.state import InstanceState, classify
@@ -162,6 +162,7 @@ def send(
     proof: SessionProof,
     timeouts: Timeouts,
     then: Sequence[Step] = (),
+    opening: Sequence[str] = (),
 ) -> None:
     """Run consecutive revisions as one message on ``conn`` (autocommit, idle), each in its own
     transaction; record each that committed in ``hook``.
@@ -172,29 +173,24 @@ def send(
     of its own: the statements after a message's last ``COMMIT`` are one), and
     each step hears its row only if every revision committed and every step ran;
     otherwise none does, and its caller sends them again if it still needs them.
+    ``opening`` heads the message (the lock's, fleet/lock.py: ``first_message_lock``); when
+    the message failed before it committed, ``OpeningRefused`` is raised: nothing ran.
     """
     wants_answer = not hook.mirror_exists
     statements = [
-        text
-        for index, rendered_revision in enumerate(revisions)
-        for text in _transaction(
-            chain,
-            rendered_revision,
-            hook,
-            proof,
-            timeouts,
-            after=revisions[index - 1].revision if index else None,
-            last=index == len(revisions) - 1,
-        )
+        *opening,
+        *_transactions(chain, revisions, hook, proof, timeouts),
+        # Bound here, client-side: a simple-query message carries no parameters.
+        *(psycopg.ClientCursor(conn).mogrify(step.sql, step.params or None) for step in then),
     ]
-    # Bound here, client-side: a simple-query message carries no parameters.
-    statements += [psycopg.ClientCursor(conn).mogrify(step.sql, step.params or None) for step in then]
     started = time.monotonic()
     cursor = conn.cursor()
     try:
         cursor.execute(";\n".join(statements))
     except psycopg.Error as exc:
         _roll_back(conn)
+        if opening and not is_connection_error(exc) and not opening_took(conn, proof, exc.sqlstate):
+            raise OpeningRefused(str(exc)) from exc
         done = _committed_through(conn, revisions)
         _note_committed(hook, revisions[:done], started)
         if done < len(revisions):
@@ -211,6 +207,29 @@ def send(
     _note_committed(hook, revisions, started, mirror_seen=seen)
     for step, row in zip(then, answers[ours:], strict=True):
         step.answer(row)
+
+
+def _transactions(
+    chain: Chain,
+    revisions: Sequence[RenderedRevision],
+    hook: mirror.MirrorHook,
+    proof: SessionProof,
+    timeouts: Timeouts,
+) -> list[str]:
+    """Each revision's transaction, in order."""
+    return [
+        text
+        for index, rendered_revision in enumerate(revisions)
+        for text in _transaction(
+            chain,
+            rendered_revision,
+            hook,
+            proof,
+            timeouts,
+            after=revisions[index - 1].revision if index else None,
+            last=index == len(revisions) - 1,
+        )
+    ]
 
 
 def _transaction(

@@ -22,14 +22,22 @@ from ophelia_db.fleet.connections import (
     is_connection_error,
     sqlstate_of,
 )
-from ophelia_db.fleet.lock import SessionProof, session_lock
+from ophelia_db.fleet.lock import OpeningRefused, SessionProof, first_message_lock, session_lock
 from ophelia_db.redaction import redact
 from ophelia_db.results import InstanceResult, Outcome, state_exit_code
+from ophelia_db.run.batch import rendered
 from ophelia_db.run.chain import Chain, ChainSpec, chain_for
 from ophelia_db.run.interrupts import exit_code_of, interrupted_exit_code, worker_interrupted
 from ophelia_db.run.revisions import IN_A_PROCESS, Means, NeedsAlembic, PlannedRun
 from ophelia_db.run.session import Session
-from ophelia_db.run.state import REFUSED_STATES, InstanceState, StateRead, below_current, classify
+from ophelia_db.run.state import (
+    REFUSED_STATES,
+    InstanceState,
+    StateRead,
+    below_current,
+    classify,
+    unchanged_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +75,33 @@ def migrate(
         return _not_started(target, started)
     try:
         chain = chain_for(spec)
-        # One connection per instance: the lock, the re-read, every revision and
-        # the fingerprint all go through it (a tenant's connection slots are few,
-        # and a remote connection costs several round trips). The state is read
-        # behind the lock, in its round trip: the plan is decided only under the
-        # lock (another runner may have moved the instance since the first look).
+        # One connection per instance for the lock, the re-read, the revisions and the
+        # fingerprint (a tenant's slots are few, a remote connection costs several round
+        # trips). A plan holds only under the lock (another runner may have moved the
+        # instance since the look): the state is read behind the lock, or checked to be
+        # the look's in the first batch's message, the lock's too (_first_message_check).
         under_lock = StateRead(new=look is not None and not (look.has_version_table or look.has_mirror))
-        with (
-            Session(target, kept, direct=look is not None and look.direct) as session,
-            session_lock(
+        with Session(target, kept, direct=look is not None and look.direct) as session:
+            unchanged = _first_message_check(chain, goal, downgrade, means, look, session)
+            if unchanged is not None and look is not None:
+                try:
+                    with first_message_lock(session.conn, target, unchanged) as proof:
+                        return _migrate_locked(
+                            target, chain, goal, downgrade, started, session, proof, means, look
+                        )
+                except OpeningRefused:
+                    pass  # the lock is busy or the instance moved since the look: the usual way
+            with session_lock(
                 session.conn,
                 target,
                 read=under_lock,
                 witness=session.take_witness(),
                 direct=session.proven_direct,
-            ) as proof,
-        ):
-            if worker_interrupted():
-                return _not_started(target, started)
-            state = under_lock.result()
-            return _migrate_locked(target, chain, goal, downgrade, started, session, proof, means, state)
+            ) as proof:
+                if worker_interrupted():
+                    return _not_started(target, started)
+                state = under_lock.result()
+                return _migrate_locked(target, chain, goal, downgrade, started, session, proof, means, state)
     except NeedsAlembic:
         raise
     except OpheliaError as error:
@@ -96,6 +111,35 @@ def migrate(
     except KeyboardInterrupt as exc:
         # Interrupted before any revision started (waiting for the lock, say).
         return _not_started(target, started, exit_code_of(exc))
+
+
+def _first_message_check(
+    chain: Chain,
+    goal: str | None,
+    downgrade: bool,
+    means: Means,
+    look: InstanceState | None,
+    session: Session,
+) -> str | None:
+    """The check to send with the lock in the first batch, when the first look allows it.
+
+    That is when the look's own connection, shown direct (PostgreSQL itself),
+    migrates the instance, and the plan made from the look starts with a
+    revision that goes as a batch: the lock, the token and a server-side check
+    that the state is still the look's then ride in that batch's message, and
+    the plan made from the look is the one made under the lock.
+    """
+    if look is None or not session.proven_direct or downgrade or goal is None or not means.batches:
+        return None
+    if look.locked or worker_interrupted():
+        return None
+    unchanged = unchanged_sql(look)
+    verdict = classify(look, chain, goal)
+    if unchanged is None or verdict.state in REFUSED_STATES or not verdict.pending:
+        return None
+    if verdict.pending[0] not in rendered(chain, look.revision, goal):
+        return None
+    return unchanged
 
 
 def _unexpected(target: Target, exc: Exception, started: float) -> InstanceResult:

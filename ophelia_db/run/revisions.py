@@ -27,7 +27,14 @@ from ophelia_db.fleet.connections import (
     pooler_refusal,
     sqlstate_of,
 )
-from ophelia_db.fleet.lock import PROOF_COLUMNS, SESSION_MOVED, SHARED_BACKEND, SessionProof, Step
+from ophelia_db.fleet.lock import (
+    PROOF_COLUMNS,
+    SESSION_MOVED,
+    SHARED_BACKEND,
+    OpeningRefused,
+    SessionProof,
+    Step,
+)
 from ophelia_db.results import InstanceResult, Outcome
 from ophelia_db.run import batch, driver, mirror
 from ophelia_db.run.chain import Chain
@@ -102,6 +109,8 @@ class PlannedRun:
                     return settled
             if self.done == len(self.planned):
                 return None
+        if self.proof.opening_pending:
+            raise OpeningRefused("the first revision cannot go as a batch: no message to take the lock")
         if not self.means.alembic:
             raise NeedsAlembic(self.planned[self.done])
         connection = session.alembic_connection()
@@ -135,6 +144,7 @@ class PlannedRun:
                     proof=self.proof,
                     timeouts=timeouts,
                     then=self.closing if last else (),
+                    opening=self.proof.take_opening(),
                 )
             except batch.BatchFailure as failure:
                 if failure.error.sqlstate != "55P03" or attempt >= LOCK_RETRIES or worker_interrupted():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from ophelia_db.fleet.connections import sqlstate_of
+from ophelia_db.fleet.connections import sql_literal, sqlstate_of
 from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
 from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
@@ -38,11 +38,14 @@ REFUSED_STATES = frozenset(
 
 # Whether the lock is held and an interruption marked come from ``_TABLES_SQL``, sent with it:
 # ``pg_locks`` is the dearest part of a read (≈ 0.3 ms of a new backend's time), so asked once.
-_STATE_SQL = """SELECT
-  true, (SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version),
-  true, (SELECT current_version FROM public.schema_version WHERE id = 1),
+_HEADS = "(SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version)"
+_CURRENT = "(SELECT current_version FROM public.schema_version WHERE id = 1)"
+_HISTORY = "(SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations)"
+_STATE_SQL = f"""SELECT
+  true, {_HEADS},
+  true, {_CURRENT},
   (SELECT updated_at FROM public.schema_version WHERE id = 1),
-  (SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations)"""
+  {_HISTORY}"""
 # Only read when the marker table exists: what was interrupted, and what it left.
 _INTERRUPTED_SQL = f"""SELECT
   (SELECT json_agg(json_build_array(revision, started_at::text, started_by)) FROM {INTERRUPTED_TABLE}),
@@ -160,6 +163,31 @@ class StateRead:
         return replace(_state(conn, (*row, locked, marked)), direct=pid == conn.info.backend_pid)
 
 
+def unchanged_sql(state: InstanceState) -> str | None:
+    """An SQL condition that holds while the database's versioning state is still ``state``.
+
+    Checked under the lock in place of a read (fleet/lock.py: ``first_message_lock``),
+    so it compares what a plan depends on: the tables there are, ``alembic_version``,
+    ``schema_version`` and the history with its checksums, and no interruption marked.
+    ``None`` for a state it does not cover: some of the tables only, or an interruption.
+    """
+    if state.interrupted:
+        return None
+    no_marker = f"to_regclass('{INTERRUPTED_TABLE}') IS NULL"
+    if not state.has_version_table and not state.has_mirror:
+        tables = ("public.alembic_version", "public.schema_version", "public.schema_migrations")
+        return " AND ".join([*(f"to_regclass('{table}') IS NULL" for table in tables), no_marker])
+    if not (state.has_version_table and state.has_mirror):
+        return None
+    heads = sql_literal(",".join(state.heads) or None)
+    history = sql_literal(json.dumps([list(row) for row in state.history]) if state.history else None)
+    return (
+        f"{no_marker}\n    AND {_HEADS} IS NOT DISTINCT FROM {heads}"
+        f"\n    AND {_CURRENT} IS NOT DISTINCT FROM {sql_literal(state.current_version)}"
+        f"\n    AND {_HISTORY}::jsonb IS NOT DISTINCT FROM {history}::jsonb"
+    )
+
+
 def _state(conn: Any, row: tuple[Any, ...]) -> InstanceState:
     has_version, heads, has_mirror, current, updated_at, history, locked, marked = row
     if isinstance(history, str):
@@ -191,15 +219,9 @@ def _read_partial_state(conn: Any, has_version: bool, has_mirror: bool) -> tuple
     """``_STATE_SQL``'s row for an instance that lacks some of the tables."""
     if not has_version and not has_mirror:
         return (False, None, False, None, None, None)
-    alembic = (
-        "(SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version)"
-        if has_version
-        else "NULL::text"
-    )
+    alembic = _HEADS if has_version else "NULL::text"
     mirror = (
-        "(SELECT current_version FROM public.schema_version WHERE id = 1), "
-        "(SELECT updated_at FROM public.schema_version WHERE id = 1), "
-        "(SELECT json_agg(json_build_array(version, checksum) ORDER BY id) FROM public.schema_migrations)"
+        f"{_CURRENT}, (SELECT updated_at FROM public.schema_version WHERE id = 1), {_HISTORY}"
         if has_mirror
         else "NULL::text, NULL::timestamptz, NULL::json"
     )
