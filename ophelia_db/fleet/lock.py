@@ -198,12 +198,12 @@ def session_lock(
 
 @contextmanager
 def first_message_lock(conn: Connection, target: Target, unchanged: str) -> Iterator[SessionProof]:
-    """The lock taken by the caller's first message, which it heads (``SessionProof.take_opening``).
-
-    For a connection proven direct whose first look told what to run: the token,
-    the lock and a check that ``unchanged`` (an SQL condition: the state is still
-    the one planned from) holds under the lock, in one transaction ahead of the
-    first revision. When it took nothing (``opening_took``), the caller raises
+    """The lock taken by the caller's first message, which it heads (``SessionProof.take_opening``):
+    for a caller whose first look told what to run: the token, the lock, a check
+    that the backend is the one the start-up named (as ``direct`` means) and that
+    ``unchanged`` (an SQL condition: the state is still the one planned from) holds
+    under the lock, in one transaction ahead of the first revision. When it took
+    nothing (``opening_took``), the caller raises
     ``OpeningRefused``, which leaves here untouched, and takes the lock the usual way.
     """
     token = uuid.uuid4().hex
@@ -241,8 +241,8 @@ def opening_took(conn: Connection, proof: SessionProof, sqlstate: str | None) ->
 def _opening(conn: Connection, target: Target, proof: SessionProof, unchanged: str) -> list[str]:
     start = psycopg.ClientCursor(conn).mogrify(_START, _start_params(target, proof.token))
     key = MIGRATION_LOCK_KEY
-    # Whatever fails once the lock is taken (a table dropped since the look, say) releases it
-    # and is reported as the look being outdated: the usual way then reads the state again.
+    # Whatever fails once the lock is taken (a table dropped since the look, a backend not the
+    # start-up's) releases it, reported as the look outdated: the usual way reads the state again.
     check = f"""DO $ophelia$ BEGIN
   IF NOT pg_try_advisory_lock({key}) THEN
     RAISE EXCEPTION 'ophelia-db: the migration lock is held by another session' USING ERRCODE = '{LOCK_BUSY}';

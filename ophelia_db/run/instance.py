@@ -82,7 +82,7 @@ def migrate(
         # the look's in the first batch's message, the lock's too (_first_message_check).
         under_lock = StateRead(new=look is not None and not (look.has_version_table or look.has_mirror))
         with Session(target, kept, direct=look is not None and look.direct) as session:
-            unchanged = _first_message_check(chain, goal, downgrade, means, look, session)
+            unchanged = _first_message_check(chain, goal, downgrade, means, look)
             if unchanged is not None and look is not None:
                 try:
                     with first_message_lock(session.conn, target, unchanged) as proof:
@@ -119,17 +119,17 @@ def _first_message_check(
     downgrade: bool,
     means: Means,
     look: InstanceState | None,
-    session: Session,
 ) -> str | None:
     """The check to send with the lock in the first batch, when the first look allows it.
 
-    That is when the look's own connection, shown direct (PostgreSQL itself),
-    migrates the instance, and the plan made from the look starts with a
-    revision that goes as a batch: the lock, the token and a server-side check
-    that the state is still the look's then ride in that batch's message, and
-    the plan made from the look is the one made under the lock.
+    That is when the look found PostgreSQL itself (not a pooler) and the plan
+    made from it starts with a revision that goes as a batch: the token, the
+    lock and a server-side check that the state is still the look's then ride
+    in that batch's message, so the plan made from the look is the one a read
+    under the lock would make. On the look's own connection or a new one: the
+    opening checks that its backend is the one the connection's start-up named.
     """
-    if look is None or not session.proven_direct or downgrade or goal is None or not means.batches:
+    if look is None or not look.direct or downgrade or goal is None or not means.batches:
         return None
     if look.locked or worker_interrupted():
         return None

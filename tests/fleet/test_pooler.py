@@ -120,3 +120,31 @@ def test_a_pooler_names_a_backend_of_its_own_so_only_a_direct_session_spares_the
     with psycopg.connect(through(url, pgbouncer(mode)), autocommit=True) as pooled:
         row = pooled.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None and row[0] != pooled.info.backend_pid
+
+
+def test_a_look_that_found_postgresql_does_not_let_a_pooler_take_the_lock_in_the_first_message(
+    pgbouncer: Pgbouncer, fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    # The lock goes in the first batch's message when the look found PostgreSQL itself
+    # (fleet/lock.py: first_message_lock). Should the migration's own connection reach a
+    # transaction pooler all the same, the opening sees a backend other than the one the
+    # start-up named: it releases the lock and the usual way refuses the pooler.
+    from ophelia_db.fleet.config import load_fleet
+    from ophelia_db.run.chain import ChainSpec
+    from ophelia_db.run.instance import migrate
+    from ophelia_db.run.state import read_state
+    from tests.helpers import ALEMBIC_INI
+
+    hub, instances = fleet_dbs(1)
+    direct = instances["inst1"]
+    port = pgbouncer("transaction", pool_size=2)
+    with psycopg.connect(direct, autocommit=True) as conn:
+        look = read_state(conn)
+    assert look.direct
+    fleet = load_fleet(write_fleet(tmp_path, hub, {"inst1": through(direct, port)}))
+
+    result = migrate(fleet.get("inst1"), ChainSpec(alembic_ini=ALEMBIC_INI), HEAD, look=look)
+
+    assert result.result == "refused", result
+    assert "transaction-mode pooler" in (result.error or ""), result.error
+    assert alembic_version(direct) == [] and advisory_locks(direct) == 0

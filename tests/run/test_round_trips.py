@@ -58,9 +58,11 @@ BEHIND_ON_ITS_CONNECTION = 4
 # a transaction of psycopg's 4.
 ONLINE_REVISION_ON_ITS_CONNECTION = 29
 # An empty instance to 0105 in a worker process (its look's connection stays behind): start-up
-# 2, the session token 1, the lock and the read under it 1, the batches 1, then Alembic online
-# as above, the dialect start-up included (the worker's first connection).
-WORKER_EMPTY_TO_ONLINE_REVISION = 30
+# 2, then one message: the session token, the lock, the check that the state is still the look's
+# and the batches 1 (on a connection the look did not open: the opening checks that its backend
+# is the one the start-up named; it took 3: the token, the lock and the read, the batches); then
+# Alembic online as above, the dialect start-up included (the worker's first connection).
+WORKER_EMPTY_TO_ONLINE_REVISION = 28
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
 NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
