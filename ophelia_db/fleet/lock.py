@@ -24,10 +24,10 @@ out keys of its own (PgBouncer does in every pool mode, which
 tests/fleet/test_pooler.py checks; Supavisor's client handler makes up its
 own too): a backend that answers ``pg_backend_pid()`` with the start-up's pid
 is PostgreSQL itself, or a proxy that gives this client that backend alone,
-and the witness's connection is spared. A connection that showed this before
-(an instance's first look, kept for its migration) sends the token in the
-lock's own round trip, or with the lock in the first batch's message, checked
-there to find the state the look read (``first_message_lock``).
+and the witness's connection is spared. When an instance's first look showed
+this and told what to run, the token and the lock go in the first batch's
+message, on any connection: its opening checks the backend again, and that the
+state is still the one the look read (``first_message_lock``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ _WITNESS = f"SELECT current_setting('{_TOKEN}', true), pg_backend_pid()"
 _TRY_LOCK = f"SELECT pg_try_advisory_lock(%(key)s), current_setting('{_TOKEN}', true), pg_backend_pid()"
 PROOF_COLUMNS = f"current_setting('{_TOKEN}', true), pg_backend_pid()"
 _UNLOCK = f"SELECT pg_advisory_unlock(%(key)s), {PROOF_COLUMNS}"
+# After a failed first message: whose session this is; the lock let go if an opening took it uncommitted.
+_SETTLE = f"""SELECT {PROOF_COLUMNS}, CASE WHEN current_setting('{_TOKEN}', true) IS DISTINCT FROM %(token)s
+  AND EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted
+    AND classid = 0 AND objid = %(key)s AND objsubid = 1) THEN pg_advisory_unlock(%(key)s) END"""
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,9 @@ class Step:
     answer: Callable[[tuple[Any, ...]], None]
 
 
-# The SQLSTATE the in-batch check raises when a transaction is not on our session.
+# The SQLSTATEs of the in-batch check (a transaction not on our session) and of a first message's
+# opening that took no lock (``first_message_lock``): the lock is busy, or the state is not the look's.
 SESSION_MOVED = "OPH01"
-# What the opening of a first message (``first_message_lock``) raises when it took no lock: the
-# lock is held by another session, or the state is no longer the one the caller planned from.
 LOCK_BUSY, LOOK_OUTDATED = "OPH02", "OPH03"
 
 
@@ -198,13 +201,13 @@ def session_lock(
 
 @contextmanager
 def first_message_lock(conn: Connection, target: Target, unchanged: str) -> Iterator[SessionProof]:
-    """The lock taken by the caller's first message, which it heads (``SessionProof.take_opening``):
-    for a caller whose first look told what to run: the token, the lock, a check
-    that the backend is the one the start-up named (as ``direct`` means) and that
-    ``unchanged`` (an SQL condition: the state is still the one planned from) holds
-    under the lock, in one transaction ahead of the first revision. When it took
-    nothing (``opening_took``), the caller raises
-    ``OpeningRefused``, which leaves here untouched, and takes the lock the usual way.
+    """The lock, taken by the opening that heads the caller's first message (``take_opening``).
+
+    The opening sets the token, takes the lock and checks, under it, that the backend
+    is the one the start-up named and that ``unchanged`` holds (an SQL condition: the
+    state is still the one the caller planned from), in a transaction of its own. When
+    it took nothing (``opening_took``), the caller raises ``OpeningRefused``, which
+    leaves here untouched, and takes the lock the usual way.
     """
     token = uuid.uuid4().hex
     proof = SessionProof(target, token, conn.info.backend_pid)
@@ -227,15 +230,12 @@ def opening_took(conn: Connection, proof: SessionProof, sqlstate: str | None) ->
 
     Its refusals released what they took. Else the session is asked: a syntax error anywhere
     in a message runs none of it; a cancel may stop the opening midway, the lock taken and
-    the token undone: then released (this session holds no other advisory lock).
+    the token undone: the lock is then released in the same round trip.
     """
     if sqlstate in (LOCK_BUSY, LOOK_OUTDATED):
         return False
-    token, pid = _run(conn, f"SELECT {PROOF_COLUMNS}", None)
-    if proof.holds(token, pid):
-        return True
-    _run(conn, "SELECT pg_advisory_unlock_all()", None)
-    return False
+    token, pid, _ = _run(conn, _SETTLE, {"token": proof.token, "key": MIGRATION_LOCK_KEY})
+    return bool(proof.holds(token, pid))
 
 
 def _opening(conn: Connection, target: Target, proof: SessionProof, unchanged: str) -> list[str]:
