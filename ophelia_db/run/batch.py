@@ -186,7 +186,7 @@ def send(
     started = time.monotonic()
     cursor = conn.cursor()
     try:
-        cursor.execute(";\n".join(statements))
+        cursor.execute(_label(hook.instance_id, revisions) + ";\n".join(statements))
     except psycopg.Error as exc:
         _roll_back(conn)
         if opening and not is_connection_error(exc) and not opening_took(conn, proof, exc.sqlstate):
@@ -207,6 +207,14 @@ def send(
     _note_committed(hook, revisions, started, mirror_seen=seen)
     for step, row in zip(then, answers[ours:], strict=True):
         step.answer(row)
+
+
+def _label(instance: str | None, revisions: Sequence[RenderedRevision]) -> str:
+    """A comment heading the message: ``pg_stat_activity`` keeps a query's first kilobyte, of
+    which the lock's opening would otherwise be all an operator sees of a migration running."""
+    ids = ", ".join(rendered_revision.revision for rendered_revision in revisions)
+    text = f"ophelia-db: {instance or 'instance'} {ids}".replace("*/", "").replace("/*", "")
+    return f"/* {text} */ "
 
 
 def _transactions(

@@ -315,10 +315,11 @@ def test_a_killed_runner_releases_the_instance_within_seconds(tmp_path, fleet_db
     )
     _wait_for_sleeping([url], time.monotonic() + 60)
     (runner_pid,) = query(
-        # By what it waits on, not by its text: the lock's opening heads the message, and
-        # pg_stat_activity keeps only its first track_activity_query_size bytes.
+        # pg_stat_activity keeps a query's first kilobyte (track_activity_query_size), where the
+        # lock's opening heads the message: the comment ahead of it names what runs.
         url,
-        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '/* ophelia-db: inst1 0105 */%%' "
+        "AND wait_event = 'PgSleep'",
     )[0]
     run.kill()  # SIGKILL: no handler runs, nothing is rolled back by the client
     run.wait(timeout=10)
