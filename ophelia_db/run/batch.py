@@ -179,7 +179,8 @@ def send(
     wants_answer = not hook.mirror_exists
     statements = [
         *opening,
-        *_transactions(chain, revisions, hook, proof, timeouts),
+        # The opening checks the session itself: the first transaction's check would repeat it.
+        *_transactions(chain, revisions, hook, proof, timeouts, checked=bool(opening)),
         # Bound here, client-side: a simple-query message carries no parameters.
         *(psycopg.ClientCursor(conn).mogrify(step.sql, step.params or None) for step in then),
     ]
@@ -223,8 +224,10 @@ def _transactions(
     hook: mirror.MirrorHook,
     proof: SessionProof,
     timeouts: Timeouts,
+    *,
+    checked: bool,
 ) -> list[str]:
-    """Each revision's transaction, in order."""
+    """Each revision's transaction, in order (``checked``: the session already, in this message)."""
     return [
         text
         for index, rendered_revision in enumerate(revisions)
@@ -236,6 +239,7 @@ def _transactions(
             timeouts,
             after=revisions[index - 1].revision if index else None,
             last=index == len(revisions) - 1,
+            check=not index and not checked,
         )
     ]
 
@@ -249,20 +253,21 @@ def _transaction(
     *,
     after: str | None,
     last: bool,
+    check: bool,
 ) -> list[str]:
     """One revision's transaction: session check, time box, its statements, version step, mirror
     (``after``: the revision before it in the message; ``last``: the message's last revision).
 
-    Only the message's first transaction checks the session: a backend runs every statement of
-    a message before it is ready for another (ReadyForQuery), and no pooler can move a session
-    before then, so the transactions after the first run where it ran.
+    Only a message's first check of the session counts (``check``): a backend runs every
+    statement of a message before it is ready for another (ReadyForQuery), and no pooler can
+    move a session before then, so the transactions after the first run where it ran.
     """
     revision = chain.get(rendered_revision.revision)
     lock = revision.lock_timeout or timeouts.lock_timeout
     statement = revision.statement_timeout or timeouts.statement_timeout
     return [
         "BEGIN",
-        *([proof.guard_sql()] if after is None else []),
+        *([proof.guard_sql()] if check else []),
         f"SELECT set_config('lock_timeout', '{int(lock * 1000)}ms', true), "
         f"set_config('statement_timeout', '{int(statement * 1000)}ms', true), "
         f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",
