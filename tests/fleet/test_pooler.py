@@ -10,9 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ophelia_db.fleet.config import load_fleet
 from ophelia_db.fleet.urls import transaction_pooler_reason
+from ophelia_db.run.chain import ChainSpec
+from ophelia_db.run.instance import migrate
+from ophelia_db.run.state import read_state
 from tests.fleet.conftest import Pgbouncer
 from tests.helpers import (
+    ALEMBIC_INI,
     HEAD,
     OPHELIA_DB,
     FleetDbs,
@@ -129,12 +134,6 @@ def test_a_look_that_found_postgresql_does_not_let_a_pooler_take_the_lock_in_the
     # (fleet/lock.py: first_message_lock). Should the migration's own connection reach a
     # transaction pooler all the same, the opening sees a backend other than the one the
     # start-up named: it releases the lock and the usual way refuses the pooler.
-    from ophelia_db.fleet.config import load_fleet
-    from ophelia_db.run.chain import ChainSpec
-    from ophelia_db.run.instance import migrate
-    from ophelia_db.run.state import read_state
-    from tests.helpers import ALEMBIC_INI
-
     hub, instances = fleet_dbs(1)
     direct = instances["inst1"]
     port = pgbouncer("transaction", pool_size=2)

@@ -40,6 +40,12 @@ def _fleet(tmp_path, fleet_dbs, defaults: str = ""):
     return load_fleet(write_fleet(tmp_path, hub, instances, defaults=defaults)), instances["inst1"]
 
 
+def _looked_at(target):
+    """A first look, as a run takes it: its connection (kept for the migration) and what it read."""
+    kept = connect(target, autocommit=True)
+    return kept, read_state(kept)
+
+
 def _advisory_locks(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
@@ -57,8 +63,7 @@ def _statements_run(url: str, pattern: str) -> int:
 def test_a_look_made_stale_by_another_run_is_not_acted_on(tmp_path, fleet_dbs):
     fleet, url = _fleet(tmp_path, fleet_dbs)
     target = fleet.get("inst1")
-    kept = connect(target, autocommit=True)
-    look = read_state(kept)  # an empty database: the plan from it would be 0001..head
+    kept, look = _looked_at(target)  # an empty database: the plan from it would be 0001..head
     assert look.direct and look.revision is None
     # Another run moves the instance after the look.
     report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[2], jobs=1)
@@ -81,8 +86,7 @@ def test_a_changed_history_under_the_same_revision_is_noticed(tmp_path, fleet_db
     fleet, url = _fleet(tmp_path, fleet_dbs)
     target = fleet.get("inst1")
     ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[-2], jobs=1)
-    kept = connect(target, autocommit=True)
-    look = read_state(kept)
+    kept, look = _looked_at(target)
     # Same revision, but a recorded checksum changed since the look: a checksum mismatch,
     # which the plan from the look (one revision to run) knows nothing of.
     with psycopg.connect(url, autocommit=True) as conn:
@@ -102,8 +106,7 @@ def test_a_changed_history_under_the_same_revision_is_noticed(tmp_path, fleet_db
 def test_a_lock_taken_after_the_look_is_waited_for_the_usual_way(tmp_path, fleet_dbs):
     fleet, url = _fleet(tmp_path, fleet_dbs, defaults='lock_wait = "200ms"')
     target = fleet.get("inst1")
-    kept = connect(target, autocommit=True)
-    look = read_state(kept)
+    kept, look = _looked_at(target)
     assert not look.locked
     with psycopg.connect(url, autocommit=True, application_name="other-runner") as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -119,8 +122,7 @@ def test_an_opening_cancelled_midway_is_undone_and_the_usual_way_takes_over(tmp_
     fleet, url = _fleet(tmp_path, fleet_dbs)
     target = fleet.get("inst1")
     ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to=REVISIONS[-2], jobs=1)
-    kept = connect(target, autocommit=True)
-    look = read_state(kept)
+    kept, look = _looked_at(target)
     pid = kept.info.backend_pid
     results = []
     with psycopg.connect(url) as blocker:
@@ -157,8 +159,7 @@ def test_a_first_message_that_does_not_parse_runs_nothing_and_the_usual_way_take
     chain = failing_chain()
     ophelia_db.upgrade(fleet, fleet.select(["inst1"]), jobs=1)  # at 0005: 0105, then 0106 broken
     target = fleet.get("inst1")
-    kept = connect(target, autocommit=True)
-    look = read_state(kept)
+    kept, look = _looked_at(target)
     with psycopg.connect(url, autocommit=True) as watcher:
         result = migrate(target, chain.spec, chain.head, kept=kept, look=look)
         assert result.result == "failed", result
