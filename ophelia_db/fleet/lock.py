@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 # A fixed key is enough: advisory locks are already scoped to one database.
 MIGRATION_LOCK_KEY = 0x6F70_6864  # "ophd"
+# Its row in pg_locks (as ``l``), held: a bigint key is classid 0 (its high half), objid, objsubid 1.
+LOCK_ROW = f"""l.locktype = 'advisory' AND l.granted
+  AND l.classid = 0 AND l.objid = {MIGRATION_LOCK_KEY} AND l.objsubid = 1"""
 SHARED_BACKEND = "it behaves as a transaction-mode pooler (another client session shares its server backend)"
 _TOKEN = "ophelia.session_token"
 
@@ -65,8 +68,8 @@ PROOF_COLUMNS = f"current_setting('{_TOKEN}', true), pg_backend_pid()"
 _UNLOCK = f"SELECT pg_advisory_unlock(%(key)s), {PROOF_COLUMNS}"
 # After a failed first message: whose session this is; the lock let go if an opening took it uncommitted.
 _SETTLE = f"""SELECT {PROOF_COLUMNS}, CASE WHEN current_setting('{_TOKEN}', true) IS DISTINCT FROM %(token)s
-  AND EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted
-    AND classid = 0 AND objid = %(key)s AND objsubid = 1) THEN pg_advisory_unlock(%(key)s) END"""
+  AND EXISTS (SELECT FROM pg_locks l WHERE l.pid = pg_backend_pid() AND {LOCK_ROW})
+  THEN pg_advisory_unlock(%(key)s) END"""
 
 
 @dataclass(frozen=True)
@@ -378,19 +381,15 @@ def _release(conn: Connection, proof: SessionProof) -> None:
         )
 
 
-_HOLDER_SQL = """
-SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start
+_HOLDER_SQL = f"""SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
-LIMIT 1
-"""
+WHERE {LOCK_ROW} AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+LIMIT 1"""
 
 
 def lock_holder(conn: Connection) -> str:
     """Describe who holds the migration lock: pid, application, user, since when."""
-    row = conn.execute(_HOLDER_SQL, (MIGRATION_LOCK_KEY,)).fetchone()
+    row = conn.execute(_HOLDER_SQL).fetchone()
     if row is None:
         return "another session (it has just released it)"
     pid, app, user, addr, since = row

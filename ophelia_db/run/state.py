@@ -18,16 +18,15 @@ from datetime import datetime
 from typing import Any
 
 from ophelia_db.fleet.connections import sql_literal, sqlstate_of
-from ophelia_db.fleet.lock import MIGRATION_LOCK_KEY
+from ophelia_db.fleet.lock import LOCK_ROW
 from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.mirror import INTERRUPTED_TABLE
 
 # This database's oid from the backend's own activity row, not from pg_database: on the
 # new backend every look starts, planning a pg_database lookup costs ≈ 0.2 ms more.
-_LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-  AND l.database = (SELECT a.datid FROM pg_stat_get_activity(pg_backend_pid()) a)
-  AND l.classid = 0 AND l.objid = {MIGRATION_LOCK_KEY} AND l.objsubid = 1)"""
+_LOCKED = f"""EXISTS (SELECT 1 FROM pg_locks l WHERE {LOCK_ROW}
+  AND l.database = (SELECT a.datid FROM pg_stat_get_activity(pg_backend_pid()) a))"""
 
 # The fast path: one statement, valid once the chain's versioning revision
 # has run, which is the state of almost every instance on almost every run.
