@@ -228,6 +228,9 @@ def _transactions(
     checked: bool,
 ) -> list[str]:
     """Each revision's transaction, in order (``checked``: the session already, in this message)."""
+    # The message's revision that creates the mirror, when one visibly does: its rows go unguarded.
+    creators = [] if hook.mirror_exists else [r for r in revisions if mirror.creates_mirror(r.statements)]
+    creator = creators[0].revision if creators else None
     return [
         text
         for index, rendered_revision in enumerate(revisions)
@@ -237,7 +240,7 @@ def _transactions(
             hook,
             proof,
             timeouts,
-            after=revisions[index - 1].revision if index else None,
+            mirror_at=(revisions[index - 1].revision if index else None, creator),
             last=index == len(revisions) - 1,
             check=not index and not checked,
         )
@@ -251,12 +254,13 @@ def _transaction(
     proof: SessionProof,
     timeouts: Timeouts,
     *,
-    after: str | None,
+    mirror_at: tuple[str | None, str | None],
     last: bool,
     check: bool,
 ) -> list[str]:
     """One revision's transaction: session check, time box, its statements, version step, mirror
-    (``after``: the revision before it in the message; ``last``: the message's last revision).
+    (``mirror_at``: the revision before it in the message, and the message's revision that creates
+    the mirror, if one does; ``last``: the message's last revision).
 
     Only a message's first check of the session counts (``check``): a backend runs every
     statement of a message before it is ready for another (ReadyForQuery), and no pooler can
@@ -273,7 +277,7 @@ def _transaction(
         f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",
         *(text.rstrip(";") for text in rendered_revision.statements),
         *mirror.version_step_sql(revision.down_revision, revision.id),
-        *hook.batch_sql(revision.id, after=after, last=last),
+        *hook.batch_sql(revision.id, after=mirror_at[0], last=last, creator=mirror_at[1]),
         "COMMIT",
     ]
 

@@ -2,7 +2,8 @@
 
 The mirror is written in three situations, all through this module: the
 Alembic ``on_version_apply`` hook (``MirrorHook``) inside each revision's own
-transaction — online through the migration connection, offline as guarded
+transaction (which also drops its non-transactional section's ``marker``) —
+online through the migration connection, offline as guarded
 ``register_migration`` calls so that hand-pasted SQL is recorded too — and
 the deliberate history changes of ``repair`` and ``adopt`` (the row
 functions below), which also stamp ``alembic_version``.
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg.pq import TransactionStatus
-
-from ophelia_db.fleet.connections import autocommit, closed_to_api_roles, sql_literal
+from ophelia_db.fleet.connections import closed_to_api_roles, sql_literal
 from ophelia_db.fleet.journal import who
+from ophelia_db.run import marker
 from ophelia_db.run.chain import Chain, Revision
 
 
@@ -84,6 +84,29 @@ def _duration_setting(revision: str) -> str | None:
     creates it backfills the earlier ones with the durations the server measured.
     """
     return f"ophelia.ms_{revision}" if _IDENTIFIER.match(revision) else None
+
+
+# A statement that creates one of the mirror's tables, in a revision's rendered SQL once
+# what is not code (quoted text, dollar-quoted bodies, comments) is blanked out.
+_CREATES_TABLE = re.compile(
+    r"(?:^|;)\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?public\.(schema_migrations|schema_version)\b",
+    re.IGNORECASE,
+)
+_NOT_CODE = re.compile(r"\$(\w*)\$.*?\$\1\$|'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def creates_mirror(statements: Sequence[str]) -> bool:
+    """Whether a revision's own statements create both mirror tables.
+
+    A message whose revision does can record its rows with plain statements from
+    that revision on: the rows need no PL/pgSQL guard, whose block the server
+    compiles for each revision of each instance. A revision that creates them
+    some other way (a function, a quoted name) is simply not recognised: its
+    message keeps the guarded rows.
+    """
+    code = ";".join(_NOT_CODE.sub(" ", statement) for statement in statements)
+    created = {found.lower() for found in _CREATES_TABLE.findall(code)}
+    return created == {"schema_migrations", "schema_version"}
 
 
 def _literals(values: dict[str, Any]) -> dict[str, str]:
@@ -154,7 +177,9 @@ class MirrorHook:
         if self.on_step:
             self.on_step(revision, is_upgrade)
 
-    def batch_sql(self, revision: str, *, after: str | None = None, last: bool = True) -> list[str]:
+    def batch_sql(
+        self, revision: str, *, after: str | None = None, last: bool = True, creator: str | None = None
+    ) -> list[str]:
         """The mirror's statements for ``revision`` sent inside its batch, just before its COMMIT.
 
         Literal SQL (run/batch.py sends revisions as one message). The duration
@@ -162,7 +187,10 @@ class MirrorHook:
         is not known to exist, the rows are guarded: the first revision to see
         the mirror backfills the earlier ones, and says so (``RECORDED_THROUGH``)
         to the next, ``after`` it in the same message, which then records only
-        itself. The ``last`` revision's SELECT says whether the mirror exists now.
+        itself. ``creator``: the revision of the message whose own statements
+        create the mirror (``creates_mirror``), when one does: no guard is then
+        needed, see ``_unguarded``. The ``last`` revision's SELECT says whether
+        the mirror exists now.
         """
         rev = self.chain.get(revision)
         record = [
@@ -171,6 +199,9 @@ class MirrorHook:
         ]
         if self.mirror_exists:
             return record
+        answer = [f"SELECT {_MIRROR_EXISTS}"] if last else []
+        if creator is not None:
+            return [*self._unguarded(revision, creator, record), *answer]
         backfill = [
             _BACKFILL_ROW % self._backfill_values(earlier)
             for earlier in self.chain.applied_through(revision)[:-1]
@@ -186,8 +217,21 @@ class MirrorHook:
             # Set by the revision just before, in this message: every row up to it is there.
             through = f"current_setting('{RECORDED_THROUGH}', true) = {sql_literal(after)}"
             branches.insert(0, (through, [*record, recorded]))
-        answer = [f"SELECT {_MIRROR_EXISTS}"] if last else []
         return [f"DO $ophelia$\nBEGIN\n{_if_chain(branches)}\nEND $ophelia$", *answer]
+
+    def _unguarded(self, revision: str, creator: str, record: list[str]) -> list[str]:
+        """``revision``'s mirror statements in a message whose revision ``creator`` creates the
+        mirror: the mirror was not there when the message was planned (it would have been
+        known), so it is there exactly from ``creator`` on. A revision before it keeps its
+        duration for ``creator``'s backfill; ``creator`` backfills every earlier revision and
+        records itself; the later ones record themselves."""
+        through = self.chain.applied_through(revision)
+        if revision == creator:
+            return [*(_BACKFILL_ROW % self._backfill_values(earlier) for earlier in through[:-1]), *record]
+        if creator in through:
+            return record
+        setting = _duration_setting(revision)
+        return [f"SELECT set_config({sql_literal(setting)}, {_ELAPSED_MS}::text, false)"] if setting else []
 
     def _backfill_values(self, revision: str) -> dict[str, str]:
         """An earlier revision's row: its duration as measured here, else as its batch kept it."""
@@ -228,7 +272,7 @@ class MirrorHook:
             conn.execute(_UPSERT_ROW, _row(self.chain.get(revision), self.by, elapsed))
             set_current_version(conn, revision, self.instance_id)
             if revision in self.sections:
-                clear_nontransactional(conn)
+                marker.clear_nontransactional(conn)
 
     def _forget(self, conn: Any, revision: str, new_head: str | None) -> None:
         self.mirror_exists = False
@@ -333,42 +377,3 @@ def stamp_alembic_version(conn: Any, revision: str) -> None:
     conn.execute(_HARDEN)
     conn.execute("DELETE FROM public.alembic_version")
     conn.execute("INSERT INTO public.alembic_version (version_num) VALUES (%s)", (revision,))
-
-
-# The marker of an interrupted non-transactional section (``autocommit_block``):
-# written and committed as the section starts, dropped in the transaction that
-# records the revision. A run that finds it refuses the instance (exit 6) until
-# ``ophelia-db resolve`` records the operator's decision. Its existence is the
-# marker, so that the state read can test for it for free.
-INTERRUPTED_TABLE = "public.ophelia_interrupted_steps"
-_MARK = f"""DO $ophelia$
-BEGIN
-  IF to_regclass('{INTERRUPTED_TABLE}') IS NULL THEN
-    CREATE TABLE {INTERRUPTED_TABLE} (
-      revision text PRIMARY KEY,
-      started_at timestamptz NOT NULL DEFAULT now(),
-      started_by text NOT NULL
-    );
-    ALTER TABLE {INTERRUPTED_TABLE} ENABLE ROW LEVEL SECURITY;
-{closed_to_api_roles(f"TABLE {INTERRUPTED_TABLE}")}
-  END IF;
-END $ophelia$"""
-
-
-def mark_nontransactional(conn: Any, revision: str, by: str) -> None:
-    """Record, committed at once, that ``revision`` entered its non-transactional section.
-
-    One message in one round trip, committed as the message's own implicit transaction.
-    """
-    if not conn.autocommit and conn.info.transaction_status != TransactionStatus.IDLE:
-        conn.commit()  # what was open is committed with the marker, as before
-    insert = (
-        f"INSERT INTO {INTERRUPTED_TABLE} (revision, started_by) "
-        f"VALUES ({sql_literal(revision)}, {sql_literal(by[:200])}) ON CONFLICT DO NOTHING"
-    )
-    with autocommit(conn):
-        conn.execute(f"{_MARK};\n{insert}")
-
-
-def clear_nontransactional(conn: Any) -> None:
-    conn.execute(f"DROP TABLE IF EXISTS {INTERRUPTED_TABLE}")

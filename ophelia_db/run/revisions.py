@@ -36,7 +36,7 @@ from ophelia_db.fleet.lock import (
     Step,
 )
 from ophelia_db.results import InstanceResult, Outcome
-from ophelia_db.run import batch, driver, mirror
+from ophelia_db.run import batch, driver, marker
 from ophelia_db.run.chain import Chain
 from ophelia_db.run.interrupts import Interrupted, exit_code_of, worker_interrupted
 from ophelia_db.run.mirror import MirrorHook
@@ -218,7 +218,7 @@ class PlannedRun:
             if options.get("isolation_level") != "AUTOCOMMIT" or self.downgrade or self.done >= len(planned):
                 return
             revision = planned[self.done]
-            mirror.mark_nontransactional(conn.connection.driver_connection, revision, hook.by)
+            marker.mark_nontransactional(conn.connection.driver_connection, revision, hook.by)
             hook.sections.add(revision)
 
     def run_alembic(self, connection: Any) -> None:

@@ -21,7 +21,7 @@ from ophelia_db.fleet.connections import sql_literal, sqlstate_of
 from ophelia_db.fleet.lock import LOCK_ROW
 from ophelia_db.results import Record, State
 from ophelia_db.run.chain import Chain
-from ophelia_db.run.mirror import INTERRUPTED_TABLE
+from ophelia_db.run.marker import INTERRUPTED_TABLE
 
 # This database's oid from the backend's own activity row, not from pg_database: on the
 # new backend every look starts, planning a pg_database lookup costs ≈ 0.2 ms more.

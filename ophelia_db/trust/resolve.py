@@ -19,7 +19,7 @@ from ophelia_db.fleet.config import Target
 from ophelia_db.fleet.connections import connect, sql_identifier
 from ophelia_db.fleet.lock import migration_lock
 from ophelia_db.results import Record
-from ophelia_db.run import mirror
+from ophelia_db.run import marker, mirror
 from ophelia_db.run.chain import Chain, chain_for
 from ophelia_db.run.mirror import applied_by
 from ophelia_db.run.state import read_state
@@ -77,7 +77,7 @@ def resolve(
                     conn.execute(f"DROP INDEX IF EXISTS {sql_identifier(*index.split('.', 1))}")  # type: ignore[arg-type]
             else:
                 _record_applied(conn, chain, wanted or "", target, by)
-            mirror.clear_nontransactional(conn)
+            marker.clear_nontransactional(conn)
             details = {"decision": str(decision), "reason": reason, "dropped": list(step.invalid_indexes)}
             log_repair(conn, by, f"resolve-{decision}", wanted, details)
     dropped = step.invalid_indexes if decision == Decision.RETRY else ()

@@ -151,3 +151,44 @@ def test_an_upgrade_writes_only_the_new_history_rows(fleet_dbs: FleetDbs, tmp_pa
     # One for 0105: the four rows already there are not sent again (the cost must not grow
     # with the length of the chain).
     assert rows(url, "SELECT count(*) FROM public.history_inserts") == [(1,)]
+
+
+def test_a_batch_sees_which_revision_creates_the_mirror_from_its_statements() -> None:
+    from ophelia_db.run.mirror import creates_mirror
+
+    both = "CREATE TABLE public.schema_migrations (id int);\nCREATE TABLE public.schema_version (id int)"
+    assert creates_mirror([both])
+    assert creates_mirror(
+        [
+            "create table if not exists public.schema_migrations (id int)",
+            "CREATE TABLE public.schema_version (id int)",
+        ]
+    )
+    # One table only, or the statements are not code: the rows stay guarded.
+    assert not creates_mirror(["CREATE TABLE public.schema_migrations (id int)"])
+    assert not creates_mirror(
+        [f"CREATE FUNCTION public.f() RETURNS void LANGUAGE sql AS $body$ {both} $body$"]
+    )
+    assert not creates_mirror([f"-- {both}", f"COMMENT ON SCHEMA public IS '{both}'"])
+    assert not creates_mirror(
+        ['CREATE TABLE "public"."schema_migrations" (id int); CREATE TABLE public.schema_version (id int)']
+    )
+
+
+def test_a_message_from_before_the_mirror_records_every_revision_without_guards(
+    fleet_dbs: FleetDbs, tmp_path: Path
+) -> None:
+    # 0001 was applied by a run of its own (its message had no mirror to write); the next message
+    # creates the mirror in 0002, backfills 0001 and records the rest with plain statements.
+    hub_url, urls = fleet_dbs(1)
+    fleet = load_fleet(write_fleet(tmp_path, hub_url, urls))
+    for goal in ("0001", "head"):
+        report = ophelia_db.upgrade(fleet, fleet.select(["inst1"]), to=goal, jobs=1)
+        assert [r.result for r in report.instances] == ["ok"], report.instances
+    assert_consistent(urls["inst1"], HEAD)
+    recorded = rows(
+        urls["inst1"],
+        "SELECT version, execution_time_ms IS NOT NULL FROM public.schema_migrations ORDER BY id",
+    )
+    # 0001's duration was measured in another session: unknown, as before.
+    assert recorded == [("0001", False)] + [(version, True) for version in REVISIONS[1:]]

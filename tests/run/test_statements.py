@@ -77,6 +77,9 @@ def test_a_batch_from_empty_to_head_writes_each_mirror_row_once(tmp_path, counti
     )
     assert [version for (version,) in recorded] == REVISIONS
     assert _calls(counting_cluster, "inst1", "INSERT INTO public.schema_migrations") == len(REVISIONS)
+    # 0002 creates the mirror in this message, which the run sees in its statements: no revision's
+    # rows need a PL/pgSQL guard (one block per revision, which the server compiles each time).
+    assert _calls(counting_cluster, "inst1", "DO $ophelia$\nBEGIN\n  IF ") == 0
     # One check for the message, its opening's (the lock, the backend, the state under the lock):
     # the later transactions run on the backend it did. It was one session check per revision,
     # then one per message besides the lock's own round trip.
