@@ -240,7 +240,8 @@ def _transactions(
             hook,
             proof,
             timeouts,
-            mirror_at=(revisions[index - 1].revision if index else None, creator),
+            after=revisions[index - 1].revision if index else None,
+            creator=creator,
             last=index == len(revisions) - 1,
             check=not index and not checked,
         )
@@ -254,13 +255,14 @@ def _transaction(
     proof: SessionProof,
     timeouts: Timeouts,
     *,
-    mirror_at: tuple[str | None, str | None],
+    after: str | None,
+    creator: str | None,
     last: bool,
     check: bool,
 ) -> list[str]:
     """One revision's transaction: session check, time box, its statements, version step, mirror
-    (``mirror_at``: the revision before it in the message, and the message's revision that creates
-    the mirror, if one does; ``last``: the message's last revision).
+    (``after``: the revision before it in the message; ``creator``: the message's revision that
+    creates the mirror, if one does; ``last``: the message's last revision).
 
     Only a message's first check of the session counts (``check``): a backend runs every
     statement of a message before it is ready for another (ReadyForQuery), and no pooler can
@@ -277,7 +279,7 @@ def _transaction(
         f"set_config('{mirror.REVISION_STARTED}', clock_timestamp()::text, true)",
         *(text.rstrip(";") for text in rendered_revision.statements),
         *mirror.version_step_sql(revision.down_revision, revision.id),
-        *hook.batch_sql(revision.id, after=mirror_at[0], last=last, creator=mirror_at[1]),
+        *hook.batch_sql(revision.id, after=after, last=last, creator=creator),
         "COMMIT",
     ]
 
