@@ -18,6 +18,7 @@ import typer
 from ophelia_db._version import __version__
 from ophelia_db.cli import instances, journal, local, provision, run, serve, trust
 from ophelia_db.cli.options import GLOBAL
+from ophelia_db.cli.words import command_name
 
 app = typer.Typer(
     name="ophelia-db",
@@ -77,7 +78,7 @@ def app_for(args: list[str]) -> typer.Typer:
     arguments the same way. No command, ``--help`` before it, or a name that is
     not a command (which deserves typer's suggestion) gets the whole app.
     """
-    name = _command_name(args)
+    name = command_name(args)
     commands = [
         c
         for c in app.registered_commands
@@ -89,16 +90,3 @@ def app_for(args: list[str]) -> typer.Typer:
     one = copy.copy(app)
     one.registered_commands, one.registered_groups = commands, groups
     return one
-
-
-def _command_name(args: list[str]) -> str | None:
-    """The word naming the command, after the global options (``--fleet PATH``, ``--debug``)."""
-    words = iter(args)
-    for word in words:
-        if word == "--fleet":
-            next(words, None)
-        elif word == "--debug" or word.startswith("--fleet="):
-            continue
-        else:
-            return None if word.startswith("-") else word
-    return None

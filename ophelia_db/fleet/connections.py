@@ -10,11 +10,16 @@ carrying their exit code.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import queue
+import select
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -56,25 +61,102 @@ def pooler_refusal(target: Target, reason: str) -> ConfigError:
 
 
 def connect(target: Target, *, autocommit: bool = False) -> Connection:
-    """Open a connection to ``target`` or raise a redacted, exit-coded error."""
+    """Open a connection to ``target`` or raise a redacted, exit-coded error.
+
+    One opened ahead for the same database and ``connect_timeout`` (``connect_ahead``) is taken
+    first: its failure is this one's.
+    """
     dsn = target.dsn()
     reason = transaction_pooler_reason(dsn)
     if reason:
         raise pooler_refusal(target, reason)
+    conninfo, timeout = normalise(dsn), connect_timeout_of(target.timeouts.connect_timeout)
     try:
-        return psycopg.connect(
-            normalise(dsn),
-            application_name=APPLICATION_NAME,
-            connect_timeout=max(1, round(target.timeouts.connect_timeout)),
-            prepare_threshold=None,
-            autocommit=autocommit,
-            **KEEPALIVES,
-        )
+        conn = _take_ahead((conninfo, timeout)) or _open(conninfo, timeout)
+        conn.autocommit = autocommit
+        return conn
     except psycopg.Error as exc:
         raise UnreachableError(
             f"{target.name}: cannot connect to {target.display_url}: {_first_line(exc)}; "
             f"check the server is up and the URL ({target.url_source}) is right"
         ) from None
+
+
+def connect_timeout_of(seconds: float) -> int:
+    """libpq's ``connect_timeout``: whole seconds, at least 1 (0 would mean no limit)."""
+    return max(1, round(seconds))
+
+
+def _open(conninfo: str, timeout: int) -> Connection:
+    return psycopg.connect(
+        conninfo,
+        application_name=APPLICATION_NAME,
+        connect_timeout=timeout,
+        prepare_threshold=None,
+        **KEEPALIVES,
+    )
+
+
+# Connections opened while the command loads (fleet/ahead.py), by what ``connect`` would open:
+# libpq's connection string and connect_timeout. Each is for the first ``connect`` asking for the
+# same; what nobody takes is closed at exit.
+_ahead: dict[tuple[str, int], deque[Future[Connection]]] = {}
+_ahead_lock = threading.Lock()
+
+
+def connect_ahead(databases: Sequence[tuple[str, int]], threads: int = 32) -> None:
+    """Start opening a connection to each ``(dsn, connect_timeout)``, from daemon threads: a
+    database that never answers must not hold the command's exit."""
+    work: queue.SimpleQueue[tuple[str, int, Future[Connection]]] = queue.SimpleQueue()
+    with _ahead_lock:
+        if not _ahead:
+            atexit.register(_close_ahead)
+        for dsn, timeout in databases:
+            future: Future[Connection] = Future()
+            _ahead.setdefault((normalise(dsn), timeout), deque()).append(future)
+            work.put((normalise(dsn), timeout, future))
+
+    def opener() -> None:
+        with suppress(queue.Empty):
+            while True:
+                conninfo, timeout, future = work.get_nowait()
+                try:
+                    future.set_result(_open(conninfo, timeout))
+                except BaseException as exc:  # handed to the connect() that takes it
+                    future.set_exception(exc)
+
+    for _ in range(min(threads, len(databases))):
+        threading.Thread(target=opener, name="connect-ahead", daemon=True).start()
+
+
+def _take_ahead(key: tuple[str, int]) -> Connection | None:
+    """The connection opened ahead for ``key`` (waited for), if one is left and still open; raises
+    its failure (psycopg.Error) as connecting again would."""
+    with _ahead_lock:
+        waiting = _ahead.get(key)
+        future = waiting.popleft() if waiting else None
+    if future is None:
+        return None
+    conn = future.result()
+    if conn.closed or _closed_by_server(conn):
+        conn.close()
+        return None
+    return conn
+
+
+def _closed_by_server(conn: Connection) -> bool:
+    # An idle connection has nothing to read unless the server closed it (or said why).
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
+def _close_ahead() -> None:
+    with _ahead_lock:
+        left = [future for waiting in _ahead.values() for future in waiting]
+        _ahead.clear()
+    for future in left:
+        if future.done() and future.exception() is None:
+            future.result().close()
 
 
 def is_connection_error(exc: BaseException) -> bool:
