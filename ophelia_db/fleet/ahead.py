@@ -15,6 +15,7 @@ parse) only means fewer connections ahead.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from collections import Counter
@@ -29,6 +30,9 @@ from ophelia_db.fleet.urls import parse, transaction_pooler_reason, url_has_pass
 # The defaults of fleet/config.py's Defaults, which this module must not import (pydantic).
 _CONNECT_TIMEOUT = 10.0
 _PER_HOST = 32
+# At most as many as a run keeps open for its migrations (run/session.py: KEPT_LIMIT): a fleet
+# of thousands must not open thousands of sockets before its first look.
+_LIMIT = 256
 
 
 def start(
@@ -49,10 +53,10 @@ def start(
         return  # the fleet file's loading says what is wrong with it
     if not isinstance(per_host, int) or per_host < 1:
         return
-    connect_ahead(list(_databases(endpoints, timeout, per_host, environ)))
+    connect_ahead(list(itertools.islice(databases(endpoints, timeout, per_host, environ), _LIMIT)))
 
 
-def _databases(
+def databases(
     endpoints: list[Any], default_timeout: Any, per_host: int, environ: Mapping[str, str]
 ) -> Iterator[tuple[str, int]]:
     """Each endpoint's ``(dsn, connect_timeout)`` as ``connect`` will open it, in order, leaving

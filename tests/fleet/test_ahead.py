@@ -142,3 +142,24 @@ def test_the_command_line_connects_before_it_validates_and_closes_what_nobody_to
         assert len(result.stderr.strip().splitlines()) == 1
         _until(lambda: proxy.counts.open_now == 0, "the connection's end")
         assert proxy.connections == 1
+
+
+def test_what_opens_ahead_is_what_the_fleet_file_resolves_and_allows():
+    from ophelia_db.fleet.ahead import databases
+
+    endpoints = [
+        {"url": "postgresql://app@a:5432/one"},
+        {"url": "postgresql://app@a:5432/two", "connect_timeout": "2500ms"},
+        {"url": "postgresql://app@a:5432/three"},  # past per_host = 2 on server a
+        {"url_env": "B_URL"},  # a password from the environment, as it must come
+        {"url_env": "UNSET_URL"},  # left to the loading, which names the variable
+        {"url": "postgresql://app:secret@c/db"},  # refused by the loading: a password in the file
+        {"url": "postgresql://app@d:6543/postgres"},  # a transaction pooler: refused
+        {"url": "postgresql://app@e/db", "connect_timeout": "soon"},  # not a duration
+    ]
+    found = list(databases(endpoints, 10, 2, {"B_URL": "postgresql://app:pw@b/db"}))
+    assert found == [
+        ("postgresql://app@a:5432/one", 10),
+        ("postgresql://app@a:5432/two", 2),
+        ("postgresql://app:pw@b/db", 10),
+    ]
