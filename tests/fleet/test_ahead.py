@@ -6,7 +6,6 @@ listener that never answers: what a command opens is counted where it arrives.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from bench.latency_proxy import LatencyProxy
-from tests.helpers import HEAD, clean_env, run_cli, write_fleet
+from tests.helpers import HEAD, clean_env, run_cli, silent_server, write_fleet
 
 pytestmark = pytest.mark.pg
 
@@ -93,39 +92,17 @@ def test_the_command_line_opens_each_database_once(tmp_path, fleet_dbs):
         assert (hub_proxy.connections, proxy.connections) == (1, 1)  # the registry's, the probe's
 
 
-@pytest.fixture
-def silent_listener() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP port that accepts connections and never answers (a server hung at start-up)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:  # closed at the end of the test
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], accepted
-    finally:
-        listener.close()
-        for conn in accepted:
-            conn.close()
-
-
-def test_a_database_that_does_not_answer_is_waited_for_once(tmp_path, fleet_dbs, silent_listener):
+def test_a_database_that_does_not_answer_is_waited_for_once(tmp_path, fleet_dbs):
     # Its connection ahead times out; the probe takes that failure instead of waiting again.
-    port, accepted = silent_listener
     hub, _ = fleet_dbs(0)
-    path = write_fleet(
-        tmp_path,
-        hub,
-        {"hung": f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"},
-        defaults="connect_timeout = 1",
-    )
-    result = run_cli(["status", "--instance", "hung"], fleet=path)
+    with silent_server() as (port, accepted):
+        path = write_fleet(
+            tmp_path,
+            hub,
+            {"hung": f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"},
+            defaults="connect_timeout = 1",
+        )
+        result = run_cli(["status", "--instance", "hung"], fleet=path)
     assert "hung" in result.stdout and "unreachable" in result.stdout, result.stdout + result.stderr
     assert "timeout" in result.stdout + result.stderr
     assert len(accepted) == 1

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -26,6 +22,7 @@ from tests.helpers import (
     registry,
     rows,
     run_cli,
+    silent_server,
     write_fleet,
 )
 
@@ -66,28 +63,6 @@ def test_registry_after_a_normal_upgrade(fleet_dbs: FleetDbs, tmp_path: Path) ->
     assert {row["id"] for row in after.values()} == {row["id"] for row in rows_.values()}
     assert all(row["schema_version"] == HEAD for row in after.values())
     assert all(row["migrations_count"] == len(REVISIONS) for row in after.values())
-
-
-@contextmanager
-def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP port that accepts connections and never answers: a hub that hangs."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], accepted
-    finally:
-        listener.close()
-        for conn in accepted:
-            conn.close()
 
 
 @pytest.mark.parametrize(
