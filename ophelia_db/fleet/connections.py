@@ -108,13 +108,13 @@ def connect_ahead(databases: Sequence[tuple[str, int]], threads: int = 32) -> No
     """Start opening a connection to each ``(dsn, connect_timeout)``, from daemon threads: a
     database that never answers must not hold the command's exit."""
     work: queue.SimpleQueue[tuple[str, int, Future[Connection]]] = queue.SimpleQueue()
+    _closed_at_exit()
     with _ahead_lock:
-        if not _ahead:
-            atexit.register(_close_ahead)
         for dsn, timeout in databases:
             future: Future[Connection] = Future()
-            _ahead.setdefault((normalise(dsn), timeout), deque()).append(future)
-            work.put((normalise(dsn), timeout, future))
+            conninfo = normalise(dsn)
+            _ahead.setdefault((conninfo, timeout), deque()).append(future)
+            work.put((conninfo, timeout, future))
 
     def opener() -> None:
         with suppress(queue.Empty):
@@ -138,16 +138,28 @@ def _take_ahead(key: tuple[str, int]) -> Connection | None:
     if future is None:
         return None
     conn = future.result()
-    if conn.closed or _closed_by_server(conn):
-        conn.close()
-        return None
-    return conn
+    if still_open(conn):
+        return conn
+    conn.close()
+    return None
 
 
-def _closed_by_server(conn: Connection) -> bool:
-    # An idle connection has nothing to read unless the server closed it (or said why).
+def still_open(conn: Connection) -> bool:
+    """Whether an idle connection (kept, or opened ahead) is still usable, without a round trip.
+
+    An idle session's socket has nothing to read unless the server has spoken
+    since: closed it (idle timeout, restart, pg_terminate_backend) or sent
+    something unasked. Either way a new connection is the safe choice.
+    """
+    if conn.closed or conn.broken:
+        return False
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return bool(readable)
+    return not readable
+
+
+@functools.cache
+def _closed_at_exit() -> None:
+    atexit.register(_close_ahead)
 
 
 def _close_ahead() -> None:

@@ -9,7 +9,6 @@ cancels from the main thread.
 
 from __future__ import annotations
 
-import select
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,7 @@ from contextlib import suppress
 from typing import Any
 
 from ophelia_db.fleet.config import Target
-from ophelia_db.fleet.connections import Connection, connect, engine_for
+from ophelia_db.fleet.connections import Connection, connect, engine_for, still_open
 from ophelia_db.fleet.hosts import HostSlots
 
 _open_sessions: set[Session] = set()
@@ -125,19 +124,6 @@ class KeptLooks:
             self.slots.give_back(target)
 
 
-def _still_open(conn: Connection) -> bool:
-    """Whether a kept, idle connection is still usable, without a round trip.
-
-    An idle session's socket has nothing to read unless the server has spoken
-    since: closed it (idle timeout, restart, pg_terminate_backend) or sent
-    something unasked. Either way a new connection is the safe choice.
-    """
-    if conn.closed or conn.broken:
-        return False
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return not readable
-
-
 class Session:
     """The instance's one connection: psycopg for reads and batches, Alembic online over it if needed."""
 
@@ -153,7 +139,7 @@ class Session:
         if not direct:
             self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness")
             self._witness = self._side.submit(connect, target, autocommit=True)
-        if kept is not None and not _still_open(kept):
+        if kept is not None and not still_open(kept):
             with suppress(Exception):
                 kept.close()
             kept = None
