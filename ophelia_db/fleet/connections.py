@@ -120,6 +120,8 @@ def connect_ahead(databases: Sequence[tuple[str, int]], threads: int = 32) -> No
         with suppress(queue.Empty):
             while True:
                 conninfo, timeout, future = work.get_nowait()
+                if not future.set_running_or_notify_cancel():
+                    continue  # its connect() came before its turn, and connected itself
                 try:
                     future.set_result(_open(conninfo, timeout))
                 except BaseException as exc:  # handed to the connect() that takes it
@@ -135,7 +137,9 @@ def _take_ahead(key: tuple[str, int]) -> Connection | None:
     with _ahead_lock:
         waiting = _ahead.get(key)
         future = waiting.popleft() if waiting else None
-    if future is None:
+    if future is None or future.cancel():
+        # None opened ahead, or its turn has not come (the threads wait on databases that do not
+        # answer): connecting now is sooner.
         return None
     conn = future.result()
     if still_open(conn):

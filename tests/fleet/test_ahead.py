@@ -140,3 +140,21 @@ def test_what_opens_ahead_is_what_the_fleet_file_resolves_and_allows():
         ("postgresql://app@a:5432/two", 2),
         ("postgresql://app:pw@b/db", 10),
     ]
+
+
+def test_a_connection_whose_turn_has_not_come_is_opened_at_once(tmp_path, fleet_dbs):
+    # One thread ahead, stuck on a database that does not answer: the next one's connect() does
+    # not queue behind it (nor behind the second silent one), it connects itself.
+    from ophelia_db.fleet.config import load_fleet
+    from ophelia_db.fleet.connections import connect, connect_ahead
+
+    hub, instances = fleet_dbs(1)
+    with silent_server() as (port, accepted):
+        silent = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+        connect_ahead([(silent, 5), (silent + "&application_name=x", 5), (instances["inst1"], 10)], threads=1)
+        _until(lambda: len(accepted) == 1, "the first silent connection")
+        fleet = load_fleet(write_fleet(tmp_path, hub, instances))
+        with connect(fleet.get("inst1"), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # The one thread is still waiting on the first silent database.
+        assert len(accepted) == 1
