@@ -236,6 +236,14 @@ class Bench:
             self.drop(names)
 
 
+# The ratios of the targets, also taken run by run: name, (numerator, denominator).
+PAIRED = {
+    "paired_floor": ("upgrade", "batch"),
+    "paired_status": ("status", "select1"),
+    "paired_noop": ("noop", "status"),
+}
+
+
 def measure(bench: Bench, proxy: LatencyProxy, n: int, repeat: int) -> dict[str, float]:
     """Every row at one RTT: ours, the floor and SELECT 1 ``repeat`` times, one after the other
     (medians: this shared machine varies by 10-30 % from one minute to the next), the far
@@ -255,14 +263,6 @@ def measure(bench: Bench, proxy: LatencyProxy, n: int, repeat: int) -> dict[str,
     for name, (top, bottom) in PAIRED.items():
         medians[name] = statistics.median(run[top] / run[bottom] for run in runs)
     return {**once, **medians}
-
-
-# The ratios of the targets, also taken run by run: name, (numerator, denominator).
-PAIRED = {
-    "paired_floor": ("upgrade", "batch"),
-    "paired_status": ("status", "select1"),
-    "paired_noop": ("noop", "status"),
-}
 
 
 ROWS = [
