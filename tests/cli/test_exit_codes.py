@@ -49,3 +49,10 @@ def test_status_and_validate_agree_on_one_dropped_database(
     assert run_cli(["upgrade", "--instance", "hub", "--instance", "inst"], fleet=fleet).returncode == 0
     codes = {name: run_cli([name], fleet=fleet).returncode for name in ("status", "validate")}
     assert codes == {"status": 7, "validate": 7}
+
+    # sync says why it could not read an instance, as status does, not only that it could not.
+    synced = run_cli(["sync", "--all"], fleet=fleet)
+    assert synced.returncode == 7, synced.stdout + synced.stderr
+    gone = next(line for line in synced.stdout.splitlines() if line.startswith("gone "))
+    assert gone.startswith("gone unreachable current=- error=gone: cannot connect to "), gone
+    assert "Connection refused" in gone, gone

@@ -126,7 +126,8 @@ def render_sync(report: SyncReport, stream: TextIO | None = None, err: TextIO | 
     stream = stream or sys.stdout
     err = err or sys.stderr
     for row in report.instances:
-        stream.write(f"{row.name} {row.state} current={row.current or '-'}\n")
+        error = f" error={row.error}" if row.error else ""
+        stream.write(f"{row.name} {row.state} current={row.current or '-'}{error}\n")
     stream.write(f"hub report {report.hub_report}\n")
     if report.journals_pushed:
         stream.write(f"run journal(s) pushed to the hub: {', '.join(report.journals_pushed)}\n")
