@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +125,23 @@ class FleetFile(BaseModel):
     hub: HubFile
     instances: dict[str, InstanceFile] = {}
     local: LocalFile | None = None
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "defaults": Defaults,
+    "hub": HubFile,
+    "instances": InstanceFile,
+    "local": LocalFile,
+}
+
+
+def _keys_of(section: Sequence[str]) -> list[str]:
+    """The keys fleet.toml's ``section`` may hold (``[]``: the top level; ``["instances", name]``)."""
+    if not section:
+        return list(FleetFile.model_fields)
+    model = _SECTIONS.get(section[0])
+    depth = 2 if section[0] == "instances" else 1  # [instances.<name>], the others one level
+    return list(model.model_fields) if model is not None and len(section) == depth else []
 
 
 @dataclass(frozen=True)
@@ -264,7 +281,7 @@ def load_fleet(path: str | os.PathLike[str] | None = None, environ: Mapping[str,
     try:
         parsed = FleetFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation(fleet_path, text, exc, COMMUNITY_TYPES)) from None
+        raise ConfigError(describe_validation(fleet_path, text, exc, COMMUNITY_TYPES, _keys_of)) from None
     env = environment(fleet_path, environ)
     return _build(fleet_path, parsed, env)
 

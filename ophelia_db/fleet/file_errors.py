@@ -7,8 +7,11 @@ key path; these helpers find the lines, so that every refusal reads
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,14 +35,25 @@ def refuse_duplicates(path: Path, text: str) -> None:
         seen[name] = number
 
 
-def describe_validation(path: Path, text: str, exc: ValidationError, community_types: tuple[str, ...]) -> str:
-    error = exc.errors()[0]
+# The keys a section of fleet.toml may hold, given the section's path (``["instances", "corte"]``).
+KeysOf = Callable[[Sequence[str]], Sequence[str]]
+
+
+def describe_validation(
+    path: Path, text: str, exc: ValidationError, community_types: tuple[str, ...], keys_of: KeysOf
+) -> str:
+    errors = exc.errors()
+    # A misspelt key is two errors, the required key missing and the misspelling unknown: the
+    # misspelling, with the key it resembles, is what tells the operator what to fix.
+    error = next((e for e in errors if _resemblance(e, keys_of)), errors[0])
     location = [str(part) for part in error["loc"]]
     dotted = ".".join(location)
     line = _line_of(text, location)
     where = f"{path}:{line}" if line else str(path)
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{location[-1]}' in {_section(location)}"
+        close = _resemblance(error, keys_of)
+        hint = f"; did you mean '{close}'?" if close else ""
+        return f"{where}: unknown key '{location[-1]}' in {_section(location)}{hint}"
     if error["type"] == "missing":
         return f"{where}: missing key '{location[-1]}' in {_section(location)}"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -48,6 +62,15 @@ def describe_validation(path: Path, text: str, exc: ValidationError, community_t
     if error["type"] == "literal_error" and location[-1] == "community_type":
         message = f"must be one of {', '.join(community_types)}"
     return f"{where}: {dotted}: {message}"
+
+
+def _resemblance(error: Any, keys_of: KeysOf) -> str | None:
+    """The known key an unknown key's name is close to, if any."""
+    if error["type"] != "extra_forbidden":
+        return None
+    location = [str(part) for part in error["loc"]]
+    close = difflib.get_close_matches(location[-1], keys_of(location[:-1]), n=1)
+    return close[0] if close else None
 
 
 def _section(location: list[str]) -> str:

@@ -71,6 +71,34 @@ def test_unknown_keys_elsewhere(tmp_path: Path, text: str, expected: str) -> Non
     assert message == f"{path}{expected}"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            HUB + CORTE + 'tag = ["canary"]\n',
+            ":7: unknown key 'tag' in [instances.corte]; did you mean 'tags'?",
+        ),
+        (
+            "[defaults]\nlock_timout = 3\n" + HUB,
+            ":2: unknown key 'lock_timout' in [defaults]; did you mean 'lock_timeout'?",
+        ),
+        (
+            HUB + CORTE + "[locale]\nport = 1\n",
+            ":7: unknown key 'locale' in the top level; did you mean 'local'?",
+        ),
+        (
+            # The required key's "missing" is not what the operator needs to read: the misspelling is.
+            HUB + CORTE.replace("community_type", "community_typ"),
+            ":5: unknown key 'community_typ' in [instances.corte]; did you mean 'community_type'?",
+        ),
+    ],
+    ids=["instance", "defaults", "top-level", "misspelt-required-key"],
+)
+def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path: Path, text: str, expected: str) -> None:
+    path, message = refused(tmp_path, text)
+    assert message == f"{path}{expected}"
+
+
 @pytest.mark.parametrize("name", ["Corte", "a" * 21, "cor_te"], ids=["uppercase", "21-chars", "underscore"])
 def test_bad_subdomain_is_refused(tmp_path: Path, name: str) -> None:
     path, message = refused(tmp_path, HUB + instance(name))
