@@ -11,13 +11,14 @@ secret answers from the prompt or the environment. The files are written by
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from dotenv import set_key
 from pydantic import (
@@ -215,12 +216,34 @@ def default_url_env(subdomain: str) -> str:
 
 
 def _describe(exc: ValidationError, where: str = "") -> str:
-    first = exc.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    """Every problem of the answers, in one line: an operator fixes them all in one go."""
     prefix = f"{where}: " if where else ""
-    return f"{prefix}{location + ': ' if location else ''}{message}{more}"
+    return prefix + "; ".join(_problem(error) for error in exc.errors())
+
+
+# Where pydantic says "map_center.0", the operator reads "latitude".
+_COORDINATES = {"map_center.0": "map_center latitude", "map_center.1": "map_center longitude"}
+
+
+def _problem(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    location = _COORDINATES.get(location, location)
+    if error["type"] in ("less_than_equal", "greater_than_equal", "finite_number"):
+        # A number out of bounds (the map centre) is never a secret: say which number.
+        message = str(error["msg"]).replace("Input should be", f"{error['input']} should be")
+    elif error["type"] == "missing":
+        message = "missing"
+    elif error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(location, [*Answers.model_fields], n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see instances/instance-schema.json"
+        message = f"not an answer of provisioning; {hint}"
+    elif error["type"] == "literal_error":
+        # Only community_type is a choice; its value is never a secret, so it may be echoed.
+        choices = ", ".join(str(choice) for choice in get_args(CommunityType))
+        message = f"{error['input']!r} is not one of {choices}"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
 
 
 def check_answer(name: str, value: Any) -> Any:

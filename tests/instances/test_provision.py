@@ -88,7 +88,7 @@ def test_one_model_validates_every_answer() -> None:
         "contact_email": ("not-an-email", "contact_email: 'not-an-email' is not an email address"),
         "subdomain": ("Corte_2", "subdomain: 'Corte_2' is not a subdomain"),
         "code": ("12", "'12' is not an INSEE commune code"),
-        "map_center": ("95, 9", "map_center.0"),
+        "map_center": ("95, 9", "map_center latitude: 95 should be less than or equal to 90"),
         "community_name": ("two\nlines", "community_name: must be one line"),
         "database_url_env": ("postgresql://x", "is not an environment variable name"),
         "supabase_url": (
@@ -96,7 +96,11 @@ def test_one_model_validates_every_answer() -> None:
             "supabase_url: not an https URL without credentials",
         ),
         "api_key_envs": ({"COMMUNITY_NAME": "X"}, "would overwrite seeded vault keys"),
-        "colour": ("red", "colour: Extra inputs are not permitted"),
+        "colour": ("red", "colour: not an answer of provisioning; see instances/instance-schema.json"),
+        "contact_mail": (
+            "a@b.fr",
+            "contact_mail: not an answer of provisioning; did you mean 'contact_email'?",
+        ),
     }
     for field, (value, message) in bad.items():
         with pytest.raises(ConfigError) as caught:
@@ -265,6 +269,15 @@ def test_cli_writes_the_files_and_warns_about_secrets(tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     nothing = invoke(["provision", "--fleet", str(fleet)])
     assert nothing.exit_code == 2 and "nothing to provision" in nothing.stderr
+
+    # Every problem at once, in one line, in plain words: not the first one and "N more".
+    several = invoke(["provision", "--type", "town", "--name", "Calvi", "--fleet", str(fleet)])
+    assert (several.exit_code, several.stderr) == (
+        2,
+        "error: community_type: 'town' is not one of municipality, intercommunality, university, "
+        "association, region; city: missing; contact_email: missing; map_center: missing; "
+        "database_url_env: missing\n",
+    )
 
 
 # --- fleet.toml -----------------------------------------------------------------------------------
