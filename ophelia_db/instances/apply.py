@@ -272,9 +272,13 @@ class _Apply:
             raise ConfigError(
                 f"'{self.name}' is {row[0] if row else 'missing'} in the hub registry, not active"
             )
-        note = (
-            "" if self.secrets.anon_key else "; no anon key given, the app needs one (supabase_anon_key_env)"
-        )
+        # The app finds an instance through the hub's supabase_url and signs in with the anon
+        # key: without either it cannot reach the instance, though every step here succeeded.
+        missing = [
+            *([] if self.answers.supabase_url else ["no Supabase URL given (supabase_url, --supabase-url)"]),
+            *([] if self.secrets.anon_key else ["no anon key given (supabase_anon_key_env)"]),
+        ]
+        note = f"; not usable by the app yet: {' and '.join(missing)}" if missing else ""
         return ("done" if changed else "ok"), f"active{note}"
 
     def verify(self) -> tuple[StepState, str]:

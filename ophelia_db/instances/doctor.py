@@ -107,6 +107,14 @@ def _check_no_secret(conn: Connection) -> str:
     return f"anon and authenticated read 0 of {total} secret row(s)"
 
 
+class _Failed(ValueError):
+    """A failed check whose fix is not its step's usual one."""
+
+    def __init__(self, message: str, *, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
 def _check_hub(fleet: Fleet, name: str, vault_url: str | None) -> str:
     with connect(fleet.hub, autocommit=True) as conn:
         rows = query_as(conn, "anon", hub.SUPABASE_URL_SQL, [name])
@@ -116,7 +124,10 @@ def _check_hub(fleet: Fleet, name: str, vault_url: str | None) -> str:
             raise ValueError(f"the hub '{fleet.hub.name}' does not resolve '{name}' for anon: {why}")
     (url,) = rows[0]
     if not url:
-        raise ValueError(f"the hub's row for '{name}' has no supabase_url")
+        raise _Failed(
+            f"the hub's row for '{name}' has no supabase_url",
+            fix=f"ophelia-db provision --from instances/{name}.json --supabase-url URL --apply",
+        )
     if vault_url and vault_url != url:
         raise ValueError(f"the hub points to {url}, the instance's vault says {vault_url}")
     return f"'{name}' -> {url}"
@@ -165,7 +176,7 @@ def doctor(fleet: Fleet, target: Target, *, chain: Chain | None = None) -> Docto
             try:
                 checks.append(Check(label, True, check()))
             except ValueError as exc:
-                checks.append(Check(label, False, f"{exc}; fix: {fix}"))
+                checks.append(Check(label, False, f"{exc}; fix: {getattr(exc, 'fix', fix)}"))
             except OpheliaError as error:
                 checks.append(Check(label, False, f"{error.message}; fix: {fix}"))
             except Exception as exc:

@@ -85,6 +85,14 @@ def test_doctor_names_each_failure_on_its_own_line(head_database: HeadDatabase, 
         in (moved.stdout)
     )
 
+    # The usual fix (provision again) would not give the hub a URL it was never told.
+    rows(hub, "UPDATE public.instance_registry SET supabase_url = NULL WHERE subdomain = 'corte'")
+    unknown = invoke(["doctor", "--instance", "corte", "--fleet", str(fleet)])
+    assert (
+        "FAIL  hub resolves 'corte': the hub's row for 'corte' has no supabase_url; "
+        "fix: ophelia-db provision --from instances/corte.json --supabase-url URL --apply\n"
+    ) in unknown.stdout
+
 
 def test_doctor_on_an_unreachable_instance_exits_8(tmp_path: Path) -> None:
     fleet = write_fleet(

@@ -452,6 +452,21 @@ def test_interactive_provisioning_asks_validates_and_ends_with_the_checklist(
     assert row is not None and (row["status"], row["supabase_anon_key"]) == ("active", "typed-anon-key-0001")
 
 
+def test_apply_says_when_the_app_cannot_use_the_instance_yet(
+    head_database: HeadDatabase, tmp_path: Path
+) -> None:
+    instance, hub = head_database("corte"), head_database("hub")
+    answers = provision.build_answers(answers_data(supabase_url=None, supabase_anon_key_env=None))
+
+    done = apply(load_fleet(fleet_with_hub(tmp_path, hub)), answers, env={"TEST_CORTE_URL": instance})
+
+    assert done.exit_code == 0, done.as_record()
+    assert {s.name: s.detail for s in done.steps}["registry row active"] == (
+        "active; not usable by the app yet: no Supabase URL given (supabase_url, --supabase-url) "
+        "and no anon key given (supabase_anon_key_env)"
+    )
+
+
 def test_apply_stops_at_the_first_failure_and_resumes(
     make_database: MakeDatabase, head_database: HeadDatabase, tmp_path: Path
 ) -> None:
