@@ -20,6 +20,8 @@ from ophelia_db.cli.options import (
     InstanceOpt,
     JsonOpt,
     OneInstanceOpt,
+    YesOpt,
+    confirmed,
     errors,
     fail,
     fleet_at,
@@ -31,11 +33,12 @@ from ophelia_db.errors import ConfigError, combine_exit_codes
 if TYPE_CHECKING:
     from ophelia_db import instances as library
     from ophelia_db.fleet.hub import Status
-    from ophelia_db.instances import vault
+    from ophelia_db.instances import seed, vault
 else:
     # Loaded when a command runs: `status` and the rest need no provisioning code.
     library = lazy_module("ophelia_db.instances")
     vault = lazy_module("ophelia_db.instances.vault")
+    seed = lazy_module("ophelia_db.instances.seed")
 
 RevealOpt = Annotated[bool, typer.Option("--reveal", help="Show secret values instead of ***.")]
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Instance name (its subdomain).")]
@@ -182,13 +185,24 @@ def config_set(
 
 
 @config_app.command("unset")
-def config_unset(key: KeyArg, instance: OneInstanceOpt, fleet: FleetOpt = None) -> None:
-    """Delete a vault key.
+def config_unset(key: KeyArg, instance: OneInstanceOpt, yes: YesOpt = False, fleet: FleetOpt = None) -> None:
+    """Delete a vault key, after showing it and asking (elsewhere than on a terminal: --yes).
 
-    Example: ophelia-db config unset OLD_KEY -i corte
+    The row goes with its previous value: unlike set, unset keeps nothing.
+
+    Example: ophelia-db config unset OLD_KEY -i corte --yes
     """
     with errors():
         target = fleet_at(fleet).select([instance])[0]
+        if not yes:
+            entry = vault.find_entry(target, key)
+            if entry is None:
+                out(f"{target.name}: {key} was not set")
+                return
+            read_by_app = " (the app reads it before login)" if key in seed.APP_PUBLIC_KEYS else ""
+            shown = f"{key} = {entry.shown}, version {entry.version}{read_by_app}"
+            err(f"{target.name}: {shown}, would be deleted")
+            confirmed(f"Delete {key} from {target.name}'s vault?", yes=False, refuse="nothing was deleted")
         removed = vault.unset_entry(target, key)
     out(f"{target.name}: {key} {'removed' if removed else 'was not set'}")
 

@@ -186,8 +186,8 @@ def _entries(conn: Connection, key: str | None, reveal: bool) -> tuple[ConfigEnt
     )
 
 
-def get_entry(target: Target, key: str, *, reveal: bool = False) -> ConfigEntry:
-    """One vault row; refuse a key that is not set."""
+def find_entry(target: Target, key: str, *, reveal: bool = False) -> ConfigEntry | None:
+    """One vault row, or None when the key is not set."""
     with connect(target, autocommit=True) as conn:
         try:
             found = _entries(conn, check_key(key), reveal)
@@ -195,9 +195,15 @@ def get_entry(target: Target, key: str, *, reveal: bool = False) -> ConfigEntry:
             raise
         except Exception as exc:
             raise _vault_error(target, exc) from None
-    if not found:
+    return found[0] if found else None
+
+
+def get_entry(target: Target, key: str, *, reveal: bool = False) -> ConfigEntry:
+    """One vault row; refuse a key that is not set."""
+    found = find_entry(target, key, reveal=reveal)
+    if found is None:
         raise ConfigError(f"{target.name}: {key} is not set (see `ophelia-db config list -i {target.name}`)")
-    return found[0]
+    return found
 
 
 def set_entry(

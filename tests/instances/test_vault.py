@@ -127,11 +127,19 @@ def test_config_set_get_list_unset(head_database: HeadDatabase, tmp_path: Path) 
     bad = invoke(["config", "set", "lower-case", "x", "-i", "inst1", *base])
     assert bad.exit_code == 2 and "UPPER_SNAKE_CASE" in bad.stderr
 
-    assert invoke(["config", "unset", "GREETING", "-i", "inst1", *base]).stdout == "inst1: GREETING removed\n"
-    assert (
-        invoke(["config", "unset", "GREETING", "-i", "inst1", *base]).stdout
-        == "inst1: GREETING was not set\n"
+    # Deleting is asked first (the row goes with its previous value); not confirmed, nothing goes.
+    refused = invoke(["config", "unset", "GREETING", "-i", "inst1", *base])
+    assert refused.exit_code == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith('inst1: GREETING = "Salut", version 2, would be deleted\n'), (
+        refused.stderr
     )
+    assert refused.stderr.endswith("error: not confirmed (pass --yes); nothing was deleted\n"), refused.stderr
+    assert "GREETING" in vault_rows(url)
+    unset = ["config", "unset", "GREETING", "-i", "inst1", "--yes", *base]
+    assert invoke(unset).stdout == "inst1: GREETING removed\n"
+    assert invoke(unset).stdout == "inst1: GREETING was not set\n"
+    nothing_to_ask = invoke(["config", "unset", "GREETING", "-i", "inst1", *base])
+    assert (nothing_to_ask.exit_code, nothing_to_ask.stdout) == (0, "inst1: GREETING was not set\n")
     assert "GREETING" not in vault_rows(url)
 
 
