@@ -104,6 +104,15 @@ class HubReporter:
         """Add journal operations, to go in one write; they reach the hub (or the local journal) in order."""
         self._put_all([("journal", operation) for operation in operations])
 
+    def record_with_next(self, *operations: journal.Operation) -> None:
+        """Add journal operations that go with the next write (or at ``close``) rather than in one
+        of their own. For the run's start: its first result, or its first instance started, takes
+        it along, so a run with nothing to do reaches the hub in one write, not two, and a run
+        with work loses nothing (the run never waits for the hub). Its times are the client's,
+        taken now."""
+        with self._held_lock:
+            self._held.extend(("journal", operation) for operation in operations)
+
     def recheck_journal(self) -> None:
         """Ask again whether the hub has its journal (the run just migrated the hub)."""
         self._put("recheck", None)

@@ -89,8 +89,8 @@ class RunJournal:
             git_sha=sha,
             ci_job_url=url,
         )
-        # One write: the run's header, its shard, and every planned instance.
-        self.reporter.record(
+        # One write: the run's header, its shard, and every planned instance, with what comes next.
+        self.reporter.record_with_next(
             header.operation(),
             journal.shard_started(identity.run_id, identity.shard),
             *(

@@ -33,6 +33,7 @@ from tests.helpers import (
     current_version,
     invoke,
     run_cli,
+    silent_server,
     write_fleet,
 )
 
@@ -64,7 +65,7 @@ ONLINE_REVISION_ON_ITS_CONNECTION = 29
 # Alembic online as above, the dialect start-up included (the worker's first connection).
 WORKER_EMPTY_TO_ONLINE_REVISION = 28
 NOOP_OR_STATUS = 3  # start-up 2 + one state read, on one connection
-NOOP_HUB_WRITES = 5  # a no-op run's reporter connection to the hub
+NOOP_HUB_WRITES = 4  # a no-op run's reporter connection to the hub (5 when the start went alone)
 SYNC = 4  # start-up 2, the state read, the schema fingerprint, on one connection
 
 
@@ -184,8 +185,8 @@ def test_the_hub_read_ahead_is_the_connection_the_run_reports_on(tmp_path, fleet
         assert again.exit_code == 0, again.stdout + again.stderr
         # The reporter's (read ahead, then the writes) and the hub's own first look as a member.
         assert proxy.connections == 2, proxy.counts
-        # The reporter's: start-up 2, the registry read 1, the journal's start 1, then every
-        # result and the journal's end in one write: nothing was left to wait for.
+        # The reporter's: start-up 2, the registry read 1, then the journal's start, every result
+        # and the journal's end in one write: nothing was left to wait for.
         assert max(proxy.counts.per_connection) <= NOOP_HUB_WRITES, proxy.counts
 
         proxy.reset()
@@ -196,6 +197,33 @@ def test_the_hub_read_ahead_is_the_connection_the_run_reports_on(tmp_path, fleet
         assert report.hub_report == "ok" and [r.name for r in report.instances] == ["hub", "inst1"]
         assert proxy.connections == 2, proxy.counts
     assert current_version(instances["inst2"]) is None  # archived: never migrated
+
+
+def test_the_journals_start_waits_for_the_runs_first_result(tmp_path, fleet_dbs):
+    # Nothing to do, and one instance that never answers: its result comes a connect_timeout
+    # after the run's start was journalled, and the start still goes to the hub with it, in one
+    # write with every other result and the run's end (two writes when the start went alone).
+    hub, instances = fleet_dbs(1)
+    with _through_proxy(hub) as (proxy, through), silent_server() as (port, _):
+        hung = {"hung": f"postgresql://postgres@127.0.0.1:{port}/hung"}
+        fleet = load_fleet(
+            write_fleet(tmp_path, through, {**instances, **hung}, defaults='connect_timeout = "1s"')
+        )
+        ophelia_db.upgrade(fleet, fleet.select(["hub", "inst1"]), jobs=1)
+        proxy.reset()
+        report = ophelia_db.upgrade(fleet, fleet.select(all_=True), jobs=1)
+        results = [(r.name, r.result) for r in report.instances]
+        assert results == [("hub", "noop"), ("hung", "unreachable"), ("inst1", "noop")], results
+        assert report.hub_report == "ok", report.hub_error
+        # The hub's own look (start-up 2, the look 1), and the reporter's: start-up 2, the
+        # registry read 1, then the one write.
+        assert sorted(proxy.counts.per_connection) == [3, NOOP_HUB_WRITES], proxy.counts
+    with psycopg.connect(hub) as conn:
+        journalled = conn.execute(
+            "SELECT instance, state FROM public.ophelia_run_instances WHERE run_id = %s ORDER BY 1",
+            (report.run_id,),
+        ).fetchall()
+    assert journalled == [("hub", "noop"), ("hung", "unreachable"), ("inst1", "noop")]
 
 
 def test_a_first_look_connection_the_server_closed_is_replaced(tmp_path, fleet_dbs):
