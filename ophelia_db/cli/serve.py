@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Annotated
 
 import typer
@@ -48,11 +50,26 @@ def serve(
             err(f"warning: listening on {host}: the fleet page is readable by whoever reaches it")
         if not token:
             err("note: POST /api/sync-schema-version is disabled; set OPHELIA_SERVE_TOKEN to enable it")
-        err(f"serving {loaded.path} on http://{host}:{port}/ (Ctrl-C or SIGTERM stops it)")
-        try:
-            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        listening = _listen(host, port)
+        err(f"serving {loaded.path} on http://{_address(host, port)}/ (Ctrl-C or SIGTERM stops it)")
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        server.run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here: uvicorn, left to bind it, logs a port in use and exits
+    with its own code 3, which is ours for a held migration lock."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        # create_server appends the address to the reason: the message names it already.
+        reason = str(exc.strerror or exc).split(" (while attempting to bind")[0]
+        hint = "; choose another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {_address(host, port)}: {reason}{hint}") from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def register(app: typer.Typer) -> None:

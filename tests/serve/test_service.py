@@ -1,5 +1,6 @@
 """`ophelia-db serve` as a real uvicorn server: a burst of page loads costs the fleet one probe per
-instance (connections counted by a proxy in front of each), and SIGTERM stops it cleanly."""
+instance (connections counted by a proxy in front of each), SIGTERM stops it cleanly, and a port
+in use is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import ExitStack
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.latency_proxy import LatencyProxy
-from tests.helpers import write_fleet
+from tests.helpers import run_cli, write_fleet
 from tests.serve.conftest import ServedFleet, Server, start_server
 
 
@@ -50,3 +51,19 @@ def test_sigterm_stops_the_server_cleanly(served_fleet: ServedFleet, server_fact
     assert server.process.wait(timeout=30) == -signal.SIGTERM
     _, stderr = server.process.communicate(timeout=5)
     assert "Traceback" not in stderr and "SIGTERM stops it" in stderr
+
+
+def test_a_port_in_use_is_refused_in_one_line_with_exit_2(
+    served_fleet: ServedFleet, server_factory: list[Server]
+) -> None:
+    # uvicorn, left to bind, logs the error and exits 3, which is a held migration lock here.
+    server = start_server(served_fleet.path)
+    server_factory.append(server)
+    port = server.base.rsplit(":", 1)[1]
+    second = run_cli(["serve", "--port", port], fleet=served_fleet.path)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert second.stderr.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"
+    )
+    assert "ERROR" not in second.stderr and "Traceback" not in second.stderr
+    assert server.get("/healthz")[0] == 200
