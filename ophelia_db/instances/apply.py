@@ -242,7 +242,7 @@ class _Apply:
         state = probe_all([self.target])[self.name]
         if isinstance(state, OpheliaError):
             raise state
-        verdict = classify(state, self.chain)
+        verdict = classify(state, self.chain, name=self.name)
         if verdict.state == "up-to-date":
             return "ok", f"already at head {self.chain.head}"
         if verdict.state in REFUSED_STATES:

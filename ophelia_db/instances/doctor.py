@@ -133,8 +133,8 @@ def _check_hub(fleet: Fleet, name: str, vault_url: str | None) -> str:
     return f"'{name}' -> {url}"
 
 
-def _check_head(conn: Connection, chain: Chain) -> str:
-    verdict = classify(read_state(conn), chain)
+def _check_head(conn: Connection, chain: Chain, name: str) -> str:
+    verdict = classify(read_state(conn), chain, name=name)
     if verdict.state != "up-to-date":
         raise ValueError(f"{verdict.state}" + (f": {verdict.problem}" if verdict.problem else ""))
     return f"at head {chain.head}"
@@ -170,7 +170,7 @@ def doctor(fleet: Fleet, target: Target, *, chain: Chain | None = None) -> Docto
                 f"ophelia-db drift --instance {name}",
             ),
             (f"hub resolves '{name}'", lambda: _check_hub(fleet, name, vault_url), provision),
-            ("at head", lambda: _check_head(conn, chain), upgrade),
+            ("at head", lambda: _check_head(conn, chain, name), upgrade),
         ]
         for label, check, fix in steps:
             try:

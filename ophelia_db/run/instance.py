@@ -220,7 +220,7 @@ def _plan(
     target: Target, chain: Chain, state: InstanceState, goal: str | None, downgrade: bool, started: float
 ) -> list[str] | InstanceResult:
     """The revisions to run, in order, or the result that settles the instance without running any."""
-    verdict = classify(state, chain, goal)
+    verdict = classify(state, chain, goal, name=target.name)
     current = state.revision
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:

@@ -239,10 +239,11 @@ class Finding(Record):
     recorded_checksum: str | None = None
 
 
-def check(state: InstanceState, chain: Chain) -> list[Finding]:
-    """Every integrity problem of ``state`` against ``chain``, the most fundamental first."""
+def check(state: InstanceState, chain: Chain, name: str = "NAME") -> list[Finding]:
+    """Every integrity problem of ``state`` against ``chain``, the most fundamental first, each
+    saying what to run next on the instance ``name``."""
     if state.interrupted:
-        return [_needs_attention(step, chain) for step in state.interrupted]
+        return [_needs_attention(step, chain, name) for step in state.interrupted]
     if len(state.heads) > 1:
         return [Finding("error", f"alembic_version holds several heads: {', '.join(state.heads)}")]
     revision = state.revision
@@ -260,7 +261,8 @@ def check(state: InstanceState, chain: Chain) -> list[Finding]:
             "checksum-mismatch",
             f"revision {version} was applied from a file that has changed since: "
             f"{chain.get(version).path.name} is {chain.get(version).checksum}, "
-            f"the database recorded {recorded}",
+            f"the database recorded {recorded}; restore the file as it was applied, or accept the edit "
+            f"with `ophelia-db repair --instance {name} --accept-checksum {version}`",
             revision=version,
             file=str(chain.get(version).path),
             file_checksum=chain.get(version).checksum,
@@ -269,17 +271,22 @@ def check(state: InstanceState, chain: Chain) -> list[Finding]:
         for version, recorded in state.history
         if recorded and chain.knows(version) and chain.get(version).checksum != recorded
     ]
-    return findings + _mirror_findings(state, chain)
+    mirror = _mirror_findings(state, chain)
+    if mirror:
+        # One way out for all of them: the mirror is rebuilt from alembic_version.
+        rebuild = f"; `ophelia-db repair --instance {name} --rebuild-mirror` rebuilds it from alembic_version"
+        mirror = [replace(finding, message=finding.message + rebuild) for finding in mirror]
+    return findings + mirror
 
 
-def _needs_attention(step: Interrupted, chain: Chain) -> Finding:
+def _needs_attention(step: Interrupted, chain: Chain, name: str) -> Finding:
     file = chain.get(step.revision).path.name if chain.knows(step.revision) else "a file this code lacks"
     left = f"; it left invalid index(es) {', '.join(step.invalid_indexes)}" if step.invalid_indexes else ""
     return Finding(
         State.NEEDS_ATTENTION,
         f"revision {step.revision} ({file}) was interrupted in its non-transactional section "
         f"(autocommit_block, started {step.started_at} by {step.started_by}){left}. Check what it did, "
-        f"then run `ophelia-db resolve --instance NAME {step.revision} --retry` (invalid indexes are "
+        f"then run `ophelia-db resolve --instance {name} {step.revision} --retry` (invalid indexes are "
         "dropped, the next upgrade runs the revision again) or `--applied` (its effects are all there)",
         revision=step.revision,
     )
@@ -323,9 +330,10 @@ def _mirror_findings(state: InstanceState, chain: Chain) -> list[Finding]:
     return findings
 
 
-def classify(state: InstanceState, chain: Chain, target: str | None = None) -> Verdict:
-    """Compare a database's state with the chain (``target`` defaults to head)."""
-    findings = check(state, chain)
+def classify(state: InstanceState, chain: Chain, target: str | None = None, name: str = "NAME") -> Verdict:
+    """Compare a database's state with the chain (``target`` defaults to head); ``name``, the
+    instance's, goes in the problem's next step."""
+    findings = check(state, chain, name)
     if findings:
         return Verdict(findings[0].kind, problem=findings[0].message)
     revision = state.revision

@@ -144,7 +144,7 @@ def status_of(target: Target, state: InstanceState | OpheliaError, chain: Chain)
     if isinstance(state, OpheliaError):
         kind = "unreachable" if state.exit_code == ExitCode.UNREACHABLE else "error"
         return InstanceStatus(name=target.name, role=target.role, state=kind, error=state.message)
-    verdict = classify(state, chain)
+    verdict = classify(state, chain, name=target.name)
     name = verdict.state
     if state.locked and name not in REFUSED_STATES:
         name = "locked" if name != "up-to-date" else name

@@ -358,7 +358,7 @@ def _triage(
     started = time.monotonic()
     if isinstance(state, OpheliaError):
         return InstanceResult.from_error(target, state, started)
-    verdict = classify(state, chain, goal)
+    verdict = classify(state, chain, goal, name=target.name)
     known = state_fields(state)
     if verdict.state in REFUSED_STATES:
         code = state_exit_code(verdict.state)

@@ -107,7 +107,7 @@ def plan_repair(target: Target, request: RepairRequest, *, chain: Chain | None =
 
 
 def _plan(target: Target, state: InstanceState, request: RepairRequest, chain: Chain) -> RepairPlan:
-    found = check(state, chain)
+    found = check(state, chain, target.name)
     if any(f.kind in ("ahead", "error") for f in found):
         problem = next(f for f in found if f.kind in ("ahead", "error"))
         raise IntegrityRefusal(

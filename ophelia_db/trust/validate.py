@@ -50,7 +50,7 @@ def validate_one(target: Target, state: InstanceState | OpheliaError, chain: Cha
         return InstanceValidation(
             target.name, target.role, kind, error=state.message, exit_code=state.exit_code
         )
-    findings = tuple(check(state, chain))
+    findings = tuple(check(state, chain, target.name))
     if not findings:
         return InstanceValidation(target.name, target.role, "valid", current=state.revision)
     return InstanceValidation(

@@ -131,6 +131,8 @@ def test_edited_file_is_refused_naming_everything_and_nothing_changes(trusted: T
     assert upgraded.returncode == 4, upgraded.stderr
     result = json.loads(upgraded.stdout)["instances"][0]
     assert result["result"] == "refused" and "0105_trust.py" in result["error"]
+    # What to do next, for this instance and this revision.
+    assert "`ophelia-db repair --instance inst1 --accept-checksum 0105`" in result["error"]
     assert pg_dump(trusted.url) == before
 
 
@@ -166,6 +168,7 @@ def test_mirror_mismatch_is_refused_then_rebuilt_by_an_explicit_logged_repair(tr
     assert "0003" in report.instances[0].findings[0].message
     upgraded = run_cli(["upgrade", "-i", "inst1"], fleet=trusted.fleet_path, locations=trusted.locations)
     assert upgraded.returncode == 4, upgraded.stderr
+    assert "`ophelia-db repair --instance inst1 --rebuild-mirror` rebuilds it" in upgraded.stdout
 
     # Without --yes the plan is shown and nothing happens (no terminal to confirm on).
     unconfirmed = run_cli(
@@ -337,7 +340,12 @@ def test_a_runner_killed_while_building_an_index_concurrently_needs_a_retry(
     refused = cli(["upgrade", "--instance", "inst1", "--json"])
     assert refused.returncode == 6, refused.stdout + refused.stderr
     error = json.loads(refused.stdout)["instances"][0]["error"]
-    for needle in ("0105 (0105_cic.py)", "non-transactional section", "public.cic_target_id", "resolve"):
+    for needle in (
+        "0105 (0105_cic.py)",
+        "non-transactional section",
+        "public.cic_target_id",
+        "`ophelia-db resolve --instance inst1 0105 --retry`",
+    ):
         assert needle in error, error
     status = json.loads(cli(["status", "--json"]).stdout)
     assert {r["name"]: r["state"] for r in status["instances"]}["inst1"] == "needs-attention"
