@@ -45,13 +45,13 @@ def describe_validation(
     errors = exc.errors()
     # A misspelt key is two errors, the required key missing and the misspelling unknown: the
     # misspelling, with the key it resembles, is what tells the operator what to fix.
-    error = next((e for e in errors if _resemblance(e, keys_of)), errors[0])
+    resembling = ((e, _resemblance(e, keys_of)) for e in errors)
+    error, close = next(((e, key) for e, key in resembling if key), (errors[0], None))
     location = [str(part) for part in error["loc"]]
     dotted = ".".join(location)
     line = _line_of(text, location)
     where = f"{path}:{line}" if line else str(path)
     if error["type"] == "extra_forbidden":
-        close = _resemblance(error, keys_of)
         hint = f"; did you mean '{close}'?" if close else ""
         return f"{where}: unknown key '{location[-1]}' in {_section(location)}{hint}"
     if error["type"] == "missing":
